@@ -1,0 +1,32 @@
+"""mimictheory: mean-field and NTK theory of MimicNorm (Fei et al., AAAI 2021), on JAX.
+
+The public API re-exports the private implementation in `mimictheory._src`:
+
+>>> import mimictheory as mt
+>>> float(mt.chi1("relu", sw2=2.0, sb2=0.0))          # Proposition 1: critical
+1.0
+>>> round(float(mt.chi1("relu", sw2=None, norm="weight_mean")), 6)   # Theorem 3: chaotic
+1.466942
+
+All theory runs in float64 (thread-locally; the global JAX setting is left alone).
+"""
+from mimictheory._src.activations import (
+    ACTIVATIONS, Activation, Erf, Identity, Numerical, ReLU, get_activation, relu_dual,
+    relu_dual_derivative)
+from mimictheory._src.kernels import Kernels, NTKSpectrum, kernels, ntk_spectrum, row_mesh
+from mimictheory._src.maps import (
+    NORMS, DepthScales, FixedPoints, Layer, chi1, correlation_map, correlation_slope,
+    covariance_map, depth_scale, depth_scales, fixed_points, make_layer, qstar, stable_correlation,
+    stable_sw2, variance_map)
+from mimictheory._src.phase import PhaseDiagram, critical_line, phase_diagram
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS", "Activation", "Erf", "Identity", "Numerical", "ReLU", "get_activation",
+    "relu_dual", "relu_dual_derivative", "Kernels", "NTKSpectrum", "kernels", "ntk_spectrum",
+    "row_mesh", "NORMS", "DepthScales", "FixedPoints", "Layer", "chi1", "correlation_map",
+    "correlation_slope", "covariance_map", "depth_scale", "depth_scales", "fixed_points",
+    "make_layer", "qstar", "stable_correlation", "stable_sw2", "variance_map", "PhaseDiagram",
+    "critical_line", "phase_diagram",
+]

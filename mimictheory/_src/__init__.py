@@ -1,0 +1,1 @@
+"""Private implementation of mimictheory; the public API is `mimictheory` itself."""

@@ -1,0 +1,341 @@
+"""Dual activations: Gaussian expectations of an activation φ and of its derivative φ'.
+
+For (u, v) jointly normal with variances q1, q2 and covariance q12, every activation provides
+
+    mean(q)                        E[φ(√q z)]                 z ~ N(0, 1)
+    kernel(q1, q2, q12)            E[φ(u) φ(v)]               (the dual activation, paper eq 4)
+    derivative_kernel(q1, q2, q12) E[φ'(u) φ'(v)]             (= ∂ kernel / ∂ q12, Price's theorem)
+
+ReLU (Cho & Saul 2009, the arc-cosine kernel), erf (Williams 1997, the arcsin kernel) and the
+identity are closed forms. Any other elementwise function is integrated numerically by
+`Numerical`: composite Gauss–Legendre on [-cutoff, cutoff] with panel breakpoints at the
+function's kinks, so that piecewise-smooth functions such as ReLU converge exponentially too.
+All functions broadcast over their arguments and are meant to run in float64.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Activation", "ReLU", "Erf", "Identity", "Numerical", "get_activation", "relu_dual",
+    "relu_dual_derivative", "ACTIVATIONS",
+]
+
+_TWO_PI = 2.0 * math.pi
+_REFINE = np.array([0.25, 1.0, 4.0, 16.0, 64.0])  # geometric breakpoints around a steep step
+
+
+# ----------------------------------------------------------------------------------------------
+# ReLU's normalised dual (paper eq 4) with exact derivatives at ρ = ±1.
+# ----------------------------------------------------------------------------------------------
+@jax.custom_jvp
+def relu_dual(rho):
+  """φ̂(ρ) = (√(1-ρ²) + (π - arccos ρ) ρ) / (2π), the ReLU dual activation (paper eq 4).
+
+  The derivative is (π - arccos ρ)/(2π), finite on all of [-1, 1]; a custom JVP supplies it,
+  where plain autodiff would give ∞ - ∞ = NaN at ρ = ±1.
+
+  >>> float(relu_dual(1.0)), float(relu_dual(0.0)) == 1 / (2 * math.pi)
+  (0.5, True)
+  """
+  rho = jnp.clip(rho, -1.0, 1.0)
+  return (jnp.sqrt(jnp.maximum(1.0 - rho**2, 0.0)) + (jnp.pi - jnp.arccos(rho)) * rho) / _TWO_PI
+
+
+@relu_dual.defjvp
+def _relu_dual_jvp(primals, tangents):
+  (rho,), (t,) = primals, tangents
+  return relu_dual(rho), relu_dual_derivative(rho) * t
+
+
+@jax.custom_jvp
+def relu_dual_derivative(rho):
+  """φ̂'(ρ) = (π - arccos ρ) / (2π) = E[1(u>0) 1(v>0)] for unit-variance (u, v) with corr ρ."""
+  rho = jnp.clip(rho, -1.0, 1.0)
+  return (jnp.pi - jnp.arccos(rho)) / _TWO_PI
+
+
+@relu_dual_derivative.defjvp
+def _relu_dual_derivative_jvp(primals, tangents):
+  # d/dρ = 1 / (2π √(1-ρ²)): +∞ at ρ = ±1, which is the true one-sided value there.
+  (rho,), (t,) = primals, tangents
+  rho_c = jnp.clip(rho, -1.0, 1.0)
+  slope = 1.0 / (_TWO_PI * jnp.sqrt(jnp.maximum(1.0 - rho_c**2, 0.0)))
+  return relu_dual_derivative(rho), slope * t
+
+
+def _correlation(q1, q2, q12):
+  """ρ = q12/√(q1 q2) clipped to [-1, 1], and √(q1 q2); ρ = 0 where a variance is 0."""
+  norm = jnp.sqrt(q1 * q2)
+  safe = jnp.where(norm > 0, norm, 1.0)
+  rho = jnp.where(norm > 0, q12 / safe, 0.0)
+  return jnp.clip(rho, -1.0, 1.0), norm
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations.
+# ----------------------------------------------------------------------------------------------
+class Activation:
+  """Base class. Subclasses are frozen dataclasses (hashable, usable as static jit arguments)."""
+
+  name: str = "activation"
+  #: Degree of positive homogeneity φ(a x) = a^k φ(x), a > 0, or None. With k = 1 the
+  #: correlation map does not depend on the variance scale (used when q* is infinite).
+  homogeneity: int | None = None
+
+  def __call__(self, x):
+    raise NotImplementedError
+
+  def derivative(self, x):
+    return jnp.vectorize(jax.grad(self.__call__))(x)
+
+  def mean(self, q):
+    raise NotImplementedError
+
+  def kernel(self, q1, q2, q12):
+    raise NotImplementedError
+
+  def derivative_kernel(self, q1, q2, q12):
+    raise NotImplementedError
+
+  def second_moment(self, q):
+    """E[φ(√q z)²]."""
+    return self.kernel(q, q, q)
+
+  def derivative_second_moment(self, q):
+    """E[φ'(√q z)²]."""
+    return self.derivative_kernel(q, q, q)
+
+  def variance(self, q):
+    """Var[φ(√q z)] = E[φ²] - E[φ]²: the centred second moment used by weight mean and BN."""
+    return self.second_moment(q) - self.mean(q) ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLU(Activation):
+  """φ(x) = max(x, 0), closed form (Cho & Saul 2009; paper eq 4).
+
+  >>> import mimictheory as mt
+  >>> round(float(mt.get_activation("relu").kernel(1.0, 1.0, 0.0)), 6)  # φ̂(0) = 1/(2π)
+  0.159155
+  """
+
+  name: str = "relu"
+  homogeneity: int | None = 1
+
+  def __call__(self, x):
+    return jnp.maximum(x, 0.0)
+
+  def derivative(self, x):
+    return (x > 0).astype(jnp.result_type(x, 1.0))
+
+  def mean(self, q):
+    return jnp.sqrt(jnp.asarray(q) / _TWO_PI)
+
+  def kernel(self, q1, q2, q12):
+    rho, norm = _correlation(q1, q2, q12)
+    return norm * relu_dual(rho)
+
+  def derivative_kernel(self, q1, q2, q12):
+    rho, _ = _correlation(q1, q2, q12)
+    return relu_dual_derivative(rho)
+
+
+@dataclasses.dataclass(frozen=True)
+class Erf(Activation):
+  """φ(x) = erf(x), closed form (Williams 1997): E[φ(u)φ(v)] = (2/π) arcsin(2 q12 / √((1+2q1)(1+2q2)))."""
+
+  name: str = "erf"
+
+  def __call__(self, x):
+    return jax.scipy.special.erf(x)
+
+  def derivative(self, x):
+    return 2.0 / math.sqrt(math.pi) * jnp.exp(-jnp.square(x))
+
+  def mean(self, q):
+    return jnp.zeros_like(jnp.asarray(q, dtype=float))
+
+  def kernel(self, q1, q2, q12):
+    return 2.0 / jnp.pi * jnp.arcsin(2.0 * q12 / jnp.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2)))
+
+  def derivative_kernel(self, q1, q2, q12):
+    # E[exp(-u²-v²)] = det(I + 2Σ)^(-1/2), times (2/√π)².
+    det = (1.0 + 2.0 * q1) * (1.0 + 2.0 * q2) - 4.0 * jnp.square(q12)
+    return 4.0 / jnp.pi / jnp.sqrt(det)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity(Activation):
+  """φ(x) = x: a linear network (kernel = q12)."""
+
+  name: str = "identity"
+  homogeneity: int | None = 1
+
+  def __call__(self, x):
+    return x
+
+  def derivative(self, x):
+    return jnp.ones_like(x)
+
+  def mean(self, q):
+    return jnp.zeros_like(jnp.asarray(q, dtype=float))
+
+  def kernel(self, q1, q2, q12):
+    return jnp.broadcast_to(q12, jnp.broadcast_shapes(jnp.shape(q1), jnp.shape(q2), jnp.shape(q12))) * 1.0
+
+  def derivative_kernel(self, q1, q2, q12):
+    return jnp.ones(jnp.broadcast_shapes(jnp.shape(q1), jnp.shape(q2), jnp.shape(q12)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerical(Activation):
+  """Any elementwise φ, integrated by composite Gauss–Legendre quadrature.
+
+  The Gaussian integrals are truncated to |z| <= `cutoff` (the neglected mass is below
+  e^(-cutoff²/2), 2e-22 by default) and split into `panels` equal panels of `order` nodes, plus
+  breakpoints where φ or φ' is not smooth (`kinks`, in units of the pre-activation). For
+  E[φ(u)φ(v)] the inner integral's breakpoints move with the outer node, so a kink costs no
+  accuracy. `derivative` defaults to `jax.grad(fn)`.
+
+  >>> import jax, mimictheory as mt
+  >>> relu = mt.Numerical(jax.nn.relu, name="relu_q", kinks=(0.0,))
+  >>> abs(float(relu.kernel(1.0, 1.0, 0.3) - mt.ReLU().kernel(1.0, 1.0, 0.3))) < 1e-12
+  True
+  """
+
+  fn: Callable = jnp.tanh
+  name: str = "numerical"
+  kinks: tuple = ()
+  derivative_fn: Callable | None = None
+  panels: int = 32
+  order: int = 10
+  cutoff: float = 10.0
+  #: evaluations of `kernel` per vectorised chunk (bounds memory: chunk × nodes² doubles)
+  chunk: int = 64
+
+  def __post_init__(self):
+    object.__setattr__(self, "kinks", tuple(float(k) for k in self.kinks))
+
+  def __call__(self, x):
+    return self.fn(x)
+
+  def derivative(self, x):
+    if self.derivative_fn is not None:
+      return self.derivative_fn(x)
+    return jnp.vectorize(jax.grad(self.fn))(x)
+
+  # -- quadrature rules ------------------------------------------------------------------------
+  def _panel_nodes(self, breaks):
+    """Nodes and weights (including the N(0,1) density) of composite GL on sorted `breaks`."""
+    x, w = np.polynomial.legendre.leggauss(self.order)
+    lo, hi = breaks[:-1, None], breaks[1:, None]
+    half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
+    z = (mid + half * x).reshape(-1)
+    weights = (half * w).reshape(-1) * jnp.exp(-0.5 * z**2) / math.sqrt(_TWO_PI)
+    return z, weights
+
+  def _breaks(self, extra):
+    uniform = jnp.linspace(-self.cutoff, self.cutoff, self.panels + 1)
+    extra = jnp.clip(jnp.asarray(extra).reshape(-1), -self.cutoff, self.cutoff)
+    return jnp.sort(jnp.concatenate([uniform, extra]))
+
+  def _kinks_at(self, scale):
+    """Positions in z where φ(scale·z) has kinks (clipped later to the cutoff)."""
+    k = jnp.asarray(self.kinks)
+    return k / jnp.maximum(scale, 1e-300)
+
+  def _expect_1d(self, f, q):
+    """E[f(√q z)] for scalar q."""
+    s = jnp.sqrt(q)
+    z, w = self._panel_nodes(self._breaks(self._kinks_at(s)))
+    return jnp.sum(w * f(s * z))
+
+  def _expect_2d(self, f, g, q1, q2, q12):
+    """E[f(u) g(v)] for scalar (q1, q2, q12): u = √q1 z1, v = √q2 (ρ z1 + √(1-ρ²) z2)."""
+    rho, _ = _correlation(q1, q2, q12)
+    s1, s2 = jnp.sqrt(q1), jnp.sqrt(q2)
+    c = jnp.sqrt(jnp.maximum(1.0 - rho**2, 0.0))
+    # Outer breakpoints: kinks of f, and where the inner integral turns steep as c -> 0: it
+    # changes over a width c/|ρ| around k/(√q2 ρ), so refine geometrically there.
+    near = self._kinks_at(s2 * rho)[:, None]
+    width = c / jnp.maximum(jnp.abs(rho), 1e-300) * _REFINE
+    outer_extra = jnp.concatenate(
+        [self._kinks_at(s1), near.reshape(-1), (near - width).reshape(-1),
+         (near + width).reshape(-1)])
+    z1, w1 = self._panel_nodes(self._breaks(outer_extra))
+
+    def inner(z1_k):
+      # Kinks of g in z2 sit where ρ z1 + c z2 = k / √q2.
+      extra = (self._kinks_at(s2) - rho * z1_k) / jnp.maximum(c, 1e-300)
+      z2, w2 = self._panel_nodes(self._breaks(extra))
+      return jnp.sum(w2 * g(s2 * (rho * z1_k + c * z2)))
+
+    return jnp.sum(w1 * f(s1 * z1) * jax.vmap(inner)(z1))
+
+  def _map_2d(self, f, g, q1, q2, q12):
+    q1, q2, q12 = jnp.broadcast_arrays(*(jnp.asarray(a, dtype=float) for a in (q1, q2, q12)))
+    shape = q1.shape
+    flat = [a.reshape(-1) for a in (q1, q2, q12)]
+    out = jax.lax.map(lambda a: self._expect_2d(f, g, *a), flat, batch_size=self.chunk)
+    return out.reshape(shape)
+
+  def _map_1d(self, f, q):
+    q = jnp.asarray(q, dtype=float)
+    out = jax.lax.map(lambda a: self._expect_1d(f, a), q.reshape(-1), batch_size=4 * self.chunk)
+    return out.reshape(q.shape)
+
+  # -- the dual activation -----------------------------------------------------------------------
+  def mean(self, q):
+    return self._map_1d(self.fn, q)
+
+  def kernel(self, q1, q2, q12):
+    return self._map_2d(self.fn, self.fn, q1, q2, q12)
+
+  def derivative_kernel(self, q1, q2, q12):
+    return self._map_2d(self.derivative, self.derivative, q1, q2, q12)
+
+  def second_moment(self, q):
+    return self._map_1d(lambda x: jnp.square(self.fn(x)), q)
+
+  def derivative_second_moment(self, q):
+    return self._map_1d(lambda x: jnp.square(self.derivative(x)), q)
+
+
+def _gelu(x):
+  return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": ReLU(),
+    "erf": Erf(),
+    "identity": Identity(),
+    "tanh": Numerical(jnp.tanh, name="tanh"),
+    "gelu": Numerical(_gelu, name="gelu"),
+    "swish": Numerical(jax.nn.silu, name="swish"),
+    "softplus": Numerical(jax.nn.softplus, name="softplus"),
+    "leaky_relu": Numerical(jax.nn.leaky_relu, name="leaky_relu", kinks=(0.0,)),
+    "relu_numerical": Numerical(jax.nn.relu, name="relu_numerical", kinks=(0.0,)),
+    "erf_numerical": Numerical(jax.scipy.special.erf, name="erf_numerical"),
+}
+
+
+def get_activation(activation) -> Activation:
+  """An `Activation` from a name in `ACTIVATIONS`, an `Activation`, or any elementwise callable."""
+  if isinstance(activation, Activation):
+    return activation
+  if isinstance(activation, str):
+    if activation not in ACTIVATIONS:
+      raise ValueError(
+          f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, an Activation or a "
+          f"callable, got {activation!r}")
+    return ACTIVATIONS[activation]
+  if callable(activation):
+    return Numerical(activation, name=getattr(activation, "__name__", "callable"))
+  raise TypeError(f"activation must be a name, an Activation or a callable, got {activation!r}")

@@ -1,0 +1,82 @@
+"""Argument validation: every message names the parameter and the allowed range."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "check_choice", "check_positive", "check_nonnegative", "check_int", "check_interval",
+    "check_data", "check_fan_in",
+]
+
+
+def _as_float_array(name: str, value) -> np.ndarray:
+  if isinstance(value, (str, bytes)) or value is None:
+    raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}")
+  try:
+    arr = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError) as err:
+    raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}") from err
+  if np.isnan(arr).any():
+    raise ValueError(f"{name} contains NaN; it must be a finite number")
+  return arr
+
+
+def check_choice(name: str, value, choices) -> str:
+  if not isinstance(value, str) or value not in choices:
+    allowed = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+  return value
+
+
+def check_positive(name: str, value, allow_inf: bool = False) -> np.ndarray:
+  arr = _as_float_array(name, value)
+  if (arr <= 0).any() or (not allow_inf and np.isinf(arr).any()):
+    raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+  return arr
+
+
+def check_nonnegative(name: str, value) -> np.ndarray:
+  arr = _as_float_array(name, value)
+  if (arr < 0).any() or np.isinf(arr).any():
+    raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
+  return arr
+
+
+def check_interval(name: str, value, lo: float, hi: float, tol: float = 0.0) -> np.ndarray:
+  """Closed interval [lo, hi]; values within `tol` outside are accepted (rounding)."""
+  arr = _as_float_array(name, value)
+  if (arr < lo - tol).any() or (arr > hi + tol).any():
+    raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}], got {value!r}")
+  return arr
+
+
+def check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  value = int(value)
+  if value < minimum or (maximum is not None and value > maximum):
+    rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    raise ValueError(f"{name} must be an integer {rng}, got {value}")
+  return value
+
+
+def check_fan_in(fan_in) -> float:
+  """Finite fan-in n >= 2 of Lemma 1, or None for the infinite-width limit."""
+  if fan_in is None:
+    return math.inf
+  return float(check_int("fan_in", fan_in, minimum=2))
+
+
+def check_data(name: str, x, ndim: int = 2) -> np.ndarray:
+  """A finite float data matrix of shape (N, d)."""
+  arr = _as_float_array(name, x)
+  if arr.ndim != ndim:
+    raise ValueError(f"{name} must have {ndim} dimensions (N, d), got shape {arr.shape}")
+  if arr.shape[0] < 1 or arr.shape[-1] < 1:
+    raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
+  if not np.isfinite(arr).all():
+    raise ValueError(f"{name} contains NaN or inf; every entry must be finite")
+  return arr

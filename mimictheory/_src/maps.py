@@ -1,0 +1,456 @@
+"""Mean-field maps of one layer: variance map, correlation map T, weight-mean map T̄, BN map.
+
+One layer takes the pre-activation covariances (q1, q2, q12) of two inputs to those of the next
+layer. With K = E[φ(u)φ(v)], m = E[φ], f = (n-1)/n for a finite fan-in n (1 otherwise):
+
+    norm="none"         q12' = σw² K + σb²                           (paper eq 3)
+    norm="weight_mean"  q12' = σw² f (K - m1 m2) + σb²               (eq 10 with Lemma 1)
+    norm="batch_norm"   q12' = (K - m1 m2) / √(Var1 Var2)            (Theorem 2, full batch)
+
+Weight mean centres the dual activation: W̄ φ = W (φ - mean φ), so only the covariance of φ
+passes (Lemma 1). Batch norm centres over the data set and divides by the per-unit variance,
+which in the paper's full-batch, infinite-width approximation is Var φ; σw², σb² drop out.
+The correlation map is T(c) = q12'(q*, q*, c q*) / q*, at the variance fixed point q*.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mimictheory._src import checks
+from mimictheory._src.activations import Activation, get_activation
+from mimictheory._src.precision import f64, float64
+
+__all__ = [
+    "NORMS", "Layer", "make_layer", "stable_sw2", "variance_map", "covariance_map", "qstar",
+    "correlation_map", "correlation_slope", "chi1", "fixed_points", "FixedPoints", "depth_scales",
+    "DepthScales", "depth_scale", "stable_correlation",
+]
+
+NORMS = ("none", "weight_mean", "batch_norm")
+Q_MAX = 1e12  # a variance above this counts as diverged (q* = ∞)
+Q_CAP = 1e6  # where q* = ∞, non-homogeneous activations are evaluated at this variance
+Q_MIN = 1e-20  # a fixed point below this counts as q* = 0
+Q_FLOOR = 1e-16  # where q* = 0, non-homogeneous activations are evaluated at this variance
+_TOL = 1e-14
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["sw2", "sb2", "factor"],
+         meta_fields=["activation", "norm"])
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One mean-field layer: activation, then a dense layer with `norm`.
+
+  `sw2`, `sb2`, `factor` are arrays (broadcastable), so a Layer can describe a whole grid of
+  initialisations at once; `factor` is the finite fan-in factor (n-1)/n of Lemma 1.
+  """
+
+  activation: Activation
+  norm: str
+  sw2: jax.Array
+  sb2: jax.Array
+  factor: jax.Array
+
+  def variance(self, q):
+    """Variance map q' = V(q) (one-dimensional integrals only)."""
+    act = self.activation
+    if self.norm == "none":
+      return self.sw2 * act.second_moment(q) + self.sb2
+    if self.norm == "weight_mean":
+      return self.sw2 * self.factor * act.variance(q) + self.sb2
+    return jnp.ones(jnp.broadcast_shapes(jnp.shape(q), jnp.shape(self.sw2)))
+
+  def variance_slope(self, q):
+    """dV/dq, by forward-mode autodiff through the dual activation."""
+    q = jnp.broadcast_to(q, jnp.broadcast_shapes(jnp.shape(q), jnp.shape(self.sw2)))
+    return jax.jvp(self.variance, (q,), (jnp.ones_like(q),))[1]
+
+  def covariance(self, q1, q2, q12):
+    """Covariance map q12' of the next layer's pre-activations (eq 3, eq 10, Theorem 2)."""
+    act = self.activation
+    k = act.kernel(q1, q2, q12)
+    if self.norm == "none":
+      return self.sw2 * k + self.sb2
+    centred = k - act.mean(q1) * act.mean(q2)
+    if self.norm == "weight_mean":
+      return self.sw2 * self.factor * centred + self.sb2
+    return centred / jnp.sqrt(act.variance(q1) * act.variance(q2))
+
+  def slope(self, q1, q2, q12):
+    """∂q12'/∂q12 = σw² f E[φ'(u)φ'(v)] (for BN divided by the unit variances)."""
+    act = self.activation
+    d = act.derivative_kernel(q1, q2, q12)
+    if self.norm == "none":
+      return self.sw2 * d
+    if self.norm == "weight_mean":
+      return self.sw2 * self.factor * d
+    return d / jnp.sqrt(act.variance(q1) * act.variance(q2))
+
+
+def _resolve(activation, sw2, sb2, norm, fan_in):
+  """Validate the public arguments and return (activation, sw2 or None, sb2, factor)."""
+  act = get_activation(activation)
+  checks.check_choice("norm", norm, NORMS)
+  n = checks.check_fan_in(fan_in)
+  factor = 1.0 if math.isinf(n) else (n - 1.0) / n
+  sb2 = checks.check_nonnegative("sb2", sb2)
+  if sw2 is not None:
+    sw2 = checks.check_positive("sw2", sw2)
+  return act, sw2, sb2, factor
+
+
+def make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) -> Layer:
+  """A validated `Layer`; `sw2=None` means the stable initialisation (see `stable_sw2`)."""
+  act, sw2, sb2, factor = _resolve(activation, sw2, sb2, norm, fan_in)
+  if sw2 is None:
+    sw2 = _stable_sw2(act, norm, sb2, factor)
+  return Layer(act, norm, f64(sw2), f64(sb2), f64(factor))
+
+
+def _stable_sw2(act: Activation, norm: str, sb2, factor):
+  """σw² that makes q = 1 a fixed point of the variance map: V(1) = 1."""
+  if norm == "batch_norm":
+    return np.ones_like(np.asarray(sb2, dtype=float))
+  if np.any(np.asarray(sb2) >= 1.0):
+    raise ValueError(f"sb2 must be < 1 for the stable initialisation sw2=None, got {sb2!r}")
+  moment = act.second_moment(f64(1.0)) if norm == "none" else factor * act.variance(f64(1.0))
+  return (1.0 - f64(sb2)) / moment
+
+
+@float64
+def stable_sw2(activation="relu", sb2=0.0, norm="weight_mean", fan_in=None):
+  """The stable σw², V(1) = 1, for inputs normalised to unit variance.
+
+  For ReLU with weight mean and σb = 0 this is Theorem 3: σw² = 2n / ((n-1)(1 - 1/π)), about
+  2.94 for n = 300 (2 / (1 - 1/π) ≈ 2.934 as n → ∞); without weight mean it is He's σw² = 2.
+
+  >>> import mimictheory as mt
+  >>> round(float(mt.stable_sw2("relu", norm="weight_mean", fan_in=300)), 4)
+  2.9437
+  """
+  act, _, sb2, factor = _resolve(activation, 1.0, sb2, norm, fan_in)
+  return _stable_sw2(act, norm, sb2, factor)
+
+
+# ----------------------------------------------------------------------------------------------
+# The variance fixed point q*.
+# ----------------------------------------------------------------------------------------------
+@partial(jax.jit, static_argnames=("max_iter",))
+def _solve_qstar(layer: Layer, q0=1.0, max_iter: int = 200):
+  """q* reached from q0 by the variance map: safeguarded Newton on g(q) = V(q) - q.
+
+  The iteration q -> V(q) moves monotonically towards q* (V is increasing); Newton's step is
+  taken when it goes the same way and at least as far, otherwise the plain step; a bracket
+  [lo, hi] of sign changes of g is kept and bisected when a step would leave it. Returns ∞ where
+  the variance diverges (no fixed point below Q_MAX).
+  """
+  shape = jnp.broadcast_shapes(jnp.shape(layer.sw2), jnp.shape(layer.sb2), jnp.shape(q0))
+  q = jnp.broadcast_to(f64(q0), shape)
+  lo, hi = jnp.zeros(shape), jnp.full(shape, Q_MAX)
+
+  def body(state):
+    q, lo, hi, _, it = state
+    v, dv = jax.jvp(layer.variance, (q,), (jnp.ones_like(q),))
+    g = v - q
+    flat = jnp.abs(g) <= 1e-14 * (1.0 + q)  # already a fixed point (e.g. V(q) = q identically)
+    lo = jnp.where(g > 0, jnp.maximum(lo, q), lo)
+    hi = jnp.where(g < 0, jnp.minimum(hi, q), hi)
+    denom = 1.0 - dv
+    # V' >= 1 while V > q: growing at least linearly; expand the bracket geometrically.
+    newton = jnp.where(denom > 0, g / jnp.where(denom > 0, denom, 1.0),
+                       jnp.where(g > 0, 9.0 * jnp.maximum(q, 1.0), g))
+    step = jnp.where(jnp.abs(newton) >= jnp.abs(g), newton, g)
+    q_new = q + step
+    bisect = jnp.where(hi >= Q_MAX, jnp.minimum(2.0 * hi, 10.0 * jnp.maximum(q, 1.0)),
+                       0.5 * (lo + hi))
+    q_new = jnp.where((q_new <= lo) | (q_new >= hi), jnp.minimum(bisect, Q_MAX), q_new)
+    q_new = jnp.where(flat, q, q_new)
+    done = flat | (jnp.abs(q_new - q) <= 1e-13 * (1.0 + q)) | (lo >= Q_MAX) | (q_new >= Q_MAX)
+    return q_new, lo, hi, done, it + 1
+
+  def cond(state):
+    return (~jnp.all(state[3])) & (state[4] < max_iter)
+
+  state = (q, lo, hi, jnp.zeros(shape, bool), 0)
+  q, *_ = jax.lax.while_loop(cond, body, state)
+  q = jnp.where(q <= Q_MIN, 0.0, q)
+  return jnp.where(q >= Q_MAX * 0.999, jnp.inf, q)
+
+
+def _eval_point(layer: Layer, q):
+  """Where q* is 0 or ∞, the limit of the maps as q -> q* (σb² is negligible there).
+
+  Exact for positively homogeneous φ (ReLU: evaluated at q = 1); otherwise evaluated at
+  q = Q_CAP (q* = ∞) or q = Q_FLOOR (q* = 0).
+  """
+  diverged, collapsed = jnp.isinf(q), q <= Q_MIN
+  homogeneous = layer.activation.homogeneity == 1
+  q_eval = jnp.where(diverged, 1.0 if homogeneous else Q_CAP, q)
+  q_eval = jnp.where(collapsed, 1.0 if homogeneous else Q_FLOOR, q_eval)
+  sb2 = jnp.where(diverged | collapsed, 0.0, layer.sb2)
+  return q_eval, dataclasses.replace(layer, sb2=sb2)
+
+
+def _chi1(layer: Layer, q):
+  """χ1 = σw² f E[φ'(√q* z)²] (Schoenholz et al. 2017), the growth of a small perturbation."""
+  q_eval, layer = _eval_point(layer, q)
+  return layer.slope(q_eval, q_eval, q_eval)
+
+
+def _correlation_map(layer: Layer, q, c):
+  q, layer = _eval_point(layer, q)
+  return layer.covariance(q, q, c * q) / layer.variance(q)
+
+
+def _correlation_slope(layer: Layer, q, c):
+  q, layer = _eval_point(layer, q)
+  return layer.slope(q, q, c * q) * q / layer.variance(q)
+
+
+def _newton_cstar(tmap, tslope, shape, max_iter: int = 100):
+  """The stable correlation fixed point c*: 1 if χ1 <= 1, else the root of T(c) = c in [0, 1).
+
+  T has non-negative Hermite coefficients, so g(c) = T(c) - c is convex on [0, 1] with
+  g(0) = T(0) >= 0 and g(1) = 0; for T'(1) > 1 it has exactly one root in [0, 1), which Newton
+  reaches monotonically from c = 0. `tmap`, `tslope`: T and T' on arrays of `shape`.
+  """
+  ordered = tslope(jnp.ones(shape)) <= 1.0
+
+  def body(state):
+    c, _, it = state
+    g, dg = tmap(c) - c, tslope(c) - 1.0
+    c_new = jnp.clip(c - g / jnp.where(dg < 0, dg, -1.0), 0.0, 1.0)
+    c_new = jnp.where(ordered, 1.0, c_new)
+    return c_new, jnp.abs(c_new - c) <= 1e-14, it + 1
+
+  def cond(state):
+    return (~jnp.all(state[1])) & (state[2] < max_iter)
+
+  c0 = jnp.where(ordered, 1.0, 0.0)
+  c, _, _ = jax.lax.while_loop(cond, body, (c0, jnp.zeros(shape, bool), 0))
+  return c
+
+
+@jax.jit
+def _solve_cstar(layer: Layer, q):
+  return _newton_cstar(partial(_correlation_map, layer, q), partial(_correlation_slope, layer, q),
+                       jnp.shape(q))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions.
+# ----------------------------------------------------------------------------------------------
+@float64
+def variance_map(q, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None):
+  """The variance map V(q) = σw² E[φ(√q z)²] + σb² (centred with weight mean; 1 with BN).
+
+  >>> import mimictheory as mt
+  >>> float(mt.variance_map(3.0, "relu", sw2=2.0, sb2=0.5))  # 2 · 3/2 + 0.5
+  3.5
+  """
+  q = checks.check_nonnegative("q", q)
+  return make_layer(activation, sw2, sb2, norm, fan_in).variance(f64(q))
+
+
+@float64
+def covariance_map(q12, q1=1.0, q2=1.0, activation="relu", sw2=2.0, sb2=0.0, norm="none",
+                   fan_in=None):
+  """One layer's covariance map (q1, q2, q12) -> q12' (paper eq 2-3; eq 10 with Lemma 1).
+
+  With q1 = q2 = 1 and ReLU this is the paper's T(ρ) = σw² φ̂(ρ) + σb² (eq 3), and with weight
+  mean and a fan-in n it is E_W of eq 10: σw² (n-1)/n (φ̂(ρ) - φ̂(0)) + σb² (Lemma 1).
+
+  >>> import mimictheory as mt, math
+  >>> abs(float(mt.covariance_map(0.0, activation="relu", sw2=2.0)) - 1 / math.pi) < 1e-15
+  True
+  """
+  q1 = checks.check_nonnegative("q1", q1)
+  q2 = checks.check_nonnegative("q2", q2)
+  q12 = checks.check_interval("q12", q12, -np.inf, np.inf)
+  if np.any(np.abs(q12) > np.sqrt(q1 * q2) * (1 + 1e-12) + 1e-300):
+    raise ValueError("q12 must satisfy |q12| <= sqrt(q1 q2) (a valid covariance)")
+  return make_layer(activation, sw2, sb2, norm, fan_in).covariance(f64(q1), f64(q2), f64(q12))
+
+
+@float64
+def qstar(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, q0=1.0):
+  """The fixed point q* of the variance map reached from q0 (∞ if the variance diverges).
+
+  >>> import mimictheory as mt
+  >>> round(float(mt.qstar("relu", sw2=1.0, sb2=0.5)), 12)  # σb² / (1 - σw²/2)
+  1.0
+  """
+  q0 = checks.check_positive("q0", q0)
+  return _solve_qstar(make_layer(activation, sw2, sb2, norm, fan_in), f64(q0))
+
+
+@float64
+def correlation_map(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None):
+  """The correlation map T(ρ) at the variance fixed point q* (paper eq 2-3, eq 10, Theorem 2).
+
+  `norm="none"` is the plain network's T; `"weight_mean"` is T̄; `"batch_norm"` is the BN map.
+  With `sw2=None` the stable initialisation is used (Theorem 3 for weight mean). At
+  (σw², σb²) = (2, 0), ReLU gives T(ρ) = 2φ̂(ρ) (Proposition 1); with weight mean at the stable
+  initialisation T̄(ρ) = (φ̂(ρ) - φ̂(0)) / (φ̂(1) - φ̂(0)) (Theorem 3).
+
+  >>> import mimictheory as mt
+  >>> float(mt.correlation_map(0.0, "relu", sw2=None, norm="weight_mean"))  # T̄(0) = 0
+  0.0
+  """
+  rho = checks.check_interval("rho", rho, -1.0, 1.0)
+  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  return _correlation_map(layer, _solve_qstar(layer), f64(rho))
+
+
+@float64
+def correlation_slope(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None):
+  """T'(ρ) = σw² E[φ'(u)φ'(v)] at q* (the factor of each layer in the NTK sum, eq 7)."""
+  rho = checks.check_interval("rho", rho, -1.0, 1.0)
+  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  return _correlation_slope(layer, _solve_qstar(layer), f64(rho))
+
+
+@float64
+def chi1(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None):
+  """χ1 = T'(1) = σw² E[φ'(√q* z)²]: ordered (< 1), critical (= 1) or chaotic (> 1), Theorem 1.
+
+  >>> import mimictheory as mt, math
+  >>> float(mt.chi1("relu", sw2=2.0))  # Proposition 1
+  1.0
+  >>> abs(float(mt.chi1("relu", norm="batch_norm")) - math.pi / (math.pi - 1)) < 1e-14  # Thm 2
+  True
+  """
+  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  return _chi1(layer, _solve_qstar(layer))
+
+
+@float64
+def stable_correlation(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None):
+  """c*, the stable fixed point of T that correlations flow to: 1 if χ1 <= 1, else in [0, 1)."""
+  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  return _solve_cstar(layer, _solve_qstar(layer))
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthScales:
+  """Depth scales of Schoenholz et al. 2017: ξ = -1/ln χ (∞ where χ >= 1)."""
+
+  qstar: np.ndarray
+  cstar: np.ndarray
+  chi_q: np.ndarray  # V'(q*)
+  chi_c: np.ndarray  # T'(c*)
+  xi_q: np.ndarray
+  xi_c: np.ndarray
+
+
+def depth_scale(chi):
+  """ξ = -1 / ln χ for χ in [0, 1); ∞ for χ >= 1 (no exponential decay)."""
+  chi = jnp.asarray(chi)
+  safe = jnp.where((chi > 0) & (chi < 1), chi, 0.5)
+  return jnp.where(chi >= 1, jnp.inf, jnp.where(chi <= 0, 0.0, -1.0 / jnp.log(safe)))
+
+
+@jax.jit
+def _depth_scales(layer: Layer):
+  q = _solve_qstar(layer)
+  c = _solve_cstar(layer, q)
+  q_eval, layer_eval = _eval_point(layer, q)
+  chi_q = jnp.where(jnp.isinf(q), jnp.inf, layer_eval.variance_slope(q_eval))
+  chi_c = _correlation_slope(layer, q, c)
+  return q, c, chi_q, chi_c
+
+
+@float64
+def depth_scales(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) -> DepthScales:
+  """q*, c*, χ_q = V'(q*), χ_c = T'(c*) and the depth scales ξ_q, ξ_c (Schoenholz et al. 2017).
+
+  >>> import mimictheory as mt
+  >>> s = mt.depth_scales("tanh", sw2=1.5, sb2=0.05)
+  >>> bool(s.xi_c > 0)
+  True
+  """
+  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  q, c, chi_q, chi_c = _depth_scales(layer)
+  return DepthScales(*(np.asarray(a) for a in
+                       (q, c, chi_q, chi_c, depth_scale(chi_q), depth_scale(chi_c))))
+
+
+# ----------------------------------------------------------------------------------------------
+# All fixed points of T in [-1, 1] with their stability.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FixedPoints:
+  """q*, χ1, and every fixed point ρ* of T in [-1, 1] with T'(ρ*) and whether it attracts."""
+
+  qstar: float
+  chi1: float
+  points: np.ndarray
+  slopes: np.ndarray
+  stable: np.ndarray
+
+  def __repr__(self):
+    pts = ", ".join(f"{p:.6g} ({'stable' if s else 'unstable'}, T'={d:.4g})"
+                    for p, d, s in zip(self.points, self.slopes, self.stable))
+    return f"FixedPoints(qstar={self.qstar:.6g}, chi1={self.chi1:.6g}, points=[{pts}])"
+
+
+@partial(jax.jit, static_argnames=("steps",))
+def _bisect(layer, q, lo, hi, steps: int = 60):
+  g_lo = _correlation_map(layer, q, lo) - lo
+
+  def body(_, state):
+    lo, hi, g_lo = state
+    mid = 0.5 * (lo + hi)
+    g_mid = _correlation_map(layer, q, mid) - mid
+    same = jnp.sign(g_mid) == jnp.sign(g_lo)
+    return jnp.where(same, mid, lo), jnp.where(same, hi, mid), jnp.where(same, g_mid, g_lo)
+
+  lo, hi, _ = jax.lax.fori_loop(0, steps, body, (lo, hi, g_lo))
+  return 0.5 * (lo + hi)
+
+
+@float64
+def fixed_points(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None,
+                 grid: int = 2001) -> FixedPoints:
+  """Every fixed point of the correlation map in [-1, 1], its slope and its stability.
+
+  Sign changes of T(ρ) - ρ on a grid are refined by bisection; ρ = 1 is always a fixed point
+  (T(1) = 1 at q*). A fixed point is stable when nearby correlations in [-1, 1] flow to it
+  (|T'| < 1, or |T'| = 1 with the flow pointing inwards, as at ρ* = 1 for ReLU at (2, 0)).
+
+  >>> import mimictheory as mt
+  >>> fp = mt.fixed_points("relu", sw2=None, norm="weight_mean")  # Figure 4, orange
+  >>> [round(float(p), 12) for p in fp.points], fp.stable.tolist()
+  ([0.0, 1.0], [True, False])
+  """
+  checks.check_int("grid", grid, minimum=11)
+  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  q = _solve_qstar(layer)
+  rho = jnp.linspace(-1.0, 1.0, grid)
+  g = np.asarray(_correlation_map(layer, q, rho) - rho)
+  rho = np.asarray(rho)
+  scale = 1e-12
+  zero = np.abs(g) <= scale
+  crossing = (np.sign(g[:-1]) * np.sign(g[1:]) < 0) & ~zero[:-1] & ~zero[1:]
+  roots = list(rho[zero])
+  if crossing.any():
+    roots += list(np.asarray(_bisect(layer, q, f64(rho[:-1][crossing]), f64(rho[1:][crossing]))))
+  roots.append(1.0)
+  points = np.unique(np.round(np.asarray(roots, dtype=float), 12))
+  points = np.clip(points, -1.0, 1.0)
+  slopes = np.asarray(_correlation_slope(layer, q, f64(points)))
+  # Flow direction just inside [-1, 1] on each side decides the marginal cases.
+  h = 1e-6
+  left = np.asarray(_correlation_map(layer, q, f64(np.maximum(points - h, -1.0)))) - np.maximum(points - h, -1.0)
+  right = np.asarray(_correlation_map(layer, q, f64(np.minimum(points + h, 1.0)))) - np.minimum(points + h, 1.0)
+  attract_left = (points <= -1.0) | (left > 0)
+  attract_right = (points >= 1.0) | (right < 0)
+  stable = np.where(np.abs(slopes) < 1 - 1e-9, True,
+                    np.where(np.abs(slopes) > 1 + 1e-9, False, attract_left & attract_right))
+  chi = float(_chi1(layer, q))
+  return FixedPoints(float(q), chi, points, slopes, stable)
