@@ -349,10 +349,11 @@ class DepthScales:
 
 
 def depth_scale(chi):
-  """ξ = -1 / ln χ for χ in [0, 1); ∞ for χ >= 1 (no exponential decay)."""
+  """ξ = -1 / ln χ for χ in [0, 1); ∞ for χ >= 1 - 1e-12 (no exponential decay)."""
   chi = jnp.asarray(chi)
-  safe = jnp.where((chi > 0) & (chi < 1), chi, 0.5)
-  return jnp.where(chi >= 1, jnp.inf, jnp.where(chi <= 0, 0.0, -1.0 / jnp.log(safe)))
+  critical = chi >= 1.0 - 1e-12
+  safe = jnp.where((chi > 0) & ~critical, chi, 0.5)
+  return jnp.where(critical, jnp.inf, jnp.where(chi <= 0, 0.0, -1.0 / jnp.log(safe)))
 
 
 @jax.jit

@@ -1,0 +1,137 @@
+"""Command line: a thin layer over the public API. Errors: one line on stderr, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise SystemExit(_fail(f"{self.prog}: error: {message}"))
+
+
+def _fail(line: str) -> int:
+  print(line.replace("\n", " "), file=sys.stderr)
+  return 2
+
+
+def grid(spec: str) -> np.ndarray:
+  """'start:stop:num' (inclusive linspace), 'a,b,c' or a single number."""
+  try:
+    if ":" in spec:
+      start, stop, num = spec.split(":")
+      num = int(num)
+      if num < 1:
+        raise ValueError
+      return np.linspace(float(start), float(stop), num)
+    return np.array([float(v) for v in spec.split(",")])
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected START:STOP:NUM (NUM >= 1), a comma list or a number, got {spec!r}") from None
+
+
+def _phase(args) -> int:
+  import mimictheory as mt
+  from mimictheory._src.figures import plot_phase_diagram
+  from mimictheory._src.io import atomic_path, ensure_dir
+  out = ensure_dir(args.out)
+  pd = mt.phase_diagram(args.activation, sw2=args.sw2, sb2=args.sb2, norm=args.norm,
+                        fan_in=args.fan_in, progress=not args.quiet)
+  with atomic_path(out / "phase.npz") as tmp:
+    with open(tmp, "wb") as fh:
+      np.savez(fh, activation=pd.activation, norm=pd.norm, **pd.arrays())
+  plot_phase_diagram(pd, out / "phase.png")
+  chaotic = float(np.mean(pd.chi1 > 1))
+  print(f"wrote {out / 'phase.npz'} and {out / 'phase.png'} "
+        f"({pd.sw2.size}x{pd.sb2.size} grid, {100 * chaotic:.1f}% chaotic)")
+  return 0
+
+
+def _maps(args) -> int:
+  import mimictheory as mt
+  kw = dict(activation=args.activation, sw2=args.sw2, sb2=args.sb2, norm=args.norm,
+            fan_in=args.fan_in)
+  fp = mt.fixed_points(**kw)
+  scales = mt.depth_scales(**kw)
+  print(f"q* = {fp.qstar:.10g}   chi1 = {fp.chi1:.10g}   c* = {float(scales.cstar):.10g}   "
+        f"xi_c = {float(scales.xi_c):.6g}   xi_q = {float(scales.xi_q):.6g}")
+  for p, d, s in zip(fp.points, fp.slopes, fp.stable):
+    print(f"fixed point rho* = {p:+.10f}   T'(rho*) = {d:.10f}   {'stable' if s else 'unstable'}")
+  return 0
+
+
+def _figures(args) -> int:
+  from mimictheory._src.figures import regenerate
+  from mimictheory._src.io import ensure_dir
+  only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+  if only is not None:  # check the names before any folder or file is made
+    from mimictheory._src.figures import FIGURES
+    unknown = [n for n in only if n not in FIGURES]
+    if unknown:
+      raise ValueError(f"--only must name figures among {', '.join(FIGURES)}; unknown: "
+                       f"{', '.join(unknown)}")
+  out = ensure_dir(args.out)
+  for path in regenerate(out, only, progress=not args.quiet):
+    print(f"wrote {path}")
+  return 0
+
+
+def _common(p, activation="relu"):
+  from mimictheory._src.activations import ACTIVATIONS
+  from mimictheory._src.maps import NORMS
+  p.add_argument("--activation", default=activation, choices=list(ACTIVATIONS))
+  p.add_argument("--norm", default="none", choices=list(NORMS))
+  p.add_argument("--fan-in", type=int, default=None, help="finite fan-in n of Lemma 1")
+
+
+def _float_or_none(spec: str):
+  if spec.lower() in ("none", "stable"):
+    return None
+  try:
+    return float(spec)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number or 'stable', got {spec!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="mimictheory", description="Mean-field / NTK theory of MimicNorm.")
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+  p = sub.add_parser("phase", help="phase diagram over (sw2, sb2): phase.npz and phase.png")
+  _common(p, activation="tanh")
+  p.add_argument("--sw2", type=grid, default=grid("0.5:4:200"), help="START:STOP:NUM")
+  p.add_argument("--sb2", type=grid, default=grid("0:0.3:150"), help="START:STOP:NUM")
+  p.add_argument("--out", default="figures/phase", help="output folder")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(run=_phase)
+  p = sub.add_parser("figures", help="regenerate the figures (PNG, PDF and the data as npz)")
+  p.add_argument("--out", default="figures", help="output folder")
+  p.add_argument("--only", default=None, help="comma list of figure names, e.g. fig4")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(run=_figures)
+  p = sub.add_parser("maps", help="q*, chi1, depth scales and the fixed points of T")
+  _common(p)
+  p.add_argument("--sw2", type=_float_or_none, default=2.0, help="a number or 'stable'")
+  p.add_argument("--sb2", type=float, default=0.0)
+  p.set_defaults(run=_maps)
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  try:
+    args = parser.parse_args(argv)
+    return args.run(args)
+  except SystemExit as exc:  # argparse's own --help / errors
+    return exc.code if isinstance(exc.code, int) else 0
+  except (ValueError, TypeError, OSError) as err:
+    return _fail(f"mimictheory: error: {err}")
+  except KeyboardInterrupt:
+    return _fail("mimictheory: interrupted")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
