@@ -75,7 +75,9 @@ def _correlation(q1, q2, q12):
   norm = jnp.sqrt(q1 * q2)
   safe = jnp.where(norm > 0, norm, 1.0)
   rho = jnp.where(norm > 0, q12 / safe, 0.0)
-  return jnp.clip(rho, -1.0, 1.0), norm
+  # Clamp rounding excursions past ±1. Not jnp.clip: its gradient is 1/2 at the boundary, which
+  # would halve ∂K/∂q12 at ρ = ±1; `where` passes the full gradient through at ρ = ±1.
+  return jnp.where(rho > 1.0, 1.0, jnp.where(rho < -1.0, -1.0, rho)), norm
 
 
 # ----------------------------------------------------------------------------------------------

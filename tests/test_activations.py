@@ -1,0 +1,129 @@
+"""Dual activations: closed forms against quadrature, scipy and their own identities."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from scipy import integrate
+
+import mimictheory as mt
+from mimictheory._src.precision import float64
+from conftest import relu_dual_np
+
+
+def test_relu_dual_special_values():
+  # THEORY.md section 1: φ̂(1) = 1/2, φ̂(0) = 1/(2π), φ̂'(1) = 1/2, φ̂'(0) = 1/4.
+  with jax.enable_x64(True):
+    assert float(mt.relu_dual(1.0)) == pytest.approx(0.5, abs=1e-16)
+    assert float(mt.relu_dual(0.0)) == pytest.approx(1 / (2 * math.pi), abs=1e-16)
+    grad = jax.grad(mt.relu_dual)
+    assert float(grad(1.0)) == pytest.approx(0.5, abs=1e-16)
+    assert float(grad(0.0)) == pytest.approx(0.25, abs=1e-16)
+    assert float(grad(-1.0)) == pytest.approx(0.0, abs=1e-16)
+
+
+def test_relu_dual_derivatives_at_the_boundary_are_exact_not_nan():
+  with jax.enable_x64(True):
+    relu = mt.ReLU()
+    # ∂K/∂q12 at ρ = ±1 through the custom JVP: E[φ'φ'] = 1/2 and 0, with no NaN.
+    dk = jax.grad(lambda q12: relu.kernel(2.0, 2.0, q12))
+    assert float(dk(2.0)) == pytest.approx(0.5, abs=1e-15)
+    assert float(dk(-2.0)) == pytest.approx(0.0, abs=1e-15)
+    # Second derivative: 1/(2π√(1-ρ²)) -> +∞ at ρ = 1, the true value, not NaN.
+    d2 = jax.grad(mt.relu_dual_derivative)
+    assert np.isinf(float(d2(1.0))) and float(d2(1.0)) > 0
+    assert float(d2(0.0)) == pytest.approx(1 / (2 * math.pi), abs=1e-15)
+    # Plain autodiff of eq 4 would give NaN here; the library must not.
+    naive = jax.grad(lambda r: (jnp.sqrt(1 - r**2) + (jnp.pi - jnp.arccos(r)) * r) / (2 * jnp.pi))
+    assert np.isnan(float(naive(1.0)))
+
+
+def _random_covariances(rng, n=150):
+  q1, q2 = rng.uniform(0.05, 5.0, n), rng.uniform(0.05, 5.0, n)
+  rho = rng.uniform(-1, 1, n)
+  rho[:6] = [1.0, -1.0, 0.0, 0.999999, -0.9999999, 1e-9]
+  return q1, q2, rho * np.sqrt(q1 * q2)
+
+
+@pytest.mark.parametrize("name", ["relu", "erf"])
+@float64
+def test_closed_form_matches_quadrature_to_1e10(name, rng):
+  closed, numerical = mt.get_activation(name), mt.get_activation(name + "_numerical")
+  q1, q2, q12 = _random_covariances(rng)
+  for method in ("kernel", "derivative_kernel"):
+    a = np.asarray(getattr(closed, method)(q1, q2, q12))
+    b = np.asarray(getattr(numerical, method)(q1, q2, q12))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, err_msg=method)
+  for method in ("mean", "second_moment", "derivative_second_moment", "variance"):
+    a = np.asarray(getattr(closed, method)(q1))
+    b = np.asarray(getattr(numerical, method)(q1))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, err_msg=method)
+
+
+def _scipy_expectation(f, g, q1, q2, rho):
+  """E[f(u) g(v)] by scipy's adaptive 2-D quadrature, independent of the library."""
+  s = math.sqrt(1 - rho**2)
+  pdf = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+  integrand = lambda z2, z1: (f(math.sqrt(q1) * z1) * g(math.sqrt(q2) * (rho * z1 + s * z2))
+                              * pdf(z1) * pdf(z2))
+  value, _ = integrate.dblquad(integrand, -12, 12, -12, 12, epsabs=1e-13, epsrel=1e-12)
+  return value
+
+
+GELU = lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2)))
+GELU_PRIME = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2))) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+
+@pytest.mark.parametrize("name,f,fprime", [
+    ("tanh", math.tanh, lambda x: 1 / math.cosh(x) ** 2),
+    ("gelu", GELU, GELU_PRIME),
+])
+@pytest.mark.parametrize("q1,q2,rho", [(1.0, 1.0, 0.3), (0.5, 2.0, -0.7), (3.0, 1.5, 0.95)])
+@float64
+def test_numerical_activation_matches_scipy(name, f, fprime, q1, q2, rho):
+  act = mt.get_activation(name)
+  q12 = rho * math.sqrt(q1 * q2)
+  assert float(act.kernel(q1, q2, q12)) == pytest.approx(
+      _scipy_expectation(f, f, q1, q2, rho), abs=1e-9)
+  assert float(act.derivative_kernel(q1, q2, q12)) == pytest.approx(
+      _scipy_expectation(fprime, fprime, q1, q2, rho), abs=1e-9)
+  mean, _ = integrate.quad(lambda z: f(math.sqrt(q1) * z) * math.exp(-z * z / 2), -12, 12,
+                           epsabs=1e-14)
+  assert float(act.mean(q1)) == pytest.approx(mean / math.sqrt(2 * math.pi), abs=1e-11)
+
+
+@float64
+def test_relu_kernel_is_homogeneous_dual():
+  # E[φ(u)φ(v)] = √(q1 q2) φ̂(ρ) (THEORY.md section 1), φ̂ written independently.
+  q1, q2, rho = 0.7, 2.3, np.linspace(-1, 1, 21)
+  k = mt.ReLU().kernel(q1, q2, rho * math.sqrt(q1 * q2))
+  np.testing.assert_allclose(k, math.sqrt(q1 * q2) * relu_dual_np(rho), atol=1e-15)
+  assert float(mt.ReLU().mean(2.0)) == pytest.approx(math.sqrt(2.0 / (2 * math.pi)), abs=1e-16)
+
+
+q_st = st.floats(0.01, 10.0)
+rho_st = st.floats(-1.0, 1.0)
+
+
+@pytest.mark.parametrize("name", ["relu", "erf", "identity"])
+@given(q1=q_st, q2=q_st, rho=rho_st)
+@float64
+def test_kernel_symmetric_and_cauchy_schwarz(name, q1, q2, rho):
+  act = mt.get_activation(name)
+  q12 = rho * math.sqrt(q1 * q2)
+  k12, k21 = float(act.kernel(q1, q2, q12)), float(act.kernel(q2, q1, q12))
+  assert k12 == pytest.approx(k21, rel=1e-13, abs=1e-15)
+  bound = math.sqrt(float(act.second_moment(q1)) * float(act.second_moment(q2)))
+  assert abs(k12) <= bound * (1 + 1e-12) + 1e-15
+  d = float(act.derivative_kernel(q1, q2, q12))
+  assert np.isfinite(d) and d >= -1e-15  # E[φ'φ'] >= 0 for these monotone φ
+
+
+def test_get_activation_errors_name_the_parameter():
+  with pytest.raises(ValueError, match="activation must be one of"):
+    mt.get_activation("sigmoidish")
+  with pytest.raises(TypeError, match="activation"):
+    mt.get_activation(3.0)
+  assert isinstance(mt.get_activation(jnp.sin), mt.Numerical)
