@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mimictheory._src.precision import float64
+
 __all__ = [
     "Activation", "ReLU", "Erf", "Identity", "Numerical", "get_activation", "relu_dual",
     "relu_dual_derivative", "ACTIVATIONS",
@@ -308,6 +310,19 @@ class Numerical(Activation):
 
   def derivative_second_moment(self, q):
     return self._map_1d(lambda x: jnp.square(self.derivative(x)), q)
+
+
+def _public_methods(cls):
+  """Give the expectation methods the library's float64 contract when called eagerly."""
+  for name in ("mean", "kernel", "derivative_kernel", "second_moment",
+               "derivative_second_moment", "variance"):
+    if name in cls.__dict__:
+      setattr(cls, name, float64(cls.__dict__[name]))
+  return cls
+
+
+for _cls in (Activation, ReLU, Erf, Identity, Numerical):
+  _public_methods(_cls)
 
 
 def _gelu(x):

@@ -70,18 +70,32 @@ def _dense_step(layer: Layer, q1, q2, k, ntk):
   return k_new, k_new + layer.slope(q1[:, None], q2[None, :], k) * ntk
 
 
-def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None):
-  """Entrywise recursion (norm none / weight_mean). `per_depth(K, Θ)` collects per-depth output."""
+def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None, diagonal=None):
+  """Entrywise recursion (norm none / weight_mean). `per_depth(K, Θ)` collects per-depth output.
+
+  `diagonal` marks the entries (i, i) of a symmetric Gram matrix: they are pinned to the
+  variance recursion so that ρ = 1 exactly there. A rounding excursion ρ = 1 - 1e-16 would cost
+  √(1 - ρ²) ~ 1e-8 in the arc-cosine kernel.
+  """
   k, q1, q2 = _input_kernel(layer, x1, x2, gain)
+  pin = (lambda k, q: k) if diagonal is None else (
+      lambda k, q: jnp.where(diagonal, q[:, None], k))
 
   def step(carry, _):
     k, ntk, q1, q2 = carry
+    k = pin(k, q1)
     k, ntk = _dense_step(layer, q1, q2, k, ntk)
     q1, q2 = layer.variance(q1), layer.variance(q2)
     return (k, ntk, q1, q2), (None if per_depth is None else per_depth(k, ntk))
 
-  (k, ntk, _, _), ys = jax.lax.scan(step, (k, k, q1, q2), None, length=depth)
-  return k, ntk, ys
+  k = pin(k, q1)
+  (k, ntk, q1, _), ys = jax.lax.scan(step, (k, k, q1, q2), None, length=depth)
+  return pin(k, q1), ntk, ys
+
+
+def _diagonal_mask(rows: int, cols: int, offset):
+  """Entries (i, offset + i): the diagonal of a row block of a symmetric Gram matrix."""
+  return (jnp.arange(rows)[:, None] + offset) == jnp.arange(cols)[None, :]
 
 
 def _center(m):
@@ -92,6 +106,7 @@ def _batch_norm(layer: Layer, x, gain, depth: int, per_depth=None):
   """Full-batch BN after every hidden dense layer; the output dense layer is not normalised."""
   dense = dataclasses.replace(layer, norm="none")
   k, _, _ = _input_kernel(dense, x, x, gain)
+  eye = jnp.eye(x.shape[0], dtype=bool)
 
   def step(carry, _):
     k, ntk = carry
@@ -99,6 +114,7 @@ def _batch_norm(layer: Layer, x, gain, depth: int, per_depth=None):
     nu = jnp.mean(jnp.diagonal(centred))
     k_bn, ntk_bn = centred / nu, _center(ntk) / nu
     q = jnp.diagonal(k_bn)
+    k_bn = jnp.where(eye, q[:, None], k_bn)  # ρ = 1 exactly on the diagonal (see _pairwise)
     k, ntk = _dense_step(dense, q, q, k_bn, ntk_bn)
     return (k, ntk), (None if per_depth is None else per_depth(k, ntk))
 
@@ -106,9 +122,10 @@ def _batch_norm(layer: Layer, x, gain, depth: int, per_depth=None):
   return k, ntk, ys
 
 
-@partial(jax.jit, static_argnames=("depth",))
-def _gram_block(layer, x1, x2, gain, depth):
-  k, ntk, _ = _pairwise(layer, x1, x2, gain, depth)
+@partial(jax.jit, static_argnames=("depth", "symmetric"))
+def _gram_block(layer, x1, x2, gain, offset, depth, symmetric):
+  diagonal = _diagonal_mask(x1.shape[0], x2.shape[0], offset) if symmetric else None
+  k, ntk, _ = _pairwise(layer, x1, x2, gain, depth, diagonal=diagonal)
   return Kernels(k, ntk)
 
 
@@ -185,7 +202,7 @@ def _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress):
     if rows < block_size:  # pad the last block: one compiled shape for all
       block = np.concatenate([block, np.zeros((block_size - rows, block.shape[1]))])
     block = f64(block) if row_sharding is None else jax.device_put(f64(block), row_sharding)
-    out = _gram_block(layer, block, x2_dev, gain, depth)
+    out = _gram_block(layer, block, x2_dev, gain, start, depth, x2 is x1)
     nngp.append(out.nngp[:rows])
     ntk.append(out.ntk[:rows])
   if len(nngp) == 1:
@@ -219,7 +236,8 @@ def _spectrum(layer, x, gain, depth):
 
   if layer.norm == "batch_norm":
     return _batch_norm(layer, x, gain, depth, eigenvalues)[2]
-  return _pairwise(layer, x, x, gain, depth, eigenvalues)[2]
+  diagonal = _diagonal_mask(x.shape[0], x.shape[0], 0)
+  return _pairwise(layer, x, x, gain, depth, eigenvalues, diagonal)[2]
 
 
 @float64

@@ -1,0 +1,166 @@
+"""NNGP / NTK Gram matrices against naive independent implementations and their properties."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.special import erf as _erf  # noqa: F401  (erf closed form written below)
+
+import mimictheory as mt
+from conftest import REPO, relu_dual_np, relu_dual_prime_np
+
+
+def _data(rng, n=12, d=7):
+  x = rng.standard_normal((n, d))
+  return x / np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(d)
+
+
+def _relu_np(q1, q2, q12):
+  rho = np.clip(q12 / np.sqrt(q1 * q2), -1, 1)
+  return np.sqrt(q1 * q2) * relu_dual_np(rho), relu_dual_prime_np(rho)
+
+
+def _erf_np(q1, q2, q12):
+  a = (1 + 2 * q1) * (1 + 2 * q2)
+  return 2 / np.pi * np.arcsin(2 * q12 / np.sqrt(a)), 4 / np.pi / np.sqrt(a - 4 * q12**2)
+
+
+def _eq7_reference(x, depth, dual, sw2, sb2):
+  """Θ = Σ_l K^l Π_{r>l} Ṫ(K^r) (paper eq 7), with explicit per-layer lists."""
+  d = x.shape[1]
+  ks = [sw2 * x @ x.T / d + sb2]
+  slopes = []
+  for _ in range(depth):
+    k = ks[-1]
+    q = np.diag(k)
+    value, deriv = dual(q[:, None], q[None, :], k)
+    ks.append(sw2 * value + sb2)
+    slopes.append(sw2 * deriv)
+  ntk = np.zeros_like(ks[0])
+  for l, k in enumerate(ks):
+    prod = np.ones_like(k)
+    for s in slopes[l:]:
+      prod = prod * s
+    ntk += k * prod
+  return ks[-1], ntk
+
+
+@pytest.mark.parametrize("name,dual,sw2,sb2", [
+    ("relu", _relu_np, 2.0, 0.0), ("relu", _relu_np, 1.6, 0.2), ("erf", _erf_np, 2.5, 0.1)])
+def test_kernels_match_eq7_reference(name, dual, sw2, sb2, rng):
+  x = _data(rng)
+  nngp, ntk = _eq7_reference(x, 6, dual, sw2, sb2)
+  out = mt.kernels(x, depth=6, activation=name, sw2=sw2, sb2=sb2)
+  np.testing.assert_allclose(out.nngp, nngp, rtol=1e-12, atol=1e-13)
+  np.testing.assert_allclose(out.ntk, ntk, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["relu", "erf", "tanh"])
+def test_gram_matrices_symmetric_psd(name, rng):
+  x = _data(rng, n=10)
+  out = mt.kernels(x, depth=4, activation=name, sw2=1.8, sb2=0.1)
+  for m in (np.asarray(out.nngp), np.asarray(out.ntk)):
+    np.testing.assert_allclose(m, m.T, atol=1e-13)
+    assert np.linalg.eigvalsh(m).min() >= -1e-10 * np.abs(m).max()
+
+
+def test_blocks_and_cross_kernels_agree(rng):
+  x = _data(rng, n=23)
+  full = mt.kernels(x, depth=5, activation="relu", sw2=None, norm="weight_mean")
+  blocked = mt.kernels(x, depth=5, activation="relu", sw2=None, norm="weight_mean", block_size=5)
+  np.testing.assert_allclose(blocked.ntk, full.ntk, atol=1e-13)
+  cross = mt.kernels(x[:9], x[9:], depth=5, activation="relu", sw2=None, norm="weight_mean")
+  np.testing.assert_allclose(cross.nngp, np.asarray(full.nngp)[:9, 9:], atol=1e-13)
+
+
+def test_weight_mean_decorrelates_and_plain_relu_freezes(rng):
+  """Eq 8 versus Theorem 3 on data: deep plain ReLU correlations -> 1, weight mean -> ~0."""
+  x = np.abs(_data(rng, n=16)) + 0.5  # positively correlated inputs
+  def mean_offdiag_corr(k):
+    k = np.asarray(k)
+    c = k / np.sqrt(np.outer(np.diag(k), np.diag(k)))
+    return np.abs(c[~np.eye(len(c), dtype=bool)]).mean()
+  plain = mt.kernels(x, depth=50, activation="relu", sw2=2.0)
+  mimic = mt.kernels(x, depth=50, activation="relu", sw2=None, norm="weight_mean")
+  assert mean_offdiag_corr(plain.nngp) > 0.99
+  # Off-diagonal correlations of T̄ iterate towards 0 like T̄'(0)^l = 0.73^l (eq 10).
+  assert mean_offdiag_corr(mimic.nngp) < 0.02
+
+
+def _bn_reference(x, depth, sw2, sb2):
+  """Full-batch BN after each hidden dense layer, written with explicit centring matrices."""
+  n, d = x.shape
+  h = np.eye(n) - np.ones((n, n)) / n
+  pre = sw2 * x @ x.T / d + sb2
+  ntk = pre.copy()
+  for _ in range(depth):
+    c = h @ pre @ h
+    nu = np.trace(c) / n
+    k_bn, ntk_bn = c / nu, h @ ntk @ h / nu
+    q = np.diag(k_bn)
+    value, deriv = _relu_np(q[:, None], q[None, :], k_bn)
+    pre = sw2 * value + sb2
+    ntk = pre + sw2 * deriv * ntk_bn
+  return pre, ntk
+
+
+def test_batch_norm_kernels_match_reference(rng):
+  x = _data(rng, n=15)
+  nngp, ntk = _bn_reference(x, 5, 2.0, 0.1)
+  out = mt.kernels(x, depth=5, activation="relu", sw2=2.0, sb2=0.1, norm="batch_norm")
+  np.testing.assert_allclose(out.nngp, nngp, rtol=1e-12, atol=1e-13)
+  np.testing.assert_allclose(out.ntk, ntk, rtol=1e-12, atol=1e-13)
+  cross = mt.kernels(x[:6], x[6:], depth=5, activation="relu", sw2=2.0, sb2=0.1,
+                     norm="batch_norm")
+  np.testing.assert_allclose(cross.ntk, ntk[:6, 6:], rtol=1e-12, atol=1e-13)
+
+
+def test_ntk_spectrum_matches_kernels_and_shows_the_phases(rng):
+  x = _data(rng, n=20)
+  spec = mt.ntk_spectrum(x, depth=30, activation="relu", sw2=2.0)
+  direct = np.linalg.eigvalsh(np.asarray(mt.kernels(x, depth=12, sw2=2.0).ntk))
+  np.testing.assert_allclose(spec.eigenvalues[11], direct, rtol=1e-10, atol=1e-10)
+  # Theorem 1: ordered (tanh, χ1 < 1) κ grows with depth; weight mean (chaotic) stays bounded.
+  ordered = mt.ntk_spectrum(x, depth=60, activation="tanh", sw2=1.2, sb2=0.2)
+  assert float(mt.chi1("tanh", 1.2, 0.2)) < 1
+  assert ordered.condition[-1] > 5 * ordered.condition[4]
+  chaotic = mt.ntk_spectrum(x, depth=60, activation="relu", sw2=None, norm="weight_mean")
+  assert chaotic.condition[-1] < 3 * chaotic.condition[4]
+  assert chaotic.condition[-1] < ordered.condition[-1] / 10
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda x: mt.kernels(x, depth=0), ValueError, "depth must be an integer >= 1"),
+    (lambda x: mt.kernels(x[0]), ValueError, r"x1 must have 2 dimensions"),
+    (lambda x: mt.kernels(x, x[:, :3]), ValueError, "x2 must have the same number of features"),
+    (lambda x: mt.kernels(np.where(np.eye(*x.shape) > 0, np.nan, x)), ValueError, "x1 contains NaN"),
+    (lambda x: mt.kernels(x, depth=2.5), TypeError, "depth must be an integer"),
+    (lambda x: mt.kernels(x, input_gain=0.0), ValueError, "input_gain must be > 0"),
+])
+def test_kernel_errors(call, exc, match, rng):
+  with pytest.raises(exc, match=match):
+    call(_data(rng))
+
+
+def test_sharded_over_four_host_devices_matches_single_device(tmp_path):
+  """jax.sharding over 4 forced CPU devices gives the same Gram matrix (in a subprocess, since
+  the device count is fixed when JAX starts)."""
+  script = (
+      "import json, numpy as np, jax, mimictheory as mt\n"
+      "x = np.random.default_rng(1).normal(size=(37, 6))\n"
+      "ref = mt.kernels(x, depth=8, activation='erf', sw2=2.0, sb2=0.1)\n"
+      "out = mt.kernels(x, depth=8, activation='erf', sw2=2.0, sb2=0.1, mesh=mt.row_mesh(),"
+      " block_size=16)\n"
+      "print(json.dumps({'devices': jax.device_count(),"
+      " 'err': float(np.abs(np.asarray(out.ntk) - np.asarray(ref.ntk)).max())}))\n")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+  assert res.returncode == 0, res.stderr
+  result = json.loads(res.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 4
+  assert result["err"] < 1e-13
