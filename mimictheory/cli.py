@@ -37,7 +37,12 @@ def grid(spec: str) -> np.ndarray:
 def _phase(args) -> int:
   import mimictheory as mt
   from mimictheory._src.figures import plot_phase_diagram
+  from mimictheory._src.checks import check_fan_in
   from mimictheory._src.io import atomic_path, ensure_dir
+  from mimictheory._src.phase import _grid_axis
+  _grid_axis("sw2", args.sw2, positive=True)  # validate before any folder is made
+  _grid_axis("sb2", args.sb2, positive=False)
+  check_fan_in(args.fan_in)
   out = ensure_dir(args.out)
   pd = mt.phase_diagram(args.activation, sw2=args.sw2, sb2=args.sb2, norm=args.norm,
                         fan_in=args.fan_in, progress=not args.quiet)

@@ -168,7 +168,7 @@ def _solve_qstar(layer: Layer, q0=1.0, max_iter: int = 200):
     q_new = q + step
     bisect = jnp.where(hi >= Q_MAX, jnp.minimum(2.0 * hi, 10.0 * jnp.maximum(q, 1.0)),
                        0.5 * (lo + hi))
-    q_new = jnp.where((q_new <= lo) | (q_new >= hi), jnp.minimum(bisect, Q_MAX), q_new)
+    q_new = jnp.where((q_new < lo) | (q_new > hi), jnp.minimum(bisect, Q_MAX), q_new)
     q_new = jnp.where(flat, q, q_new)
     done = flat | (jnp.abs(q_new - q) <= 1e-13 * (1.0 + q)) | (lo >= Q_MAX) | (q_new >= Q_MAX)
     return q_new, lo, hi, done, it + 1

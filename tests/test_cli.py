@@ -1,0 +1,68 @@
+"""The command line: outputs, one-line errors with exit code 2, no partial files."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mimictheory.cli import main
+from conftest import REPO
+
+
+def test_phase_writes_npz_and_png(tmp_path, capsys):
+  out = tmp_path / "ph"
+  rc = main(["phase", "--activation", "erf", "--sw2", "0.5:4:12", "--sb2", "0:0.3:9",
+             "--out", str(out), "--quiet"])
+  assert rc == 0
+  data = np.load(out / "phase.npz")
+  for key in ("sw2", "sb2", "qstar", "chi1", "xi_c"):
+    assert key in data.files
+  assert data["chi1"].shape == (12, 9)
+  np.testing.assert_allclose(data["sw2"], np.linspace(0.5, 4, 12))
+  assert (out / "phase.png").stat().st_size > 10_000
+  assert sorted(p.name for p in out.iterdir()) == ["phase.npz", "phase.png"]  # no temp files
+
+
+def test_maps_prints_theorem_3(capsys):
+  assert main(["maps", "--activation", "relu", "--norm", "weight_mean", "--sw2", "stable"]) == 0
+  text = capsys.readouterr().out
+  assert "chi1 = 1.466942207" in text and "+0.0000000000" in text and "unstable" in text
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["phase", "--sw2", "0.5:4:x"], "--sw2"),
+    (["phase", "--activation", "softsign"], "--activation"),
+    (["phase", "--norm", "group"], "--norm"),
+    (["phase", "--sw2=-1:2:5"], "sw2 must be > 0"),
+    (["phase", "--fan-in", "0"], "fan_in must be an integer >= 2"),
+    (["maps", "--sw2", "0"], "sw2 must be > 0"),
+    (["maps", "--fan-in", "1"], "fan_in must be an integer >= 2"),
+    (["figures", "--only", "fig9"], "--only"),
+    ([], "command"),
+])
+def test_bad_options_one_line_exit_2(argv, needle, tmp_path, capsys):
+  out = tmp_path / "never"
+  if argv and argv[0] in ("phase", "figures"):
+    argv = argv + ["--out", str(out)]
+  assert main(argv) == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and needle in err
+  assert not out.exists()
+
+
+def test_unwritable_out(tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  assert main(["phase", "--sw2", "1:2:3", "--sb2", "0:0.1:2", "--out", str(blocker / "sub"),
+               "--quiet"]) == 2
+  assert "--out" in capsys.readouterr().err
+
+
+def test_console_script_no_traceback(tmp_path):
+  exe = os.path.join(os.path.dirname(sys.executable), "mimictheory")
+  cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "mimictheory.cli"]
+  res = subprocess.run(cmd + ["maps", "--sb2", "-1"], capture_output=True, text=True,
+                       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+  assert res.returncode == 2
+  assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
