@@ -201,7 +201,7 @@ def critical_line(activation="tanh", sb2=None, norm="none", fan_in=None) -> Crit
   >>> import mimictheory as mt
   >>> line = mt.critical_line("tanh", sb2=[0.0, 0.05])
   >>> [round(float(v), 6) for v in line.sw2]        # σw² = 1 at σb² = 0 (tanh'(0) = 1)
-  [1.0, 1.396718]
+  [1.0, 1.760955]
   """
   act, _, _, factor = _resolve(activation, 1.0, 0.0, norm, fan_in)
   if norm == "batch_norm":

@@ -1,0 +1,83 @@
+"""Benchmarks of the analytic core, as ratios against references measured in the same run.
+
+  kernels:  NNGP + NTK Gram matrices, N = 2000, depth 50 (ReLU), against a naive NumPy
+            implementation of the same recursion (timed on a subset and scaled per entry).
+  phase:    a 1000 x 1000 phase diagram (ReLU, erf) and 400 x 300 (tanh), against the scalar
+            per-point API called in a Python loop (timed on a few points and scaled).
+
+Run: `make bench` or `python benchmarks/run.py [--quick]`. Prints a table; writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+import mimictheory as mt
+
+
+def _time(fn, repeat=1):
+  best = math.inf
+  for _ in range(repeat):
+    t = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t)
+  return best
+
+
+def _naive_kernels(x, depth, sw2, sb2):
+  """Straightforward NumPy: one Python loop over layers, full matrices, no JAX."""
+  d = x.shape[1]
+  k = sw2 * x @ x.T / d + sb2
+  ntk = k.copy()
+  for _ in range(depth):
+    q = np.diag(k)
+    norm = np.sqrt(np.outer(q, q))
+    rho = np.clip(k / norm, -1, 1)
+    theta = np.arccos(rho)
+    value = norm * (np.sqrt(1 - rho**2) + (np.pi - theta) * rho) / (2 * np.pi)
+    deriv = (np.pi - theta) / (2 * np.pi)
+    k = sw2 * value + sb2
+    ntk = k + sw2 * deriv * ntk
+  return k, ntk
+
+
+def bench_kernels(n, depth):
+  x = np.random.default_rng(0).normal(size=(n, 64))
+  mt.kernels(x[:8], depth=depth)  # compile outside the timing
+  ours = _time(lambda: mt.kernels(x, depth=depth), repeat=2)
+  naive = _time(lambda: _naive_kernels(x, depth, 2.0, 0.0), repeat=1)
+  return [("kernels relu N=%d depth=%d" % (n, depth), ours, naive, "naive NumPy")]
+
+
+def bench_phase(size, activation, loop_points=20):
+  sw2, sb2 = np.linspace(0.5, 4.0, size[0]), np.linspace(0.0, 0.3, size[1])
+  mt.phase_diagram(activation, sw2=sw2[:2], sb2=sb2[:2])  # compile
+  ours = _time(lambda: mt.phase_diagram(activation, sw2=sw2, sb2=sb2))
+  pts = list(zip(np.linspace(0.6, 3.9, loop_points), np.linspace(0.01, 0.29, loop_points)))
+  mt.depth_scales(activation, *pts[0])
+  per_point = _time(lambda: [(mt.chi1(activation, w, b), mt.depth_scales(activation, w, b))
+                             for w, b in pts]) / loop_points
+  label = f"phase {activation} {size[0]}x{size[1]}"
+  return [(label, ours, per_point * size[0] * size[1], "per-point loop (extrapolated)")]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+  args = parser.parse_args()
+  n, depth = (400, 20) if args.quick else (2000, 50)
+  grid = (200, 200) if args.quick else (1000, 1000)
+  rows = bench_kernels(n, depth)
+  rows += bench_phase(grid, "relu")
+  rows += bench_phase(grid, "erf")
+  rows += bench_phase((80, 60) if args.quick else (400, 300), "tanh", loop_points=5)
+  print(f"{'benchmark':<34} {'mimictheory (s)':>16} {'reference (s)':>14} {'speed-up':>9}  reference")
+  for label, ours, ref, what in rows:
+    print(f"{label:<34} {ours:>16.3f} {ref:>14.3f} {ref / ours:>8.1f}x  {what}")
+
+
+if __name__ == "__main__":
+  main()
