@@ -164,3 +164,16 @@ def test_sharded_over_four_host_devices_matches_single_device(tmp_path):
   result = json.loads(res.stdout.strip().splitlines()[-1])
   assert result["devices"] == 4
   assert result["err"] < 1e-13
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(seed=st.integers(0, 2**31 - 1), sw2=st.floats(0.5, 4.0), sb2=st.floats(0.0, 0.5),
+       depth=st.integers(1, 12), norm=st.sampled_from(["none", "weight_mean"]))
+def test_property_gram_matrices_symmetric_psd(seed, sw2, sb2, depth, norm):
+  x = np.random.default_rng(seed).normal(size=(9, 5))
+  out = mt.kernels(x, depth=depth, activation="erf", sw2=sw2, sb2=sb2, norm=norm)
+  for m in (out.nngp, out.ntk):
+    np.testing.assert_allclose(m, m.T, atol=1e-12 * np.abs(m).max())
+    assert np.linalg.eigvalsh(m).min() >= -1e-10 * np.abs(m).max()
