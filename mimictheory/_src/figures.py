@@ -20,8 +20,10 @@ def _pyplot():
 def save_figure(fig, path) -> Path:
   """Save `fig` to `path` (format from the suffix) through a temporary file."""
   path = Path(path)
+  fmt = path.suffix.lstrip(".")
+  metadata = {"CreationDate": None} if fmt == "pdf" else None  # same run, same bytes
   with atomic_path(path) as tmp:
-    fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=150, bbox_inches="tight")
+    fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
   return path
 
 
