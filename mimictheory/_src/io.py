@@ -1,4 +1,4 @@
-"""Atomic file output: write to a temporary name in the same folder, then rename."""
+"""Output helpers: atomic files (a temporary name in the same folder, then rename), progress."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +6,15 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_path", "ensure_dir"]
+__all__ = ["atomic_path", "ensure_dir", "progress_bar"]
+
+
+def progress_bar(iterable, enabled: bool, desc: str):
+  """`iterable` wrapped in a tqdm progress bar when `enabled`."""
+  if not enabled:
+    return iterable
+  from tqdm.auto import tqdm
+  return tqdm(iterable, desc=desc, leave=False)
 
 
 def ensure_dir(path) -> Path:

@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mimictheory._src import checks
+from mimictheory._src.io import progress_bar
 from mimictheory._src.maps import Layer, make_layer
 from mimictheory._src.precision import f64, float64
 
@@ -196,7 +197,7 @@ def _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress):
     row_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0], None))
     x2_dev = jax.device_put(x2_dev, NamedSharding(mesh, PartitionSpec()))
   nngp, ntk = [], []
-  for start in _progress(starts, progress, "kernel blocks"):
+  for start in progress_bar(starts, progress, "kernel blocks"):
     block = x1[start:start + block_size]
     rows = block.shape[0]
     if rows < block_size:  # pad the last block: one compiled shape for all
@@ -208,13 +209,6 @@ def _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress):
   if len(nngp) == 1:
     return Kernels(nngp[0], ntk[0])
   return Kernels(jnp.concatenate(nngp), jnp.concatenate(ntk))
-
-
-def _progress(iterable, enabled: bool, desc: str):
-  if not enabled:
-    return iterable
-  from tqdm.auto import tqdm
-  return tqdm(iterable, desc=desc, leave=False)
 
 
 # ----------------------------------------------------------------------------------------------

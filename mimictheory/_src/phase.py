@@ -15,6 +15,7 @@ import numpy as np
 
 from mimictheory._src import checks
 from mimictheory._src.activations import Numerical
+from mimictheory._src.io import progress_bar
 from mimictheory._src.maps import (
     Layer, _chi1, _depth_scales, _eval_point, _newton_cstar, _resolve, _solve_qstar, depth_scale)
 from mimictheory._src.precision import f64, float64
@@ -138,8 +139,7 @@ def phase_diagram(activation="tanh", sw2=None, sb2=None, norm="none", fan_in=Non
   chunk = checks.check_int("chunk", chunk, minimum=1)
   chunk = min(chunk, w.size)
   pieces = []
-  from mimictheory._src.kernels import _progress
-  for start in _progress(range(0, w.size, chunk), progress, f"phase diagram ({act.name})"):
+  for start in progress_bar(range(0, w.size, chunk), progress, f"phase diagram ({act.name})"):
     wc, bc = w[start:start + chunk], b[start:start + chunk]
     pad = chunk - wc.size  # pad the last chunk: one compiled shape for all
     wc, bc = np.pad(wc, (0, pad), mode="edge"), np.pad(bc, (0, pad), mode="edge")
