@@ -70,15 +70,10 @@ def _maps(args) -> int:
 
 
 def _figures(args) -> int:
-  from mimictheory._src.figures import regenerate
+  from mimictheory._src.figures import figure_names, regenerate
   from mimictheory._src.io import ensure_dir
   only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-  if only is not None:  # check the names before any folder or file is made
-    from mimictheory._src.figures import FIGURES
-    unknown = [n for n in only if n not in FIGURES]
-    if unknown:
-      raise ValueError(f"--only must name figures among {', '.join(FIGURES)}; unknown: "
-                       f"{', '.join(unknown)}")
+  figure_names(only)  # check the names before any folder or file is made
   out = ensure_dir(args.out)
   for path in regenerate(out, only, progress=not args.quiet):
     print(f"wrote {path}")

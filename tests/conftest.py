@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 from hypothesis import settings
+from scipy import integrate
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           print_blob=True)
@@ -14,6 +15,13 @@ def relu_dual_np(rho):
   """The paper's eq 4, written independently of the library."""
   rho = np.asarray(rho, dtype=float)
   return (np.sqrt(1 - rho**2) + (np.pi - np.arccos(rho)) * rho) / (2 * np.pi)
+
+
+def gauss_expectation(f):
+  """E[f(z)], z ~ N(0, 1), by scipy's adaptive quadrature (independent of the library)."""
+  value, _ = integrate.quad(lambda z: f(z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+                            -14, 14, epsabs=1e-15, epsrel=1e-13, limit=200)
+  return value
 
 
 def relu_dual_prime_np(rho):

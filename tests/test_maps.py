@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 from scipy import integrate, optimize
 
 import mimictheory as mt
-from conftest import relu_dual_np, relu_dual_prime_np
+from conftest import gauss_expectation as _gauss, relu_dual_np, relu_dual_prime_np
 
 S = 1 - 1 / math.pi
 RHO = np.linspace(-1, 1, 41)
@@ -104,10 +104,6 @@ def test_erf_fixed_points_in_chaotic_phase():
 
 
 # -- tanh against an independent scipy computation ------------------------------------------
-def _gauss(f):
-  value, _ = integrate.quad(lambda z: f(z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi),
-                            -14, 14, epsabs=1e-15, epsrel=1e-13, limit=200)
-  return value
 
 
 def _scipy_tanh_qstar(sw2, sb2):

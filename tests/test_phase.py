@@ -6,12 +6,9 @@ import pytest
 from scipy import integrate, optimize
 
 import mimictheory as mt
+from conftest import gauss_expectation as _gauss
 
 
-def _gauss(f):
-  value, _ = integrate.quad(lambda z: f(z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi),
-                            -14, 14, epsabs=1e-15, epsrel=1e-13, limit=200)
-  return value
 
 
 def _scipy_tanh_critical_sw2(sb2):

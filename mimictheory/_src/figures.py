@@ -128,13 +128,19 @@ FIGURES = {
 }
 
 
-def regenerate(out, only=None, progress: bool = False) -> list[Path]:
-  """Regenerate the figures named in `only` (default: all of `FIGURES`) into `out`."""
+def figure_names(only=None) -> list[str]:
+  """The figures to make: all of `FIGURES`, or the validated names in `only`."""
   names = list(FIGURES) if not only else list(only)
   unknown = [n for n in names if n not in FIGURES]
   if unknown:
     raise ValueError(f"--only must name figures among {', '.join(FIGURES)}; unknown: "
                      f"{', '.join(unknown)}")
+  return names
+
+
+def regenerate(out, only=None, progress: bool = False) -> list[Path]:
+  """Regenerate the figures named in `only` (default: all of `FIGURES`) into `out`."""
+  names = figure_names(only)
   paths = []
   for name in names:
     fn = FIGURES[name]
