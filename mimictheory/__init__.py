@@ -13,7 +13,11 @@ All theory runs in float64 (thread-locally; the global JAX setting is left alone
 from mimictheory._src.activations import (
     ACTIVATIONS, Activation, Erf, Identity, Numerical, ReLU, get_activation, relu_dual,
     relu_dual_derivative)
-from mimictheory._src.kernels import Kernels, NTKSpectrum, kernels, ntk_spectrum, row_mesh
+from mimictheory._src.finite import (
+    Estimate, FiniteNetwork, MonteCarloKernels, Params, Signal, finite_network,
+    monte_carlo_chi1, monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
+from mimictheory._src.kernels import (
+    Kernels, NTKSpectrum, kernels, layer_kernels, ntk_spectrum, row_mesh)
 from mimictheory._src.maps import (
     NORMS, DepthScales, FixedPoints, Layer, chi1, correlation_map, correlation_slope,
     covariance_map, depth_scale, depth_scales, fixed_points, make_layer, qstar, stable_correlation,
@@ -24,9 +28,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Erf", "Identity", "Numerical", "ReLU", "get_activation",
-    "relu_dual", "relu_dual_derivative", "Kernels", "NTKSpectrum", "kernels", "ntk_spectrum",
+    "relu_dual", "relu_dual_derivative", "Kernels", "NTKSpectrum", "kernels", "layer_kernels",
+    "ntk_spectrum",
     "row_mesh", "NORMS", "DepthScales", "FixedPoints", "Layer", "chi1", "correlation_map",
     "correlation_slope", "covariance_map", "depth_scale", "depth_scales", "fixed_points",
     "make_layer", "qstar", "stable_correlation", "stable_sw2", "variance_map", "PhaseDiagram",
-    "critical_line", "phase_diagram",
+    "critical_line", "phase_diagram", "Estimate", "FiniteNetwork", "MonteCarloKernels",
+    "Params", "Signal", "finite_network", "monte_carlo_chi1", "monte_carlo_correlations",
+    "monte_carlo_kernels", "sample_kernels",
 ]

@@ -37,39 +37,44 @@ _REFINE = np.array([0.25, 1.0, 4.0, 16.0, 64.0])  # geometric breakpoints around
 # ReLU's normalised dual (paper eq 4) with exact derivatives at ρ = ±1.
 # ----------------------------------------------------------------------------------------------
 @jax.custom_jvp
-def relu_dual(rho):
+def _relu_dual(rho):
   """φ̂(ρ) = (√(1-ρ²) + (π - arccos ρ) ρ) / (2π), the ReLU dual activation (paper eq 4).
 
   The derivative is (π - arccos ρ)/(2π), finite on all of [-1, 1]; a custom JVP supplies it,
   where plain autodiff would give ∞ - ∞ = NaN at ρ = ±1.
 
-  >>> float(relu_dual(1.0)), round(float(relu_dual(0.0)), 6)  # 1/2 and 1/(2π)
+  >>> float(_relu_dual(1.0)), round(float(_relu_dual(0.0)), 6)  # 1/2 and 1/(2π)
   (0.5, 0.159155)
   """
   rho = jnp.clip(rho, -1.0, 1.0)
   return (jnp.sqrt(jnp.maximum(1.0 - rho**2, 0.0)) + (jnp.pi - jnp.arccos(rho)) * rho) / _TWO_PI
 
 
-@relu_dual.defjvp
+@_relu_dual.defjvp
 def _relu_dual_jvp(primals, tangents):
   (rho,), (t,) = primals, tangents
-  return relu_dual(rho), relu_dual_derivative(rho) * t
+  return _relu_dual(rho), _relu_dual_derivative(rho) * t
 
 
 @jax.custom_jvp
-def relu_dual_derivative(rho):
+def _relu_dual_derivative(rho):
   """φ̂'(ρ) = (π - arccos ρ) / (2π) = E[1(u>0) 1(v>0)] for unit-variance (u, v) with corr ρ."""
   rho = jnp.clip(rho, -1.0, 1.0)
   return (jnp.pi - jnp.arccos(rho)) / _TWO_PI
 
 
-@relu_dual_derivative.defjvp
+@_relu_dual_derivative.defjvp
 def _relu_dual_derivative_jvp(primals, tangents):
   # d/dρ = 1 / (2π √(1-ρ²)): +∞ at ρ = ±1, which is the true one-sided value there.
   (rho,), (t,) = primals, tangents
   rho_c = jnp.clip(rho, -1.0, 1.0)
   slope = 1.0 / (_TWO_PI * jnp.sqrt(jnp.maximum(1.0 - rho_c**2, 0.0)))
-  return relu_dual_derivative(rho), slope * t
+  return _relu_dual_derivative(rho), slope * t
+
+
+# Public: float64 NumPy results when called eagerly, traceable (and differentiable) inside jit.
+relu_dual = float64(_relu_dual)
+relu_dual_derivative = float64(_relu_dual_derivative)
 
 
 def _correlation(q1, q2, q12):
@@ -144,11 +149,11 @@ class ReLU(Activation):
 
   def kernel(self, q1, q2, q12):
     rho, norm = _correlation(q1, q2, q12)
-    return norm * relu_dual(rho)
+    return norm * _relu_dual(rho)
 
   def derivative_kernel(self, q1, q2, q12):
     rho, _ = _correlation(q1, q2, q12)
-    return relu_dual_derivative(rho)
+    return _relu_dual_derivative(rho)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from mimictheory._src.io import progress_bar
 from mimictheory._src.maps import Layer, make_layer
 from mimictheory._src.precision import f64, float64
 
-__all__ = ["Kernels", "kernels", "NTKSpectrum", "ntk_spectrum", "row_mesh"]
+__all__ = ["Kernels", "kernels", "layer_kernels", "NTKSpectrum", "ntk_spectrum", "row_mesh"]
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=["nngp", "ntk"], meta_fields=[])
@@ -103,19 +103,25 @@ def _center(m):
   return m - m.mean(axis=0, keepdims=True) - m.mean(axis=1, keepdims=True) + m.mean()
 
 
+def _normalise(k, ntk):
+  """Full-batch BN of a dense layer's output: K -> H K H / ν, Θ -> H Θ H / ν (Theorem 2)."""
+  centred = _center(k)
+  nu = jnp.mean(jnp.diagonal(centred))
+  k_bn = centred / nu
+  q = jnp.diagonal(k_bn)
+  eye = jnp.eye(k.shape[0], dtype=bool)
+  k_bn = jnp.where(eye, q[:, None], k_bn)  # ρ = 1 exactly on the diagonal (see _pairwise)
+  return k_bn, _center(ntk) / nu
+
+
 def _batch_norm(layer: Layer, x, gain, depth: int, per_depth=None):
   """Full-batch BN after every hidden dense layer; the output dense layer is not normalised."""
   dense = dataclasses.replace(layer, norm="none")
   k, _, _ = _input_kernel(dense, x, x, gain)
-  eye = jnp.eye(x.shape[0], dtype=bool)
 
   def step(carry, _):
-    k, ntk = carry
-    centred = _center(k)
-    nu = jnp.mean(jnp.diagonal(centred))
-    k_bn, ntk_bn = centred / nu, _center(ntk) / nu
+    k_bn, ntk_bn = _normalise(*carry)
     q = jnp.diagonal(k_bn)
-    k_bn = jnp.where(eye, q[:, None], k_bn)  # ρ = 1 exactly on the diagonal (see _pairwise)
     k, ntk = _dense_step(dense, q, q, k_bn, ntk_bn)
     return (k, ntk), (None if per_depth is None else per_depth(k, ntk))
 
@@ -134,6 +140,44 @@ def _gram_block(layer, x1, x2, gain, offset, depth, symmetric):
 def _gram_batch_norm(layer, x, gain, depth):
   k, ntk, _ = _batch_norm(layer, x, gain, depth)
   return Kernels(k, ntk)
+
+
+@partial(jax.jit, static_argnames=("depth",))
+def _layer_kernels(layer, x, gain, depth):
+  """Pre-activation NNGP kernels K^1 .. K^depth of the hidden layers (after BN with BN)."""
+  first, _, _ = _input_kernel(layer if layer.norm != "batch_norm" else
+                              dataclasses.replace(layer, norm="none"), x, x, gain)
+  record = lambda k, ntk: k  # noqa: E731
+  if layer.norm == "batch_norm":
+    rest = _batch_norm(layer, x, gain, depth - 1, record)[2]
+    dense = jnp.concatenate([first[None], rest])
+    return jax.vmap(lambda k: _normalise(k, k)[0])(dense)
+  diagonal = _diagonal_mask(x.shape[0], x.shape[0], 0)
+  rest = _pairwise(layer, x, x, gain, depth - 1, record, diagonal)[2]
+  return jnp.concatenate([first[None], rest])
+
+
+@float64
+def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm="none",
+                  fan_in=None, input_gain: float = 1.0) -> np.ndarray:
+  """The NNGP kernel of the pre-activations of every hidden layer l = 1..`depth`, (depth, N, N).
+
+  Layer l's kernel is the input of its activation (after BN where `norm="batch_norm"`), so
+  `layer_kernels(x, L)[l - 1]` normalised to unit diagonal is the correlation of every input
+  pair at layer l: the correlation map T (or T̄) iterated l - 1 times from the inputs.
+  `kernels(x, depth=l - 1).nngp` equals `layer_kernels(x, l)[l - 1]` without BN.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> x = np.array([[1.0, 0.0], [0.6, 0.8]])
+  >>> k = mt.layer_kernels(x, depth=3, activation="relu", sw2=2.0)
+  >>> bool(np.allclose(np.diagonal(k, axis1=1, axis2=2), 1.0))      # q* = 1 at (2, 0)
+  True
+  >>> float(np.round(k[1, 0, 1], 6)) == float(np.round(2 * mt.relu_dual(0.6), 6))  # T(0.6)
+  True
+  """
+  x, _, depth, gain = _validate(x, None, depth, input_gain)
+  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  return _layer_kernels(layer, f64(x), gain, depth)
 
 
 def _validate(x1, x2, depth, gain):
