@@ -5,7 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: figures test test-fast bench phase clean
+NT_VENV  := .nt-env
+NT_STAMP := $(NT_VENV)/.installed
+
+.PHONY: figures test test-fast bench phase crosscheck nt-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,13 +16,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+## The neural-tangents reference environment (its own pinned JAX; no tensorflow).
+nt-env: $(NT_STAMP)
+$(NT_STAMP): requirements-nt.txt
+	test -x $(NT_VENV)/bin/python || $(PYTHON) -m venv $(NT_VENV)
+	$(NT_VENV)/bin/python -m pip install --quiet -r requirements-nt.txt
+	$(NT_VENV)/bin/python -m pip install --quiet --no-deps neural-tangents==0.6.5
+	touch $(NT_STAMP)
+
 ## Regenerate the figures into figures/ (the main job).
 figures: $(STAMP)
 	$(BIN)/mimictheory figures --out figures
 
-## Run the whole test suite (doctests included); fails if no test runs.
-test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+## Run the whole test suite (doctests included, the neural-tangents cross-check among them);
+## fails if no test runs.
+test: $(STAMP) $(NT_STAMP)
+	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python MIMICTHEORY_REQUIRE_NT=1 \
+	  $(BIN)/python -m pytest -n 2 -q
+
+## Compare kernels with neural-tangents; writes crosscheck/crosscheck.{md,json}.
+crosscheck: $(STAMP) $(NT_STAMP)
+	$(BIN)/mimictheory crosscheck --nt-python $(NT_VENV)/bin/python --out crosscheck
 
 ## Phase diagram from the command line, e.g. make phase ARGS="--activation erf"
 phase: $(STAMP)
@@ -29,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis

@@ -80,6 +80,43 @@ def _figures(args) -> int:
   return 0
 
 
+def _crosscheck(args) -> int:
+  from mimictheory._src import crosscheck as cc
+  from mimictheory._src.io import ensure_dir
+  cc.check_activations(args.activations)  # fail before any folder is made
+  python = cc.reference_python(args.nt_python)
+  out = ensure_dir(args.out)
+  result = cc.crosscheck(activations=args.activations, depths=args.depths, nt_python=python,
+                         width=args.width, n_inputs=args.inputs, repeat=args.repeat,
+                         progress=not args.quiet)
+  md, js = cc.write_report(result, out)
+  print(f"wrote {md} and {js}: {len(result.comparisons) - len(result.failures())} of "
+        f"{len(result.comparisons)} comparisons agree")
+  if not result.ok:
+    worst = max(result.failures(), key=lambda c: max(c.max_rel / c.tolerance,
+                                                     c.max_rel_diagonal / c.diagonal_tolerance))
+    print(f"mimictheory: {len(result.failures())} comparisons disagree with neural-tangents, "
+          f"worst: {worst.quantity} {worst.activation} depth {worst.depth} rel "
+          f"{worst.max_rel:.1e}, diagonal {worst.max_rel_diagonal:.1e} (see {md})",
+          file=sys.stderr)
+    return 1
+  return 0
+
+
+def _names(spec: str):
+  return tuple(v.strip() for v in spec.split(",") if v.strip())
+
+
+def _ints(spec: str):
+  try:
+    values = tuple(int(v) for v in spec.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {spec!r}") from None
+  if not values or min(values) < 1:
+    raise argparse.ArgumentTypeError(f"expected integers >= 1, got {spec!r}")
+  return values
+
+
 def _common(p, activation="relu"):
   from mimictheory._src.activations import ACTIVATIONS
   from mimictheory._src.maps import NORMS
@@ -117,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--sw2", type=_float_or_none, default=2.0, help="a number or 'stable'")
   p.add_argument("--sb2", type=float, default=0.0)
   p.set_defaults(run=_maps)
+  p = sub.add_parser("crosscheck", help="compare NNGP/NTK with neural-tangents (make nt-env)")
+  p.add_argument("--out", default="crosscheck", help="folder for crosscheck.md and .json")
+  p.add_argument("--nt-python", default=None,
+                 help="the reference environment's python (default .nt-env/bin/python)")
+  p.add_argument("--activations", type=_names, default=("relu", "erf", "gelu", "leaky_relu",
+                                                         "tanh"), help="comma list")
+  p.add_argument("--depths", type=_ints, default=(1, 3, 10), help="comma list")
+  p.add_argument("--width", type=int, default=256, help="width of the random networks")
+  p.add_argument("--inputs", type=int, default=16, help="number of random inputs")
+  p.add_argument("--repeat", type=int, default=0, help="also time each computation N times")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(run=_crosscheck)
   return parser
 
 
@@ -127,7 +176,7 @@ def main(argv=None) -> int:
     return args.run(args)
   except SystemExit as exc:  # argparse's own --help / errors
     return exc.code if isinstance(exc.code, int) else 0
-  except (ValueError, TypeError, OSError) as err:
+  except (ValueError, TypeError, OSError, RuntimeError) as err:
     return _fail(f"mimictheory: error: {err}")
   except KeyboardInterrupt:
     return _fail("mimictheory: interrupted")

@@ -421,8 +421,9 @@ def monte_carlo_chi1(net: FiniteNetwork, draws: int = 32, seed: int = 0, rows: i
   """χ1 from the Jacobian of one layer map hˡ -> hˡ⁺¹ of width n at the variance fixed point.
 
   χ1 = (1/n) E‖J‖²_F with hˡ ~ N(0, q*) (`rows` inputs per draw, ‖J‖²_F by a random probe;
-  at the q -> q* limit where q* is 0 or ∞, as `chi1` does); with BN the batch of `rows` inputs sets the statistics, held fixed in the Jacobian (Theorem 2's
-  approximation): the full-batch χ1 is the limit rows -> ∞, approached like 1/rows.
+  at the q -> q* limit where q* is 0 or ∞, as `chi1` does). With BN the batch of `rows`
+  inputs sets the statistics, held fixed in the Jacobian (Theorem 2's approximation): the
+  full-batch χ1 is the limit rows -> ∞, approached like 1/rows.
   Compare with `mimictheory.chi1(..., fan_in=n)`.
 
   >>> import mimictheory as mt

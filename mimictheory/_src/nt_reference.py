@@ -1,0 +1,102 @@
+"""The neural-tangents side of the cross-check; run as a script in the reference environment.
+
+    <reference python> nt_reference.py request.npz result.npz
+
+This file imports only NumPy, JAX and neural-tangents (never mimictheory, whose JAX is newer),
+so that it runs in the separate environment `make nt-env` creates (JAX 0.5.3, neural-tangents
+0.6.5). neural-tangents' top-level import loads `neural_tangents.experimental`, which needs
+TensorFlow; nothing here uses it, so an empty module stands in for it and TensorFlow is never
+installed.
+
+The request holds `x` (N, d), `cases` (a JSON list of {activation, depth, sw2, sb2}),
+`networks` (a JSON list of {activation, depth, width, sw2, sb2}) with their parameters as
+`net{i}_{name}` arrays, and `repeat` (timing repeats, 0 for none). The result holds, per case i,
+`nngp{i}`, `ntk{i}`, per network `entk{i}` (and `entk{i}_impl{k}` for every implementation k
+when timing), the timings as `time_*` entries (seconds, median over repeats, compiled).
+"""
+import json
+import sys
+import time
+import types
+
+sys.modules.setdefault("neural_tangents.experimental",
+                       types.ModuleType("neural_tangents.experimental"))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+import neural_tangents as nt  # noqa: E402
+from neural_tangents import stax  # noqa: E402
+
+GAUSS_HERMITE_DEGREE = 200  # for activations neural-tangents has no closed form for
+
+
+def activation_layer(name: str):
+  """The neural-tangents layer of an activation named as in mimictheory's registry."""
+  closed = {
+      "relu": stax.Relu, "erf": stax.Erf, "identity": stax.Identity,
+      "gelu": lambda: stax.Gelu(approximate=False),
+      "leaky_relu": lambda: stax.LeakyRelu(0.01),  # jax.nn.leaky_relu's default slope
+  }
+  if name in closed:
+    return closed[name]()
+  numerical = {"tanh": jax.numpy.tanh, "swish": jax.nn.silu, "softplus": jax.nn.softplus}
+  return stax.ElementwiseNumerical(numerical[name], deg=GAUSS_HERMITE_DEGREE)
+
+
+def network(activation: str, depth: int, sw2: float, sb2: float, width: int = 1):
+  dense = lambda n: stax.Dense(n, W_std=sw2**0.5, b_std=sb2**0.5)  # noqa: E731
+  return stax.serial(*[dense(width), activation_layer(activation)] * depth, dense(1))
+
+
+def timed(fn, repeat):
+  out = jax.block_until_ready(fn())  # compile
+  if repeat <= 0:
+    return out, float("nan")
+  times = []
+  for _ in range(repeat):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return out, float(np.median(times))
+
+
+def nt_params(request, i, depth):
+  """mimictheory's stacked parameters as stax.serial's list: (W, b) per Dense, () per activation."""
+  get = lambda name: np.asarray(request[f"net{i}_{name}"])  # noqa: E731
+  layers = [(get("w_in"), get("b_in")), ()]
+  for j in range(depth - 1):
+    layers += [(get("w_hidden")[j], get("b_hidden")[j]), ()]
+  return layers + [(get("w_out"), get("b_out"))]
+
+
+def main(request_path, result_path):
+  request = np.load(request_path)
+  x = np.asarray(request["x"])
+  repeat = int(request["repeat"])
+  result = {"jax_version": np.array(jax.__version__), "nt_version": np.array(nt.__version__)}
+  for i, case in enumerate(json.loads(str(request["cases"]))):
+    _, _, kernel_fn = network(case["activation"], case["depth"], case["sw2"], case["sb2"])
+    kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+    k, seconds = timed(lambda: kernel_fn(x, None, get=("nngp", "ntk")), repeat)
+    result[f"nngp{i}"], result[f"ntk{i}"] = np.asarray(k.nngp), np.asarray(k.ntk)
+    result[f"time_kernels{i}"] = np.array(seconds)
+  for i, spec in enumerate(json.loads(str(request["networks"]))):
+    _, apply_fn, _ = network(spec["activation"], spec["depth"], spec["sw2"], spec["sb2"],
+                             spec["width"])
+    params = nt_params(request, i, spec["depth"])
+    impls = (1, 2, 3) if repeat > 0 else (3,)
+    for impl in impls:
+      ntk_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
+                                           implementation=impl))
+      theta, seconds = timed(lambda: ntk_fn(x, None, params), repeat)
+      result[f"entk{i}_impl{impl}"] = np.asarray(theta)
+      result[f"time_entk{i}_impl{impl}"] = np.array(seconds)
+    result[f"entk{i}"] = result[f"entk{i}_impl{impls[-1]}"]
+  np.savez(result_path, **result)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:3])
