@@ -34,16 +34,16 @@ test: $(STAMP) $(NT_STAMP)
 	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python MIMICTHEORY_REQUIRE_NT=1 \
 	  $(BIN)/python -m pytest -n 2 -q
 
-## Compare kernels with neural-tangents; writes crosscheck/crosscheck.{md,json}.
+## Compare kernels with neural-tangents; writes benchmarks/crosscheck/crosscheck.{md,json}.
 crosscheck: $(STAMP) $(NT_STAMP)
-	$(BIN)/mimictheory crosscheck --nt-python $(NT_VENV)/bin/python --out crosscheck
+	$(BIN)/mimictheory crosscheck --nt-python $(NT_VENV)/bin/python --out benchmarks/crosscheck
 
 ## Phase diagram from the command line, e.g. make phase ARGS="--activation erf"
 phase: $(STAMP)
 	$(BIN)/mimictheory phase $(ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+bench: $(STAMP) $(NT_STAMP)
+	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis

@@ -2,6 +2,11 @@
 
   kernels:  NNGP + NTK Gram matrices, N = 2000, depth 50 (ReLU), against a naive NumPy
             implementation of the same recursion (timed on a subset and scaled per entry).
+  neural-tangents: analytic NNGP + NTK (N = 1000, depth 10, ReLU and erf) and the empirical
+            NTK of a random ReLU / erf network (N = 128, width 512, depth 3) against
+            neural-tangents 0.6.5 in its reference environment (`make nt-env`), float64 on
+            both sides, compiled, median of 3; the reference is the fastest of its three
+            empirical-NTK implementations.
   phase:    a 1000 x 1000 phase diagram (ReLU, erf) and 400 x 300 (tanh), against the scalar
             per-point API called in a Python loop (timed on a few points and scaled).
 
@@ -52,6 +57,27 @@ def bench_kernels(n, depth):
   return [("kernels relu N=%d depth=%d" % (n, depth), ours, naive, "naive NumPy")]
 
 
+def bench_neural_tangents(n_kernels, n_empirical, width):
+  from mimictheory._src import crosscheck as cc
+  try:
+    python = cc.reference_python()
+  except cc.ReferenceUnavailable as err:
+    print(f"skipping neural-tangents: {err}")
+    return []
+  analytic = cc.crosscheck(activations=("relu", "erf"), depths=(10,), inits=((2.0, 0.1),),
+                           n_inputs=n_kernels, nt_python=python, repeat=3, empirical=False)
+  empirical = cc.crosscheck(activations=(), n_inputs=n_empirical, width=width,
+                            nt_python=python, repeat=3)
+  rows = []
+  for c in analytic.comparisons[1::2]:  # one row per case (nngp and ntk come together)
+    rows.append((f"kernels {c.activation} N={n_kernels} depth={c.depth}", c.seconds_ours,
+                 c.seconds_nt, "neural-tangents kernel_fn"))
+  for c in empirical.comparisons:
+    rows.append((f"empirical NTK {c.activation} N={n_empirical} n={c.width}", c.seconds_ours,
+                 c.seconds_nt, "neural-tangents empirical_ntk_fn (best)"))
+  return rows
+
+
 def bench_phase(size, activation, loop_points=20):
   sw2, sb2 = np.linspace(0.5, 4.0, size[0]), np.linspace(0.0, 0.3, size[1])
   mt.phase_diagram(activation, sw2=sw2[:2], sb2=sb2[:2])  # compile
@@ -71,12 +97,14 @@ def main():
   n, depth = (400, 20) if args.quick else (2000, 50)
   grid = (200, 200) if args.quick else (1000, 1000)
   rows = bench_kernels(n, depth)
+  rows += bench_neural_tangents(200 if args.quick else 1000, 32 if args.quick else 128,
+                                128 if args.quick else 512)
   rows += bench_phase(grid, "relu")
   rows += bench_phase(grid, "erf")
   rows += bench_phase((80, 60) if args.quick else (400, 300), "tanh", loop_points=5)
-  print(f"{'benchmark':<34} {'mimictheory (s)':>16} {'reference (s)':>14} {'speed-up':>9}  reference")
+  print(f"{'benchmark':<40} {'mimictheory (s)':>16} {'reference (s)':>14} {'speed-up':>9}  reference")
   for label, ours, ref, what in rows:
-    print(f"{label:<34} {ours:>16.3f} {ref:>14.3f} {ref / ours:>8.1f}x  {what}")
+    print(f"{label:<40} {ours:>16.3f} {ref:>14.3f} {ref / ours:>8.1f}x  {what}")
 
 
 if __name__ == "__main__":

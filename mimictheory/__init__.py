@@ -14,7 +14,7 @@ from mimictheory._src.activations import (
     ACTIVATIONS, Activation, Erf, Identity, Numerical, ReLU, get_activation, relu_dual,
     relu_dual_derivative)
 from mimictheory._src.finite import (
-    Estimate, FiniteNetwork, MonteCarloKernels, Params, Signal, finite_network,
+    BatchNormGap, batch_norm_gap, Estimate, FiniteNetwork, MonteCarloKernels, Params, Signal, finite_network,
     monte_carlo_chi1, monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
 from mimictheory._src.kernels import (
     Kernels, NTKSpectrum, kernels, layer_kernels, ntk_spectrum, row_mesh)
@@ -35,5 +35,5 @@ __all__ = [
     "make_layer", "qstar", "stable_correlation", "stable_sw2", "variance_map", "PhaseDiagram",
     "critical_line", "phase_diagram", "Estimate", "FiniteNetwork", "MonteCarloKernels",
     "Params", "Signal", "finite_network", "monte_carlo_chi1", "monte_carlo_correlations",
-    "monte_carlo_kernels", "sample_kernels",
+    "monte_carlo_kernels", "sample_kernels", "BatchNormGap", "batch_norm_gap",
 ]

@@ -156,18 +156,14 @@ def test_batch_norm_chi1_approaches_full_batch_theory_like_one_over_batch():
   assert abs(float(limit) - theory) < 4 * float(se)
 
 
-def test_batch_norm_kernels_approach_full_batch_theory(x):
+def test_batch_norm_kernels_approach_full_batch_theory():
   """The BN kernels of real finite-batch networks approach the full-batch theory with the batch."""
-  rng = np.random.default_rng(9)
-  gaps = []
-  for batch in (4, 16, 64):
-    xb = rng.normal(size=(batch, 16))
-    net = mt.finite_network("relu", depth=2, width=256, norm="batch_norm")
-    mc = mt.monte_carlo_kernels(net, xb, draws=16, seed=10)
-    theory = net.theory_kernels(xb)
-    gaps.append(np.linalg.norm(mc.ntk.mean - theory.ntk) / np.linalg.norm(theory.ntk))
-  assert gaps[0] > gaps[1] > gaps[2], gaps
-  assert gaps[-1] < 0.25 < gaps[0]
+  gap = mt.batch_norm_gap("relu", batches=(4, 16, 64), width=256, depth=2, draws=16, seed=10)
+  assert np.all(np.diff(gap.ntk_gap) < 0), gap.ntk_gap
+  assert gap.ntk_gap[-1] < 0.25 < gap.ntk_gap[0]
+  assert np.all(np.diff(gap.chi1.mean) < 0) and np.all(gap.chi1.mean > gap.chi1_theory)
+  assert gap.nngp_gap[0] > 2 * gap.noise[0]  # at batch 4 the bias is well above the MC noise
+  assert "| 64 |" in gap.markdown()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -158,8 +158,8 @@ def check_activations(activations) -> tuple[str, ...]:
 
 def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEFAULT_INITS,
                n_inputs: int = 16, dim: int = 8, width: int = 256, seed: int = 0,
-               nt_python=None, repeat: int = 0, timeout: float = 1200.0,
-               progress: bool = False) -> CrossCheck:
+               nt_python=None, repeat: int = 0, empirical: bool = True,
+               timeout: float = 1200.0, progress: bool = False) -> CrossCheck:
   """Compute the kernels with mimictheory and neural-tangents and compare them.
 
   Args:
@@ -169,6 +169,7 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
     width: width of the random networks whose empirical NTK is compared (ReLU and erf, depth 3).
     nt_python: the reference environment's Python (default: see `reference_python`).
     repeat: time each computation this many times after compiling (0: no timing).
+    empirical: also compare the empirical NTK of random networks.
 
   Raises `ReferenceUnavailable` if the reference environment is missing or fails.
   """
@@ -180,7 +181,7 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
   cases = [dict(activation=a, depth=int(d), sw2=float(w), sb2=float(b))
            for a in activations for d in depths for (w, b) in inits]
   nets = [finite_network(a, depth=3, width=width, sw2=2.0 if a == "relu" else 1.5, sb2=0.1)
-          for a in ("relu", "erf")]
+          for a in ("relu", "erf")] if empirical else []
   request = dict(x=x, cases=json.dumps(cases), repeat=repeat,
                  networks=json.dumps([dict(activation=n.activation.name, depth=n.depth,
                                            width=n.width, sw2=n.sw2, sb2=n.sb2) for n in nets]))
