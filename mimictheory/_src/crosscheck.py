@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -29,6 +28,7 @@ from mimictheory._src import checks
 from mimictheory._src.finite import finite_network
 from mimictheory._src.io import atomic_path, progress_bar
 from mimictheory._src.kernels import kernels
+from mimictheory._src.nt_reference import timed
 from mimictheory._src.precision import to_numpy
 
 __all__ = ["CrossCheck", "Comparison", "crosscheck", "check_activations", "reference_python",
@@ -134,18 +134,6 @@ def _diff(ours, ref):
   return float(err.max()), float(err[~diagonal].max()) / scale, float(err[diagonal].max()) / scale
 
 
-def _timed(fn, repeat):
-  out = jax.block_until_ready(fn())
-  if repeat <= 0:
-    return out, float("nan")
-  times = []
-  for _ in range(repeat):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return out, float(np.median(times))
-
-
 def check_activations(activations) -> tuple[str, ...]:
   """The activations both libraries know (neural-tangents' names differ for the others)."""
   from mimictheory._src.activations import ACTIVATIONS
@@ -194,12 +182,12 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
       params_all.append(params)
     ntk_fn = jax.jit(lambda net, p, x: net.ntk(p, x), static_argnums=0)
     for net, params in zip(nets, params_all):
-      ours_entk.append(to_numpy(_timed(lambda: ntk_fn(net, params, x), repeat)))
+      ours_entk.append(to_numpy(timed(lambda: ntk_fn(net, params, x), repeat)))
   reference = _run_reference(python, request, timeout)
 
   rows = []
   for i, case in enumerate(progress_bar(cases, progress, "kernels")):
-    ours, seconds = _timed(lambda: kernels(x, depth=case["depth"], activation=case["activation"],
+    ours, seconds = timed(lambda: kernels(x, depth=case["depth"], activation=case["activation"],
                                            sw2=case["sw2"], sb2=case["sb2"]), repeat)
     tol = NT_QUADRATURE_TOL if case["activation"] in NT_NUMERICAL else ANALYTIC_TOL
     diag_tol = max(tol, NT_DIAGONAL_TOL.get(case["activation"], tol))

@@ -2,11 +2,12 @@
 
     <reference python> nt_reference.py request.npz result.npz
 
-This file imports only NumPy, JAX and neural-tangents (never mimictheory, whose JAX is newer),
-so that it runs in the separate environment `make nt-env` creates (JAX 0.5.3, neural-tangents
-0.6.5). neural-tangents' top-level import loads `neural_tangents.experimental`, which needs
-TensorFlow; nothing here uses it, so an empty module stands in for it and TensorFlow is never
-installed.
+This file imports only NumPy, JAX and (in `main`) neural-tangents, never the rest of
+mimictheory, whose JAX is newer, so that it runs in the separate environment `make nt-env`
+creates (JAX 0.4.25, neural-tangents 0.6.5). Importing it has no side effects, so the main
+package shares `timed` with it. neural-tangents' top-level import loads
+`neural_tangents.experimental`, which needs TensorFlow; nothing here uses it, so an empty module
+stands in for it and TensorFlow is never installed.
 
 The request holds `x` (N, d), `cases` (a JSON list of {activation, depth, sw2, sb2}),
 `networks` (a JSON list of {activation, depth, width, sw2, sb2}) with their parameters as
@@ -19,22 +20,24 @@ import sys
 import time
 import types
 
-sys.modules.setdefault("neural_tangents.experimental",
-                       types.ModuleType("neural_tangents.experimental"))
-
-import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
-
-import numpy as np  # noqa: E402
-import neural_tangents as nt  # noqa: E402
-from neural_tangents import stax  # noqa: E402
+import jax
+import numpy as np
 
 GAUSS_HERMITE_DEGREE = 200  # for activations neural-tangents has no closed form for
 
 
+def load_neural_tangents():
+  """Import neural-tangents without TensorFlow and switch this process to float64."""
+  sys.modules.setdefault("neural_tangents.experimental",
+                         types.ModuleType("neural_tangents.experimental"))
+  jax.config.update("jax_enable_x64", True)
+  import neural_tangents
+  return neural_tangents
+
+
 def activation_layer(name: str):
   """The neural-tangents layer of an activation named as in mimictheory's registry."""
+  from neural_tangents import stax
   closed = {
       "relu": stax.Relu, "erf": stax.Erf, "identity": stax.Identity,
       "gelu": lambda: stax.Gelu(approximate=False),
@@ -47,12 +50,14 @@ def activation_layer(name: str):
 
 
 def network(activation: str, depth: int, sw2: float, sb2: float, width: int = 1):
+  from neural_tangents import stax
   dense = lambda n: stax.Dense(n, W_std=sw2**0.5, b_std=sb2**0.5)  # noqa: E731
   return stax.serial(*[dense(width), activation_layer(activation)] * depth, dense(1))
 
 
 def timed(fn, repeat):
-  out = jax.block_until_ready(fn())  # compile
+  """(fn(), the median seconds of `repeat` further calls, nan if none); the first call compiles."""
+  out = jax.block_until_ready(fn())
   if repeat <= 0:
     return out, float("nan")
   times = []
@@ -73,6 +78,7 @@ def nt_params(request, i, depth):
 
 
 def main(request_path, result_path):
+  nt = load_neural_tangents()
   request = np.load(request_path)
   x = np.asarray(request["x"])
   repeat = int(request["repeat"])
