@@ -14,7 +14,8 @@ from mimictheory._src.activations import (
     ACTIVATIONS, Activation, Erf, Identity, Numerical, ReLU, get_activation, relu_dual,
     relu_dual_derivative)
 from mimictheory._src.finite import (
-    BatchNormGap, batch_norm_gap, Estimate, FiniteNetwork, MonteCarloKernels, Params, Signal, finite_network,
+    BatchNormGap, Estimate, ResidualVariances, batch_norm_gap, official_residual_scalar,
+    residual_variances, FiniteNetwork, MonteCarloKernels, Params, Signal, finite_network,
     monte_carlo_chi1, monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
 from mimictheory._src.kernels import (
     Kernels, NTKSpectrum, kernels, layer_kernels, ntk_spectrum, row_mesh)
@@ -36,4 +37,5 @@ __all__ = [
     "critical_line", "phase_diagram", "Estimate", "FiniteNetwork", "MonteCarloKernels",
     "Params", "Signal", "finite_network", "monte_carlo_chi1", "monte_carlo_correlations",
     "monte_carlo_kernels", "sample_kernels", "BatchNormGap", "batch_norm_gap",
+    "ResidualVariances", "residual_variances", "official_residual_scalar",
 ]

@@ -35,24 +35,20 @@ def grid(spec: str) -> np.ndarray:
 
 
 def _phase(args) -> int:
-  import mimictheory as mt
-  from mimictheory._src.figures import plot_phase_diagram
-  from mimictheory._src.checks import check_fan_in
-  from mimictheory._src.io import atomic_path, ensure_dir
+  from mimictheory._src.checks import check_choice, check_fan_in
+  from mimictheory._src.figures import phase_figure
+  from mimictheory._src.io import ensure_dir
+  from mimictheory._src.maps import NORMS
   from mimictheory._src.phase import _grid_axis
   _grid_axis("sw2", args.sw2, positive=True)  # validate before any folder is made
   _grid_axis("sb2", args.sb2, positive=False)
+  norms = [check_choice("norm", n, NORMS) for n in args.norm]
   check_fan_in(args.fan_in)
   out = ensure_dir(args.out)
-  pd = mt.phase_diagram(args.activation, sw2=args.sw2, sb2=args.sb2, norm=args.norm,
-                        fan_in=args.fan_in, progress=not args.quiet)
-  with atomic_path(out / "phase.npz") as tmp:
-    with open(tmp, "wb") as fh:
-      np.savez(fh, activation=pd.activation, norm=pd.norm, **pd.arrays())
-  plot_phase_diagram(pd, out / "phase.png")
-  chaotic = float(np.mean(pd.chi1 > 1))
-  print(f"wrote {out / 'phase.npz'} and {out / 'phase.png'} "
-        f"({pd.sw2.size}x{pd.sb2.size} grid, {100 * chaotic:.1f}% chaotic)")
+  paths = phase_figure(out, args.activation, norms, sw2=args.sw2, sb2=args.sb2,
+                       fan_in=args.fan_in, progress=not args.quiet, stem="phase")
+  print(f"wrote {', '.join(str(p) for p in paths)} ({args.sw2.size}x{args.sb2.size} grid, "
+        f"norms {', '.join(norms)})")
   return 0
 
 
@@ -73,9 +69,12 @@ def _figures(args) -> int:
   from mimictheory._src.figures import figure_names, regenerate
   from mimictheory._src.io import ensure_dir
   only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-  figure_names(only)  # check the names before any folder or file is made
+  figure_names(only)  # check the names and the data before any folder or file is made
+  if args.mnist is not None:
+    from mimictheory._src.data import mnist
+    mnist(args.mnist)
   out = ensure_dir(args.out)
-  for path in regenerate(out, only, progress=not args.quiet):
+  for path in regenerate(out, only, progress=not args.quiet, mnist=args.mnist):
     print(f"wrote {path}")
   return 0
 
@@ -117,11 +116,12 @@ def _ints(spec: str):
   return values
 
 
-def _common(p, activation="relu"):
+def _common(p, activation="relu", norm="none"):
   from mimictheory._src.activations import ACTIVATIONS
   from mimictheory._src.maps import NORMS
   p.add_argument("--activation", default=activation, choices=list(ACTIVATIONS))
-  p.add_argument("--norm", default="none", choices=list(NORMS))
+  if norm is not None:
+    p.add_argument("--norm", default=norm, choices=list(NORMS))
   p.add_argument("--fan-in", type=int, default=None, help="finite fan-in n of Lemma 1")
 
 
@@ -137,8 +137,11 @@ def _float_or_none(spec: str):
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="mimictheory", description="Mean-field / NTK theory of MimicNorm.")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-  p = sub.add_parser("phase", help="phase diagram over (sw2, sb2): phase.npz and phase.png")
-  _common(p, activation="tanh")
+  p = sub.add_parser("phase", help="phase diagrams over (sw2, sb2), one row per norm: "
+                                    "phase.png, phase.pdf, phase.npz")
+  _common(p, activation="tanh", norm=None)
+  p.add_argument("--norm", type=_names, default=("none", "weight_mean", "batch_norm"),
+                 help="comma list of norms, one row each (default all three)")
   p.add_argument("--sw2", type=grid, default=grid("0.5:4:200"), help="START:STOP:NUM")
   p.add_argument("--sb2", type=grid, default=grid("0:0.3:150"), help="START:STOP:NUM")
   p.add_argument("--out", default="figures/phase", help="output folder")
@@ -146,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(run=_phase)
   p = sub.add_parser("figures", help="regenerate the figures (PNG, PDF and the data as npz)")
   p.add_argument("--out", default="figures", help="output folder")
-  p.add_argument("--only", default=None, help="comma list of figure names, e.g. fig4")
+  p.add_argument("--only", default=None, help="comma list of figure names, e.g. fig4,fig5")
+  p.add_argument("--mnist", default=None,
+                 help="a local MNIST copy (mnist.npz or the IDX folder); default: bundled digits")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_figures)
   p = sub.add_parser("maps", help="q*, chi1, depth scales and the fixed points of T")

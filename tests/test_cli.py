@@ -10,18 +10,28 @@ from mimictheory.cli import main
 from conftest import REPO
 
 
-def test_phase_writes_npz_and_png(tmp_path, capsys):
+def test_phase_writes_all_norms_side_by_side(tmp_path, capsys):
   out = tmp_path / "ph"
   rc = main(["phase", "--activation", "erf", "--sw2", "0.5:4:12", "--sb2", "0:0.3:9",
              "--out", str(out), "--quiet"])
   assert rc == 0
   data = np.load(out / "phase.npz")
-  for key in ("sw2", "sb2", "qstar", "chi1", "xi_c"):
-    assert key in data.files
-  assert data["chi1"].shape == (12, 9)
-  np.testing.assert_allclose(data["sw2"], np.linspace(0.5, 4, 12))
+  for norm in ("none", "weight_mean", "batch_norm"):
+    for key in ("sw2", "sb2", "qstar", "chi1", "xi_c"):
+      assert f"{norm}_{key}" in data.files
+    assert data[f"{norm}_chi1"].shape == (12, 9)
+  np.testing.assert_allclose(data["none_sw2"], np.linspace(0.5, 4, 12))
+  np.testing.assert_allclose(data["batch_norm_chi1"], data["batch_norm_chi1"][0, 0])  # Thm 2
   assert (out / "phase.png").stat().st_size > 10_000
-  assert sorted(p.name for p in out.iterdir()) == ["phase.npz", "phase.png"]  # no temp files
+  assert sorted(p.name for p in out.iterdir()) == ["phase.npz", "phase.pdf", "phase.png"]
+
+
+def test_phase_one_norm(tmp_path):
+  out = tmp_path / "ph"
+  assert main(["phase", "--activation", "relu", "--norm", "weight_mean", "--sw2", "1:4:5",
+               "--sb2", "0:0.2:4", "--out", str(out), "--quiet"]) == 0
+  assert [k for k in np.load(out / "phase.npz").files if k.endswith("_chi1")] == [
+      "weight_mean_chi1"]
 
 
 def test_maps_prints_theorem_3(capsys):
@@ -33,12 +43,14 @@ def test_maps_prints_theorem_3(capsys):
 @pytest.mark.parametrize("argv,needle", [
     (["phase", "--sw2", "0.5:4:x"], "--sw2"),
     (["phase", "--activation", "softsign"], "--activation"),
-    (["phase", "--norm", "group"], "--norm"),
+    (["phase", "--norm", "group"], "norm"),
     (["phase", "--sw2=-1:2:5"], "sw2 must be > 0"),
     (["phase", "--fan-in", "0"], "fan_in must be an integer >= 2"),
     (["maps", "--sw2", "0"], "sw2 must be > 0"),
     (["maps", "--fan-in", "1"], "fan_in must be an integer >= 2"),
     (["figures", "--only", "fig9"], "--only"),
+    (["figures", "--mnist", "/nonexistent/mnist"], "mnist"),
+    (["phase", "--norm", "none,layer"], "norm"),
     ([], "command"),
 ])
 def test_bad_options_one_line_exit_2(argv, needle, tmp_path, capsys):
@@ -51,12 +63,14 @@ def test_bad_options_one_line_exit_2(argv, needle, tmp_path, capsys):
   assert not out.exists()
 
 
-def test_unwritable_out(tmp_path, capsys):
+@pytest.mark.parametrize("argv", [["phase", "--sw2", "1:2:3", "--sb2", "0:0.1:2"],
+                                  ["figures", "--only", "fig4"]])
+def test_unwritable_out(argv, tmp_path, capsys):
   blocker = tmp_path / "file"
   blocker.write_text("x")
-  assert main(["phase", "--sw2", "1:2:3", "--sb2", "0:0.1:2", "--out", str(blocker / "sub"),
-               "--quiet"]) == 2
-  assert "--out" in capsys.readouterr().err
+  assert main(argv + ["--out", str(blocker / "sub"), "--quiet"]) == 2
+  err = capsys.readouterr().err
+  assert "--out" in err and len(err.strip().splitlines()) == 1
 
 
 def test_console_script_no_traceback(tmp_path):

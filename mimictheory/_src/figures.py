@@ -7,7 +7,7 @@ import numpy as np
 
 from mimictheory._src.io import atomic_path
 
-__all__ = ["plot_phase_diagram", "save_figure"]
+__all__ = ["plot_phase_diagram", "plot_phase_diagrams", "save_figure", "regenerate", "FIGURES"]
 
 
 def _pyplot():
@@ -27,11 +27,9 @@ def save_figure(fig, path) -> Path:
   return path
 
 
-def plot_phase_diagram(pd, path=None):
-  """χ1 with the critical line χ1 = 1, q* and ξ_c of a `PhaseDiagram`, side by side."""
-  plt = _pyplot()
+def _phase_row(fig, axes, pd):
+  """χ1 with the critical line, q* and ξ_c of one `PhaseDiagram` on three axes."""
   from matplotlib.colors import LogNorm, TwoSlopeNorm
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
   extent = [pd.sb2[0], pd.sb2[-1], pd.sw2[0], pd.sw2[-1]]
   style = dict(origin="lower", aspect="auto", extent=extent)
   chi = pd.chi1
@@ -39,36 +37,54 @@ def plot_phase_diagram(pd, path=None):
   norm = TwoSlopeNorm(1.0, min(lo, 0.999), max(hi, 1.001))
   im = axes[0].imshow(chi, cmap="RdBu_r", norm=norm, **style)
   fig.colorbar(im, ax=axes[0], label=r"$\chi_1$")
-  axes[0].set_title(r"$\chi_1$: ordered (blue) / chaotic (red)")
+  axes[0].set_title(rf"{pd.norm}: $\chi_1$ (blue ordered, red chaotic)", fontsize=10)
   if pd.critical is not None and pd.critical.exists.any():
     ok = pd.critical.exists
     axes[0].plot(pd.critical.sb2[ok], pd.critical.sw2[ok], "k-", lw=2, label=r"$\chi_1 = 1$")
-    axes[0].legend(loc="upper left")
+    axes[0].legend(loc="upper left", fontsize=8)
   finite_q = np.where(np.isfinite(pd.qstar) & (pd.qstar > 0), pd.qstar, np.nan)
   q_lo, q_hi = np.nanpercentile(finite_q, [2, 98]) if np.isfinite(finite_q).any() else (1, 10)
-  im = axes[1].imshow(finite_q, cmap="viridis", norm=LogNorm(max(q_lo, 1e-4), max(q_hi, 1e-3)),
+  q_lo = max(q_lo, 1e-4)
+  im = axes[1].imshow(finite_q, cmap="viridis", norm=LogNorm(q_lo, max(q_hi, q_lo * 1.01)),
                       **style)
-  fig.colorbar(im, ax=axes[1], label=r"$q^*$ (white: diverges or 0)")
-  axes[1].set_title(r"variance fixed point $q^*$")
+  fig.colorbar(im, ax=axes[1], label=r"$q^*$ (white: $\infty$ or 0)")
+  axes[1].set_title(rf"{pd.norm}: variance fixed point $q^*$", fontsize=10)
   xi = np.where(np.isfinite(pd.xi_c) & (pd.xi_c > 0), pd.xi_c, np.nan)
   im = axes[2].imshow(xi, cmap="magma", norm=LogNorm(1.0, 1e3), **style)
-  fig.colorbar(im, ax=axes[2], label=r"$\xi_c$ (layers; clipped at $10^3$, white: $\infty$)")
-  axes[2].set_title(r"correlation depth scale $\xi_c$")
+  fig.colorbar(im, ax=axes[2], label=r"$\xi_c$ (layers; white: $\infty$)")
+  axes[2].set_title(rf"{pd.norm}: correlation depth scale $\xi_c$", fontsize=10)
   for ax in axes:
     ax.set_xlabel(r"$\sigma_b^2$")
     ax.set_ylabel(r"$\sigma_w^2$")
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
-  fig.suptitle(f"Mean-field phase diagram: activation={pd.activation}, norm={pd.norm}")
+
+
+def plot_phase_diagrams(pds, path=None):
+  """One row per `PhaseDiagram` (e.g. norm none, weight_mean, batch_norm): χ1 with the critical
+  line χ1 = 1, q* and ξ_c side by side."""
+  plt = _pyplot()
+  pds = list(pds)
+  fig, axes = plt.subplots(len(pds), 3, figsize=(15, 3.9 * len(pds)), constrained_layout=True,
+                           squeeze=False)
+  for row, pd in zip(axes, pds):
+    _phase_row(fig, row, pd)
+  fig.suptitle(f"Mean-field phase diagrams, activation {pds[0].activation} "
+               "(batch norm: σw², σb² drop out, Theorem 2)")
   if path is not None:
     save_figure(fig, path)
   return fig
 
 
+def plot_phase_diagram(pd, path=None):
+  """χ1 with the critical line χ1 = 1, q* and ξ_c of one `PhaseDiagram`, side by side."""
+  return plot_phase_diagrams([pd], path)
+
+
 def _save_npz(path, **arrays):
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as fh:
-      np.savez(fh, **arrays)
+      np.savez_compressed(fh, **arrays)
 
 
 def figure4(out) -> list[Path]:
@@ -108,23 +124,305 @@ def figure4(out) -> list[Path]:
   return paths + [out / "fig4.npz"]
 
 
-def phase_figure(out, activation: str, norm: str = "none", progress: bool = False) -> list[Path]:
-  """Phase diagram of one activation and norm on the default grid, as PNG, PDF and npz."""
+def _write(fig, out, stem, **data) -> list[Path]:
+  """The figure as PNG and PDF and its data as npz, all atomically; closes the figure."""
+  plt = _pyplot()
+  out = Path(out)
+  paths = [save_figure(fig, out / f"{stem}.png"), save_figure(fig, out / f"{stem}.pdf")]
+  plt.close(fig)
+  _save_npz(out / f"{stem}.npz", **data)
+  return paths + [out / f"{stem}.npz"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures 2 and 3, supplementary Figures 1 and 2: finite-width networks on data.
+# ----------------------------------------------------------------------------------------------
+SEED = 20210202  # every random draw of the figures derives from it (recorded in the npz)
+WIDTH = 300
+
+
+def _preactivations(net, x, seed):
+  """Pre-activations of every hidden layer of one random network, (L, N, n), in float64."""
+  import jax
+  with jax.enable_x64(True):
+    params = net.init(jax.random.key(seed), x.shape[1])
+    return np.asarray(jax.jit(net.propagate)(params, x)[0])
+
+
+def unit_spread_ratio(h) -> float:
+  """How far units drift apart relative to their spread over the batch, for h of shape (N, n):
+  std over units of a unit's batch mean / mean over units of its batch std (Figures 2, 3)."""
+  h = np.asarray(h)
+  return float(np.std(h.mean(axis=0)) / np.mean(h.std(axis=0)))
+
+
+def _batch(x, size, seed):
+  rng = np.random.default_rng(seed)
+  return x[rng.permutation(len(x))[:size]]
+
+
+def unit_boxes(norm: str, x, depth: int = 51, layers=(20, 50), units: int = 30,
+               width: int = WIDTH, seed: int = SEED) -> dict:
+  """Values over the batch of `units` random units at `layers` of a ReLU network: the data of
+  Figures 2 (norm none, (σw², σb²) = (2, 0)) and 3 (batch_norm; weight_mean at Theorem 3's σw²).
+  """
+  import mimictheory as mt
+  net = mt.finite_network("relu", depth=depth, width=width, norm=norm,
+                          sw2=None if norm == "weight_mean" else 2.0)
+  pre = _preactivations(net, x, seed)
+  pick = np.sort(np.random.default_rng(seed + 1).choice(width, units, replace=False))
+  data = {"units": pick, "layers": np.asarray(layers), "seed": seed, "width": width,
+          "depth": depth, "sw2": net.sw2, "spread_ratio": np.array([unit_spread_ratio(p)
+                                                                    for p in pre])}
+  for layer in layers:
+    data[f"layer{layer}"] = pre[layer - 1][:, pick]
+  return data
+
+
+def _boxplot(ax, values, title):
+  ax.boxplot(values, whis=(5, 95), showfliers=False, medianprops=dict(color="tab:red"))
+  ax.axhline(0.0, color="0.7", lw=0.8, zorder=0)
+  ticks = np.arange(1, values.shape[1] + 1, 5)
+  ax.set_xticks(ticks, labels=[str(t) for t in ticks])
+  ax.set_xlabel("unit (30 chosen at random)")
+  ax.set_ylabel("pre-activation over the batch")
+  ax.set_title(title, fontsize=10)
+
+
+def figure2(out, progress=False, data_source=None) -> list[Path]:
+  """Figure 2: a 51-layer plain ReLU network at (σw, σb) = (√2, 0), one batch; box plots of
+  30 random units at layers 20 and 50: each unit concentrates, the units drift apart."""
+  plt = _pyplot()
+  x, name = _images(data_source)
+  x = _batch(x, 2000, SEED)
+  data = unit_boxes("none", x)
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True)
+  for ax, layer in zip(axes, data["layers"]):
+    ratio = data["spread_ratio"][layer - 1]
+    _boxplot(ax, data[f"layer{layer}"], f"layer {layer}: units apart / unit spread = {ratio:.1f}")
+  fig.suptitle(f"Figure 2: straight ReLU network, width {WIDTH}, (σw², σb²) = (2, 0), "
+               f"{len(x)} inputs ({name}); boxes 25-75%, whiskers 5-95%")
+  return _write(fig, out, "fig2", **data)
+
+
+def figure3(out, progress=False, data_source=None) -> list[Path]:
+  """Figure 3: layer 50 of the same network with BN after every layer, and with weight mean:
+  every unit has the same distribution."""
+  plt = _pyplot()
+  x, name = _images(data_source)
+  x = _batch(x, 2000, SEED)
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True)
+  saved = {}
+  for ax, norm, label in zip(axes, ("batch_norm", "weight_mean"),
+                             ("with BN", "with weight mean (Theorem 3's σw²)")):
+    data = unit_boxes(norm, x, layers=(50,))
+    ratio = data["spread_ratio"][49]
+    _boxplot(ax, data["layer50"], f"layer 50 {label}: units apart / unit spread = {ratio:.2f}")
+    saved.update({f"{norm}_{k}": v for k, v in data.items()})
+  fig.suptitle(f"Figure 3: the network of Figure 2 at layer 50, {len(x)} inputs ({name})")
+  return _write(fig, out, "fig3", **saved)
+
+
+def pair_correlations(norm: str, x, pairs: int = 200, depth: int = 50, width: int = WIDTH,
+                      seed: int = SEED) -> dict:
+  """Correlation of `pairs` random input pairs at every layer of one network of width `width`,
+  and the infinite-width theory for the same pairs: supplementary Figures 1 and 2."""
+  import mimictheory as mt
+  pairs = min(pairs, len(x) // 2)
+  batch = _batch(x, 2 * pairs, seed)
+  net = mt.finite_network("relu", depth=depth, width=width, norm=norm,
+                          sw2=None if norm == "weight_mean" else 2.0)
+  import jax
+  with jax.enable_x64(True):
+    params = net.init(jax.random.key(seed), batch.shape[1])
+    corr = np.asarray(jax.jit(net.signal)(params, batch).correlation)
+  theory = net.theory_correlations(batch)
+  first, second = np.arange(0, 2 * pairs, 2), np.arange(1, 2 * pairs, 2)
+  inputs = batch[first] @ batch[second].T
+  norms = np.linalg.norm(batch[first], axis=1) * np.linalg.norm(batch[second], axis=1)
+  return {"layers": np.arange(1, depth + 1), "finite": corr[:, first, second],
+          "theory": theory[:, first, second], "input": np.diagonal(inputs) / norms,
+          "seed": seed, "width": width, "sw2": net.sw2}
+
+
+def _plot_pairs(ax, data, title):
+  layers = np.concatenate([[0], data["layers"]])
+  finite = np.concatenate([data["input"][None], data["finite"]])
+  theory = np.concatenate([data["input"][None], data["theory"]])
+  ax.plot(layers, finite, color="tab:blue", alpha=0.15, lw=0.7)
+  ax.plot([], [], color="tab:blue", label=f"width {data['width']} network, 200 pairs")
+  lo, mid, hi = np.percentile(theory, [5, 50, 95], axis=1)
+  ax.fill_between(layers, lo, hi, color="tab:orange", alpha=0.25, label="theory 5-95%")
+  ax.plot(layers, mid, color="tab:orange", lw=2, ls="--", label="theory median")
+  ax.set_ylim(-1.0, 1.05)
+  ax.set_xlabel("layer")
+  ax.set_ylabel("correlation coefficient")
+  ax.set_title(title, fontsize=10)
+  ax.legend(loc="lower left", fontsize=8)
+
+
+def supplementary1(out, progress=False, data_source=None) -> list[Path]:
+  """Supplementary Figure 1: the plain network drives every pair's correlation to 1."""
+  plt = _pyplot()
+  x, name = _images(data_source)
+  data = pair_correlations("none", x)
+  fig, ax = plt.subplots(figsize=(6.5, 4.4), constrained_layout=True)
+  _plot_pairs(ax, data, f"Supp. Figure 1: straight ReLU network, (σw², σb²) = (2, 0), {name}")
+  return _write(fig, out, "supp1", **data)
+
+
+def supplementary2(out, progress=False, data_source=None) -> list[Path]:
+  """Supplementary Figure 2: with BN or weight mean the correlations stay near 0."""
+  plt = _pyplot()
+  x, name = _images(data_source)
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), constrained_layout=True)
+  saved = {}
+  for ax, norm, label in zip(axes, ("batch_norm", "weight_mean"), ("BN", "weight mean")):
+    data = pair_correlations(norm, x)
+    _plot_pairs(ax, data, f"{label}")
+    saved.update({f"{norm}_{k}": v for k, v in data.items()})
+  fig.suptitle(f"Supplementary Figure 2: correlations of 200 input pairs ({name}), width "
+               f"{WIDTH}, ReLU")
+  return _write(fig, out, "supp2", **saved)
+
+
+def _images(source):
+  from mimictheory._src.data import load_images
+  x, _, name = load_images(source)
+  return x, name
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure 5: residual branches at initialisation.
+# ----------------------------------------------------------------------------------------------
+def figure5(out, progress=False, data_source=None) -> list[Path]:
+  """Figure 5: in a BN residual network the stream entering block l has variance ≈ l and each
+  branch ≈ 1, a 1/l suppression; MimicNorm's residual scalar suppresses the branch explicitly."""
   import mimictheory as mt
   plt = _pyplot()
-  pd = mt.phase_diagram(activation, norm=norm, progress=progress)
-  stem = Path(out) / f"phase_{activation}_{norm}"
-  fig = plot_phase_diagram(pd)
-  paths = [save_figure(fig, stem.with_suffix(".png")), save_figure(fig, stem.with_suffix(".pdf"))]
-  plt.close(fig)
-  _save_npz(stem.with_suffix(".npz"), **pd.arrays())
-  return paths + [stem.with_suffix(".npz")]
+  depth, width, batch = 50, 256, 256
+  kw = dict(depth=depth, width=width, batch=batch, draws=8, seed=SEED)
+  bn = mt.residual_variances("batch_norm", **kw)
+  mimic = mt.residual_variances("mimic", **kw)
+  sqrt_scalar = 1.2 / np.sqrt(bn.blocks)
+  mimic_sqrt = mt.residual_variances("mimic", scalars=sqrt_scalar, **kw)
+  l = bn.blocks
+  fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), constrained_layout=True)
+  ax = axes[0]
+  for rv, color, label in ((bn, "tab:blue", "BN"), (mimic, "tab:orange", "MimicNorm (α = 1.2/l)")):
+    ax.errorbar(l, rv.stream.mean, 2 * rv.stream.se, fmt="o-", ms=3, color=color,
+                label=f"{label}: stream entering block l")
+    ax.errorbar(l, rv.branch.mean, 2 * rv.branch.se, fmt="s--", ms=3, color=color,
+                label=f"{label}: branch of block l")
+  ax.plot(l, l, "k:", lw=1.5, label="l", zorder=5)
+  ax.set_xlabel("block l")
+  ax.set_ylabel("variance")
+  ax.set_yscale("log")
+  ax.set_title("measured variances at initialisation (8 networks, ±2 SE)", fontsize=10)
+  ax.legend(fontsize=8)
+  ax = axes[1]
+  for rv, color, label in ((bn, "tab:blue", "BN"),
+                           (mimic, "tab:orange", "MimicNorm, α = 1.2/l (official init)"),
+                           (mimic_sqrt, "tab:green", "MimicNorm, α = 1.2/√l")):
+    ax.loglog(l, rv.ratio, "o-", ms=3, color=color, label=label)
+  ax.loglog(l, 1.0 / l, "k--", lw=1, label="1/l")
+  ax.loglog(l, 1.0 / l**2, "k:", lw=1, label="1/l²")
+  ax.set_xlabel("block l")
+  ax.set_ylabel("Var(branch) / Var(stream)")
+  ax.set_title("relative contribution of the residual branch", fontsize=10)
+  ax.legend(fontsize=8)
+  fig.suptitle(f"Figure 5: residual ReLU MLP, width {width}, batch {batch}, He init")
+  data = {"blocks": l, "seed": SEED, "sqrt_scalars": sqrt_scalar}
+  for key, rv in (("bn", bn), ("mimic", mimic), ("mimic_sqrt", mimic_sqrt)):
+    data.update({f"{key}_stream": rv.stream.mean, f"{key}_stream_se": rv.stream.se,
+                 f"{key}_branch": rv.branch.mean, f"{key}_branch_se": rv.branch.se,
+                 f"{key}_scalars": rv.scalars})
+  return _write(fig, out, "fig5", **data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase diagrams and the NTK condition number.
+# ----------------------------------------------------------------------------------------------
+PHASE_ACTIVATIONS = ("relu", "tanh", "erf", "gelu")
+PHASE_NORMS = ("none", "weight_mean", "batch_norm")
+
+
+def phase_grid(activation: str):
+  """The figures' (σw², σb²) grid: finer for closed forms, coarser for quadrature."""
+  import mimictheory as mt
+  fine = not isinstance(mt.get_activation(activation), mt.Numerical)
+  return np.linspace(0.5, 4.0, 200 if fine else 120), np.linspace(0.0, 0.3, 150 if fine else 90)
+
+
+def phase_figure(out, activation: str, norms=PHASE_NORMS, sw2=None, sb2=None, fan_in=None,
+                 progress: bool = False, stem: str | None = None) -> list[Path]:
+  """Phase diagrams of one activation, one row per norm, as PNG, PDF and npz (keys prefixed
+  with the norm, e.g. `weight_mean_chi1`)."""
+  import mimictheory as mt
+  if sw2 is None or sb2 is None:
+    sw2, sb2 = phase_grid(activation)
+  pds = [mt.phase_diagram(activation, sw2=sw2, sb2=sb2, norm=norm, fan_in=fan_in,
+                          progress=progress) for norm in norms]
+  fig = plot_phase_diagrams(pds)
+  data = {f"{pd.norm}_{k}": v for pd in pds for k, v in pd.arrays().items()}
+  return _write(fig, out, stem or f"phase_{activation}", **data)
+
+
+def ntk_condition_points():
+  """(label, activation, sw2, sb2, norm): erf (closed form, the phase structure of tanh) in the
+  ordered phase, on the critical line and in the chaotic phase at σb² = 0.05; ReLU at (2, 0),
+  with weight mean (Theorem 3) and with BN."""
+  import mimictheory as mt
+  critical = float(mt.critical_line("erf", sb2=[0.05]).sw2[0])
+  return [("erf ordered (σw² = 0.5)", "erf", 0.5, 0.05, "none"),
+          (f"erf critical (σw² = {critical:.3f})", "erf", critical, 0.05, "none"),
+          ("erf chaotic (σw² = 3)", "erf", 3.0, 0.05, "none"),
+          ("ReLU critical (2, 0)", "relu", 2.0, 0.0, "none"),
+          ("ReLU weight mean (Theorem 3)", "relu", None, 0.0, "weight_mean"),
+          ("ReLU batch norm", "relu", 2.0, 0.0, "batch_norm")]
+
+
+def ntk_condition(out, progress=False, data_source=None, depth: int = 200,
+                  n_inputs: int = 64) -> list[Path]:
+  """The NTK condition number against depth (Theorem 1): it diverges in the ordered phase,
+  grows on the critical line and stays bounded in the chaotic phase (weight mean, BN)."""
+  import mimictheory as mt
+  plt = _pyplot()
+  x, name = _images(data_source)
+  x = _batch(x, n_inputs, SEED)
+  fig, ax = plt.subplots(figsize=(7.5, 4.8), constrained_layout=True)
+  data = {"depths": np.arange(1, depth + 1), "seed": SEED}
+  points = ntk_condition_points()
+  for i, (label, act, sw2, sb2, norm) in enumerate(progress_points(points, progress)):
+    spec = mt.ntk_spectrum(x, depth=depth, activation=act, sw2=sw2, sb2=sb2, norm=norm)
+    ax.semilogy(spec.depths, spec.condition, lw=2, ls="-" if act == "erf" else "--",
+                label=label)
+    data[f"condition{i}"] = spec.condition
+    data[f"label{i}"] = label
+  ax.axhline(n_inputs, color="0.6", lw=0.8, ls=":", label=f"N = {n_inputs} inputs")
+  ax.set_xlabel("depth L")
+  ax.set_ylabel(r"NTK condition number $\kappa = \lambda_{max}/\lambda_{min}$")
+  ax.set_title(f"Theorem 1: NTK conditioning with depth ({n_inputs} inputs, {name})",
+               fontsize=10)
+  ax.legend(fontsize=8)
+  return _write(fig, out, "ntk_condition", **data)
+
+
+def progress_points(points, progress):
+  from mimictheory._src.io import progress_bar
+  return progress_bar(points, progress, "NTK spectra")
 
 
 FIGURES = {
-    "fig4": figure4,
-    "phase_relu": lambda out, progress=False: phase_figure(out, "relu", progress=progress),
-    "phase_tanh": lambda out, progress=False: phase_figure(out, "tanh", progress=progress),
+    "fig2": figure2,
+    "fig3": figure3,
+    "fig4": lambda out, progress=False, data_source=None: figure4(out),
+    "fig5": figure5,
+    "supp1": supplementary1,
+    "supp2": supplementary2,
+    "ntk_condition": ntk_condition,
+    **{f"phase_{a}": (lambda a: lambda out, progress=False, data_source=None:
+                      phase_figure(out, a, progress=progress))(a) for a in PHASE_ACTIVATIONS},
 }
 
 
@@ -138,11 +436,18 @@ def figure_names(only=None) -> list[str]:
   return names
 
 
-def regenerate(out, only=None, progress: bool = False) -> list[Path]:
-  """Regenerate the figures named in `only` (default: all of `FIGURES`) into `out`."""
+def regenerate(out, only=None, progress: bool = False, mnist=None) -> list[Path]:
+  """Regenerate the figures named in `only` (default: all of `FIGURES`) into `out`.
+
+  `mnist`: a local MNIST copy (see `mimictheory._src.data.mnist`) for the data-driven figures;
+  the bundled scikit-learn digits otherwise.
+  """
+  from mimictheory._src.io import progress_bar
   names = figure_names(only)
+  if mnist is not None:
+    from mimictheory._src.data import mnist as load_mnist
+    load_mnist(mnist)  # fail on a bad path before anything is written
   paths = []
-  for name in names:
-    fn = FIGURES[name]
-    paths += fn(out) if name == "fig4" else fn(out, progress=progress)
+  for name in progress_bar(names, progress, "figures"):
+    paths += FIGURES[name](out, progress=progress, data_source=mnist)
   return paths

@@ -33,7 +33,8 @@ from mimictheory._src.precision import f64, float64
 __all__ = [
     "Params", "FiniteNetwork", "finite_network", "Signal", "Estimate", "MonteCarloKernels",
     "sample_kernels", "monte_carlo_kernels", "monte_carlo_correlations", "monte_carlo_chi1",
-    "BatchNormGap", "batch_norm_gap",
+    "BatchNormGap", "batch_norm_gap", "ResidualVariances", "residual_variances",
+    "official_residual_scalar",
 ]
 
 
@@ -501,3 +502,83 @@ def batch_norm_gap(activation="relu", batches=(4, 8, 16, 32, 64, 128), width: in
   return BatchNormGap(net.activation.name, np.array(batches), chi1_estimates,
                       float(chi1(net.activation, norm="batch_norm")),
                       np.array(nngp_gap), np.array(ntk_gap), np.array(noise))
+
+
+# ----------------------------------------------------------------------------------------------
+# Residual networks at initialisation (Figure 5).
+# ----------------------------------------------------------------------------------------------
+RESIDUAL_NORMS = ("batch_norm", "mimic", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualVariances:
+  """Per block l = 1..L: the variance of the stream entering it and of its (scaled) branch."""
+
+  norm: str
+  blocks: np.ndarray
+  stream: Estimate
+  branch: Estimate
+  scalars: np.ndarray  # the branch scalars α_l (1 without one)
+
+  @property
+  def ratio(self) -> np.ndarray:
+    """Var(branch) / Var(stream): the branch's relative contribution (≈ 1/l with BN)."""
+    return self.branch.mean / self.stream.mean
+
+
+def official_residual_scalar(blocks, convs_per_branch: int = 1) -> np.ndarray:
+  """The official code's initial residual scalar 1.2^k / l (k layers per branch, l from 1)."""
+  return 1.2**convs_per_branch / np.asarray(blocks, dtype=np.float64)
+
+
+@partial(jax.jit, static_argnames=("norm", "depth", "width", "batch", "batch_size"))
+def _residual_draws(keys, scalars, norm, depth, width, batch, batch_size):
+  def draw(key):
+    k_x, k_w = jax.random.split(key)
+    x = jax.random.normal(k_x, (batch, width))
+
+    def block(x, inputs):
+      key, alpha = inputs
+      w = jax.random.normal(key, (width, width))
+      if norm == "mimic":
+        w = _centre_fan_in(w)
+      branch = jax.nn.relu(x) @ w * jnp.sqrt(2.0 / width)  # He initialisation
+      branch = alpha * (_batch_norm(branch) if norm == "batch_norm" else branch)
+      return x + branch, (jnp.var(x), jnp.var(branch))
+
+    _, (stream, branch) = jax.lax.scan(block, x, (jax.random.split(k_w, depth), scalars))
+    return stream, branch
+
+  return jax.lax.map(draw, keys, batch_size=batch_size)
+
+
+@float64
+def residual_variances(norm: str = "batch_norm", depth: int = 50, width: int = 256,
+                       batch: int = 256, draws: int = 8, seed: int = 0,
+                       scalars=None) -> ResidualVariances:
+  """Variance of the residual stream and of each branch in a residual MLP at initialisation.
+
+  Block l: x ← x + α_l · branch(x), branch = BN(W relu(x)) for `norm="batch_norm"` (α = 1),
+  α_l W̄ relu(x) for `"mimic"` (weight mean, residual scalar; default α_l = 1.2/l, the official
+  code's initial value) and W relu(x) for `"none"`, with He-initialised W. The paper's Figure 5
+  argument: with BN the stream entering block l has variance ≈ l and each branch ≈ 1, so BN
+  suppresses the branch by 1/l; MimicNorm's scalar does it explicitly.
+
+  >>> import mimictheory as mt
+  >>> rv = mt.residual_variances("batch_norm", depth=20, width=64, batch=64, draws=2)
+  >>> bool(abs(rv.stream.mean[-1] / 20 - 1) < 0.1)           # stream variance ≈ l
+  True
+  """
+  checks.check_choice("norm", norm, RESIDUAL_NORMS)
+  depth = checks.check_int("depth", depth)
+  width = checks.check_int("width", width, minimum=2)
+  batch = checks.check_int("batch", batch, minimum=2)
+  blocks = np.arange(1, depth + 1)
+  if scalars is None:
+    scalars = official_residual_scalar(blocks) if norm == "mimic" else np.ones(depth)
+  scalars = np.broadcast_to(checks.check_nonnegative("scalars", scalars), (depth,))
+  keys = _keys(seed, draws)
+  stream, branch = _residual_draws(keys, f64(scalars), norm, depth, width, batch,
+                                   _batch(8, draws))
+  return ResidualVariances(norm, blocks, Estimate.from_samples(stream),
+                           Estimate.from_samples(branch), np.asarray(scalars))
