@@ -17,6 +17,7 @@ from mimictheory._src.finite import (
     BatchNormGap, Estimate, ResidualVariances, batch_norm_gap, official_residual_scalar,
     residual_variances, FiniteNetwork, MonteCarloKernels, Params, Signal, finite_network,
     monte_carlo_chi1, monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
+from mimictheory._src.figures import plot_phase_diagram, plot_phase_diagrams
 from mimictheory._src.kernels import (
     Kernels, NTKSpectrum, kernels, layer_kernels, ntk_spectrum, row_mesh)
 from mimictheory._src.maps import (
