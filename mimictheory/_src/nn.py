@@ -1,0 +1,156 @@
+"""MimicNorm in Flax NNX: weight mean, the residual scalar and the last BN layer (paper section 4).
+
+Weight mean (eq 10) keeps every covered kernel mean-free per output channel: the mean over the
+fan-in (and the kernel window, for convolutions) is subtracted at initialisation and again
+after every optimiser step (`project_weight_mean`). Kernels whose per-channel fan-in is below
+`min_fan_in` (default 50: depthwise convolutions) are plain `nnx.Param`s and never touched. The
+initial scale of a covered kernel is Theorem 3's stable σw² for its fan-in, taken from the
+analytic module (`mimictheory.stable_sw2`), not a copied constant.
+
+Training runs in float32; nothing here enables float64 (the analytic σw² is a Python float).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mimictheory._src import checks
+from mimictheory._src.maps import stable_sw2
+
+__all__ = [
+    "CentredKernel", "MIN_FAN_IN", "NORM_OPTIONS", "centre_kernel", "per_channel_fan_in",
+    "project_weight_mean", "init_sw2", "Dense", "LastBatchNorm", "ResidualScalar", "MLP",
+]
+
+MIN_FAN_IN = 50
+NORM_OPTIONS = ("bn", "none", "weight_mean", "last_bn", "mimic")
+
+
+class CentredKernel(nnx.Param):
+  """A kernel kept mean-free per output channel (the last axis) by `project_weight_mean`."""
+
+
+def per_channel_fan_in(shape) -> int:
+  """Inputs feeding one output channel: all axes but the last (dense (in, out): in; conv
+  (kh, kw, in, out): kh·kw·in)."""
+  return int(math.prod(shape[:-1]))
+
+
+def centre_kernel(kernel):
+  """W̄ = W − mean over every axis but the output-channel axis (eq 10)."""
+  return kernel - jnp.mean(kernel, axis=tuple(range(kernel.ndim - 1)), keepdims=True)
+
+
+def project_weight_mean(model: nnx.Module) -> None:
+  """Re-centre every `CentredKernel` of `model` in place (after each optimiser step)."""
+  state = nnx.state(model, CentredKernel)
+  nnx.update(model, jax.tree_util.tree_map(centre_kernel, state))
+
+
+def init_sw2(fan_in: int, weight_mean: bool, activation: str = "relu") -> float:
+  """Initial σw²: Theorem 3's stable value 2n/((n−1)(1−1/π)) with weight mean, He's 2 without
+  (for ReLU; `stable_sw2` for other activations)."""
+  norm = "weight_mean" if weight_mean else "none"
+  return float(stable_sw2(activation, norm=norm, fan_in=fan_in if fan_in >= 2 else None))
+
+
+class Dense(nnx.Module):
+  """x W + b with W ~ N(0, σw²/fan-in); with `weight_mean` the kernel is a `CentredKernel`
+  (when its fan-in is at least `min_fan_in`) initialised at Theorem 3's σw²."""
+
+  def __init__(self, fan_in: int, fan_out: int, *, weight_mean: bool, rngs: nnx.Rngs,
+               min_fan_in: int = MIN_FAN_IN, sw2: float | None = None, use_bias: bool = True):
+    covered = weight_mean and fan_in >= min_fan_in
+    sw2 = init_sw2(fan_in, covered) if sw2 is None else sw2
+    kernel = jax.random.normal(rngs.params(), (fan_in, fan_out)) * math.sqrt(sw2 / fan_in)
+    self.kernel = CentredKernel(centre_kernel(kernel)) if covered else nnx.Param(kernel)
+    self.bias = nnx.Param(jnp.zeros((fan_out,))) if use_bias else None
+
+  def __call__(self, x):
+    y = x @ self.kernel[...]
+    return y if self.bias is None else y + self.bias[...]
+
+
+class LastBatchNorm(nnx.BatchNorm):
+  """BatchNorm on the logits (batch × classes) without affine parameters (the last BN layer)."""
+
+  def __init__(self, classes: int, *, rngs: nnx.Rngs, momentum: float = 0.9):
+    super().__init__(classes, use_bias=False, use_scale=False, momentum=momentum, rngs=rngs)
+
+
+class ResidualScalar(nnx.Module):
+  """One learnable scalar on a residual branch's output; the official initial value is
+  1.2^k / l (k layers in the branch, l the block index counted from 1)."""
+
+  def __init__(self, value: float):
+    self.scale = nnx.Param(jnp.asarray(value, dtype=jnp.float32))
+
+  def __call__(self, x):
+    return self.scale[...] * x
+
+  @staticmethod
+  def official(block: int, layers_in_branch: int) -> float:
+    checks.check_int("block", block, minimum=1)
+    return 1.2**layers_in_branch / block
+
+
+class MLP(nnx.Module):
+  """A ReLU MLP with `norm` ∈ bn | none | weight_mean | last_bn | mimic (= weight_mean + last_bn).
+
+  `bn` puts a BatchNorm (with affine parameters) after every hidden dense layer; `last_bn` and
+  `mimic` put a `LastBatchNorm` on the logits. `signals(x)` returns the per-layer
+  signal-propagation metrics at the current parameters (NFNets-style).
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from mimictheory.nn import MLP
+  >>> model = MLP(64, 10, depth=3, width=128, norm="mimic", rngs=nnx.Rngs(0))
+  >>> model(jnp.ones((4, 64))).shape
+  (4, 10)
+  """
+
+  def __init__(self, d: int, classes: int, *, depth: int = 8, width: int = 256,
+               norm: str = "mimic", rngs: nnx.Rngs, min_fan_in: int = MIN_FAN_IN):
+    checks.check_choice("norm", norm, NORM_OPTIONS)
+    depth = checks.check_int("depth", depth)
+    width = checks.check_int("width", width, minimum=2)
+    self.norm = norm
+    weight_mean = norm in ("weight_mean", "mimic")
+    dims = [d] + [width] * depth
+    self.hidden = nnx.List([Dense(a, b, weight_mean=weight_mean, rngs=rngs, min_fan_in=min_fan_in)
+                            for a, b in zip(dims[:-1], dims[1:])])
+    self.norms = nnx.List([nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
+                           for _ in range(depth)]) if norm == "bn" else None
+    self.head = Dense(width, classes, weight_mean=weight_mean, rngs=rngs, min_fan_in=min_fan_in,
+                      sw2=1.0)
+    self.last_bn = LastBatchNorm(classes, rngs=rngs) if norm in ("last_bn", "mimic") else None
+
+  def _hidden(self, x):
+    pre = []
+    for i, layer in enumerate(self.hidden):
+      h = layer(x)
+      if self.norms is not None:
+        h = self.norms[i](h)
+      pre.append(h)
+      x = jax.nn.relu(h)
+    return x, pre
+
+  def __call__(self, x):
+    x, _ = self._hidden(x)
+    logits = self.head(x)
+    return logits if self.last_bn is None else self.last_bn(logits)
+
+  def signals(self, x) -> dict:
+    """Per hidden layer: mean squared pre-activation q (per input), the correlation of every
+    input pair, and the average unit batch mean and variance."""
+    _, pre = self._hidden(x)
+    pre = jnp.stack(pre)  # (L, N, n)
+    q = jnp.mean(pre * pre, axis=-1)
+    gram = jnp.einsum("lxi,lyi->lxy", pre, pre) / pre.shape[-1]
+    root = jnp.sqrt(q)
+    return {"q": q, "correlation": gram / (root[:, :, None] * root[:, None, :]),
+            "unit_mean": jnp.mean(jnp.mean(pre, axis=1) ** 2, axis=-1),
+            "unit_variance": jnp.mean(jnp.var(pre, axis=1), axis=-1)}

@@ -1,0 +1,8 @@
+"""MimicNorm layers and models in Flax NNX (public API; see `mimictheory._src.nn`)."""
+from mimictheory._src.nn import (  # noqa: F401
+    MIN_FAN_IN, MLP, NORM_OPTIONS, CentredKernel, Dense, LastBatchNorm, ResidualScalar,
+    centre_kernel, init_sw2, per_channel_fan_in, project_weight_mean)
+
+__all__ = ["MIN_FAN_IN", "MLP", "NORM_OPTIONS", "CentredKernel", "Dense", "LastBatchNorm",
+           "ResidualScalar", "centre_kernel", "init_sw2", "per_channel_fan_in",
+           "project_weight_mean"]
