@@ -79,3 +79,43 @@ def test_other_config_in_same_folder_is_refused(tmp_path):
   train(TrainConfig(epochs=1, **SMALL), synthetic_data(), tmp_path)
   with pytest.raises(ValueError, match="another configuration"):
     train(TrainConfig(epochs=2, **SMALL), synthetic_data(), tmp_path)
+
+
+def test_cli_train_writes_metrics_and_plot(tmp_path, capsys):
+  from mimictheory.cli import main
+  out = tmp_path / "run"
+  argv = ["train", "--data", "synthetic", "--epochs", "2", "--depth", "3", "--width", "64",
+          "--batch-size", "64", "--milestones", "1", "--out", str(out), "--quiet"]
+  assert main(argv) == 0
+  assert {"metrics.jsonl", "config.json", "curves.png", "checkpoints"} <= {
+      p.name for p in out.iterdir()}
+  assert "finished: 2 epochs" in capsys.readouterr().out
+  assert main(argv) == 0  # already done: resumes at the end, nothing to train
+  assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--lr", "-1"], "lr"), (["--norm", "foo"], "--norm"), (["--data", "cifar10"], "data_path"),
+    (["--data", "cifar100", "--data-path", "/nonexistent"], "not found"),
+    (["--epochs", "0"], "epochs")])
+def test_cli_train_bad_options(argv, needle, tmp_path, capsys):
+  from mimictheory.cli import main
+  out = tmp_path / "never"
+  assert main(["train", "--out", str(out)] + argv) == 2
+  err = capsys.readouterr().err
+  assert needle in err and len(err.strip().splitlines()) == 1
+  assert not out.exists()
+
+
+def test_cifar_pickle_copy(tmp_path):
+  import pickle
+  from mimictheory._src.data import cifar
+  rng = np.random.default_rng(0)
+  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+             b"labels": list(rng.integers(0, 10, 4))}
+    with open(tmp_path / name, "wb") as fh:
+      pickle.dump(batch, fh)
+  (x, y), (xt, yt) = cifar(tmp_path, classes=10)
+  assert x.shape == (20, 32, 32, 3) and xt.shape == (4, 32, 32, 3) and y.shape == (20,)
+  assert x.dtype == np.float32 and abs(float(x.mean())) < 1.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["digits", "mnist", "load_images"]
+__all__ = ["digits", "mnist", "load_images", "cifar"]
 
 
 def _standardise(x):
@@ -69,3 +69,40 @@ def load_images(mnist_path=None):
     return x, y, "MNIST"
   x, y = digits()
   return x, y, "digits (scikit-learn, 8x8)"
+
+
+CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
+
+
+def _unpickle(path: Path) -> dict:
+  import pickle
+  with open(path, "rb") as fh:
+    return pickle.load(fh, encoding="bytes")
+
+
+def cifar(path, classes: int = 10):
+  """A local CIFAR-10/100 copy in the python-pickle format (the folder cifar-10-batches-py or
+  cifar-100-python), as NHWC float32 normalised per channel; ((x, y) train, (x, y) test)."""
+  if path is None:
+    raise ValueError(f"data_path must point at a local CIFAR-{classes} copy (python pickle "
+                     "format); nothing is downloaded")
+  path = Path(path)
+  if classes == 10:
+    train_files = [path / f"data_batch_{i}" for i in range(1, 6)]
+    test_files, key = [path / "test_batch"], b"labels"
+  else:
+    train_files, test_files, key = [path / "train"], [path / "test"], b"fine_labels"
+  missing = [str(f) for f in train_files + test_files if not f.exists()]
+  if missing:
+    raise FileNotFoundError(f"data_path: CIFAR-{classes} files not found: {', '.join(missing)}")
+
+  def load(files):
+    parts = [_unpickle(f) for f in files]
+    x = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    y = np.concatenate([np.asarray(p[key]) for p in parts]).astype(np.int64)
+    x = (x.astype(np.float32) / 255.0 - np.float32(CIFAR_MEAN[classes])) / np.float32(
+        CIFAR_STD[classes])
+    return x, y
+
+  return load(train_files), load(test_files)

@@ -451,3 +451,35 @@ def regenerate(out, only=None, progress: bool = False, mnist=None) -> list[Path]
   for name in progress_bar(names, progress, "figures"):
     paths += FIGURES[name](out, progress=progress, data_source=mnist)
   return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Training curves.
+# ----------------------------------------------------------------------------------------------
+def plot_training(history, path=None, title: str = ""):
+  """Train/test loss and test accuracy per epoch, and the last BN's running variance per class
+  when the model has one (the paper's supplementary Figure 3)."""
+  plt = _pyplot()
+  epochs = [r["epoch"] for r in history]
+  variance = [r.get("last_bn_variance") for r in history]
+  has_bn = all(v is not None for v in variance) and history
+  fig, axes = plt.subplots(1, 3 if has_bn else 2, figsize=(15 if has_bn else 10, 3.8),
+                           constrained_layout=True)
+  axes[0].plot(epochs, [r["train_loss"] for r in history], label="train")
+  axes[0].plot(epochs, [r["test_loss"] for r in history], label="test")
+  axes[0].set_yscale("log")
+  axes[0].set_ylabel("cross-entropy")
+  axes[0].legend()
+  axes[1].plot(epochs, [r["test_accuracy"] for r in history])
+  axes[1].set_ylabel("test accuracy")
+  if has_bn:
+    axes[2].plot(epochs, np.asarray(variance), lw=1)
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("last BN running variance (one line per class)")
+  for ax in axes:
+    ax.set_xlabel("epoch")
+  fig.suptitle(title)
+  if path is not None:
+    save_figure(fig, path)
+    plt.close(fig)
+  return fig

@@ -26,7 +26,7 @@ from mimictheory._src.io import atomic_path, progress_bar
 from mimictheory._src.nn import MLP, NORM_OPTIONS, project_weight_mean
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate_schedule", "train", "synthetic_data",
-           "digits_split"]
+           "digits_split", "load_data"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,20 @@ def digits_split(seed: int = 0):
   x, y = x[order].astype(np.float32), y[order]
   cut = len(x) * 4 // 5
   return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def load_data(name: str, path=None):
+  """((x_train, y_train), (x_test, y_test)) for `name` in digits | synthetic | cifar10 |
+  cifar100 (CIFAR from a local copy in the python-pickle format; nothing is downloaded)."""
+  checks.check_choice("data", name, ("digits", "synthetic", "cifar10", "cifar100"))
+  if name == "digits":
+    return digits_split()
+  if name == "synthetic":
+    return synthetic_data()
+  from mimictheory._src.data import cifar
+  (x_train, y_train), (x_test, y_test) = cifar(path, classes=100 if name == "cifar100" else 10)
+  flat = lambda x: x.reshape(len(x), -1).astype(np.float32)  # noqa: E731  (MLP input)
+  return (flat(x_train), y_train), (flat(x_test), y_test)
 
 
 def _build(config: TrainConfig, d: int, classes: int, steps_per_epoch: int):
