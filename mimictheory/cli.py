@@ -126,6 +126,27 @@ def _train(args) -> int:
   return 0
 
 
+def _ablation(args) -> int:
+  from mimictheory._src.ablation import lr_sweep
+  from mimictheory._src.io import ensure_dir
+  from mimictheory._src.nn import NORM_OPTIONS
+  from mimictheory._src.train import load_data
+  from mimictheory._src.checks import check_choice, check_int, check_positive
+  for m in args.methods:
+    check_choice("method", m, NORM_OPTIONS)
+  for lr in args.lrs:
+    check_positive("lr", lr)
+  check_int("epochs", args.epochs)
+  data = load_data(args.data, args.data_path)
+  out = ensure_dir(args.out)
+  sweep = lr_sweep(data, out, methods=args.methods, lrs=args.lrs, epochs=args.epochs,
+                   depth=args.depth, width=args.width, seed=args.seed, data_name=args.data,
+                   progress=not args.quiet)
+  print(sweep.markdown())
+  print(f"wrote {out / 'lr_sweep.md'}, {out / 'lr_sweep.json'} and {out / 'lr_sweep.png'}")
+  return 0
+
+
 def _floats(spec: str):
   try:
     return tuple(float(v) for v in spec.split(",") if v.strip())
@@ -221,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default="runs/train", help="output folder (resumes if it holds a run)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_train)
+  p = sub.add_parser("ablation", help="ablation experiments")
+  ab = p.add_subparsers(dest="experiment", required=True, parser_class=_Parser)
+  p = ab.add_parser("lr-sweep", help="methods against learning rates (the paper's Table 2)")
+  p.add_argument("--data", default="digits", choices=["digits", "synthetic", "cifar10",
+                                                      "cifar100"])
+  p.add_argument("--data-path", default=None, help="folder of a local CIFAR copy")
+  p.add_argument("--methods", type=_names, default=("none", "weight_mean", "mimic", "bn"))
+  p.add_argument("--lrs", type=_floats, default=(0.01, 0.05, 0.1, 0.5, 1.0))
+  p.add_argument("--epochs", type=int, default=5, help="best accuracy in the first N epochs")
+  p.add_argument("--depth", type=int, default=16)
+  p.add_argument("--width", type=int, default=256)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default="runs/lr_sweep")
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(run=_ablation)
   return parser
 
 

@@ -119,3 +119,18 @@ def test_cifar_pickle_copy(tmp_path):
   (x, y), (xt, yt) = cifar(tmp_path, classes=10)
   assert x.shape == (20, 32, 32, 3) and xt.shape == (4, 32, 32, 3) and y.shape == (20,)
   assert x.dtype == np.float32 and abs(float(x.mean())) < 1.0
+
+
+def test_lr_sweep_table(tmp_path, capsys):
+  from mimictheory.cli import main
+  out = tmp_path / "sweep"
+  assert main(["ablation", "lr-sweep", "--data", "synthetic", "--methods", "none,mimic",
+               "--lrs", "0.05,1000", "--epochs", "2", "--depth", "3", "--width", "64",
+               "--out", str(out), "--quiet"]) == 0
+  report = json.loads((out / "lr_sweep.json").read_text())
+  assert report["methods"] == ["none", "mimic"] and report["lrs"] == [0.05, 1000.0]
+  assert report["best_accuracy"][0][0] > 0.5  # a learnable problem at a sane rate
+  assert report["diverged"][0][1] is True  # no normalisation at lr 1000: diverges
+  assert (out / "lr_sweep.png").exists() and "| mimic |" in (out / "lr_sweep.md").read_text()
+  assert main(["ablation", "lr-sweep", "--methods", "groupnorm", "--out", str(tmp_path / "x")]) == 2
+  assert not (tmp_path / "x").exists()
