@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NT_VENV  := .nt-env
 NT_STAMP := $(NT_VENV)/.installed
 
-.PHONY: figures test test-fast bench phase crosscheck notebooks nt-env clean
+.PHONY: figures test test-fast bench memory phase crosscheck notebooks nt-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ crosscheck: $(STAMP) $(NT_STAMP)
 ## Phase diagram from the command line, e.g. make phase ARGS="--activation erf"
 phase: $(STAMP)
 	$(BIN)/mimictheory phase $(ARGS)
+
+## Compiled training-step memory, BN against MimicNorm, for every model.
+memory: $(STAMP)
+	$(BIN)/python benchmarks/memory.py
 
 ## The .ipynb notebooks, generated from the jupytext scripts in notebooks/ (the source).
 notebooks: $(STAMP)

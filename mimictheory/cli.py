@@ -147,6 +147,15 @@ def _ablation(args) -> int:
   return 0
 
 
+def _memory(args) -> int:
+  from mimictheory._src.memory import compare, format_table
+  rows = compare(args.models, args.batch, args.width, progress=not args.quiet)
+  print(f"compiled training-step memory, batch {args.batch}, width x{args.width} "
+        "(XLA memory analysis: arguments + outputs + temporaries)")
+  print(format_table(rows))
+  return 0
+
+
 def _floats(spec: str):
   try:
     return tuple(float(v) for v in spec.split(",") if v.strip())
@@ -257,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default="runs/lr_sweep")
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(run=_ablation)
+  p = sub.add_parser("memory", help="training-step memory of each model, BN against MimicNorm")
+  p.add_argument("--models", type=_names, default=("vgg11", "vgg16", "resnet18", "resnet50",
+                                                   "shufflenetv2", "squeezenet"))
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(run=_memory)
   return parser
 
 
