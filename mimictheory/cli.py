@@ -106,7 +106,8 @@ def _train(args) -> int:
   from mimictheory._src.figures import plot_training
   from mimictheory._src.io import ensure_dir
   from mimictheory._src.train import TrainConfig, load_data, train
-  config = TrainConfig(norm=args.norm, depth=args.depth, width=args.width, epochs=args.epochs,
+  config = TrainConfig(norm=args.norm, model=args.model, model_width=args.model_width,
+                       augment=not args.no_augment, depth=args.depth, width=args.width, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                        milestones=args.milestones, seed=args.seed).validate()
@@ -114,7 +115,7 @@ def _train(args) -> int:
   out = ensure_dir(args.out)
   result = train(config, data, out, progress=not args.quiet)
   plot_training(result.history, out / "curves.png",
-                title=f"{args.data}, MLP depth {args.depth}, norm {args.norm}, lr {args.lr}")
+                title=f"{args.data}, {args.model}, norm {args.norm}, lr {args.lr}")
   last = result.history[-1] if result.history else {}
   print(f"{result.status}: {len(result.history)} epochs, test accuracy "
         f"{last.get('test_accuracy', float('nan')):.4f}; wrote {out / 'metrics.jsonl'} and "
@@ -233,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_crosscheck)
   p = sub.add_parser("train", help="train a MimicNorm (or baseline) network; resumes in --out")
-  p.add_argument("--data", default="digits", choices=["digits", "synthetic", "cifar10",
-                                                      "cifar100"])
+  p.add_argument("--data", default="digits", choices=["digits", "synthetic", "synthetic_images",
+                                                      "cifar10", "cifar100"])
+  p.add_argument("--model", default="mlp", help="mlp, vgg11, vgg16, resnet18, resnet50, "
+                 "shufflenetv2 or squeezenet (the CIFAR models need 32x32x3 images)")
+  p.add_argument("--model-width", type=float, default=1.0, help="channel multiplier")
+  p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
   p.add_argument("--data-path", default=None, help="folder of a local CIFAR copy (python pickle)")
   p.add_argument("--norm", default="mimic", choices=["bn", "none", "weight_mean", "last_bn",
                                                      "mimic"])

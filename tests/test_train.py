@@ -134,3 +134,28 @@ def test_lr_sweep_table(tmp_path, capsys):
   assert (out / "lr_sweep.png").exists() and "| mimic |" in (out / "lr_sweep.md").read_text()
   assert main(["ablation", "lr-sweep", "--methods", "groupnorm", "--out", str(tmp_path / "x")]) == 2
   assert not (tmp_path / "x").exists()
+
+
+def test_cifar_model_trains_with_augmentation_and_resumes_exactly(tmp_path):
+  from mimictheory._src.train import synthetic_images
+  cfg = TrainConfig(norm="mimic", model="resnet18", model_width=0.125, epochs=2, batch_size=32,
+                    warmup_epochs=0.5, milestones=())
+  data = synthetic_images(n=128)
+  full = train(cfg, data, tmp_path / "full")
+  assert full.status == "finished" and full.history[-1]["test_accuracy"] > 0.5  # 4 classes
+  train(cfg, data, tmp_path / "split", max_epochs=1)
+  resumed = train(cfg, data, tmp_path / "split")
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(full.model), _leaves(resumed.model)))
+
+
+def test_augmentation_is_a_crop_and_flip():
+  from mimictheory._src.train import augment
+  x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
+  a = augment(x, np.random.default_rng(1))
+  b = augment(x, np.random.default_rng(1))
+  np.testing.assert_array_equal(a, b)  # seeded
+  assert a.shape == x.shape and not np.array_equal(a, x)
+  # every output is a window of the zero-padded input, possibly mirrored
+  padded = np.pad(x[0], ((4, 4), (4, 4), (0, 0)))
+  windows = [padded[i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
+  assert any(np.array_equal(a[0], w) or np.array_equal(a[0], w[:, ::-1]) for w in windows)

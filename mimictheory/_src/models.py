@@ -78,6 +78,7 @@ class _Net(nnx.Module):
                             sw2=1.0)
     self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
                     if self.norm in ("last_bn", "mimic") else None)
+    del self.rngs  # construction is over (head comes last): keep no key in the model state
 
   def scalar(self, block, convs):
     return None if self.norm == "bn" else ResidualScalar(ResidualScalar.official(block, convs))

@@ -34,6 +34,9 @@ class TrainConfig:
   """Everything that determines a run (saved next to its checkpoints)."""
 
   norm: str = "mimic"
+  model: str = "mlp"  # or a CIFAR model of mimictheory.nn.MODELS (NHWC image data)
+  model_width: float = 1.0  # channel multiplier of the CIFAR models
+  augment: bool = True  # random crop (padding 4) and horizontal flip for image data
   depth: int = 8
   width: int = 256
   epochs: int = 150
@@ -47,7 +50,10 @@ class TrainConfig:
   seed: int = 0
 
   def validate(self) -> "TrainConfig":
+    from mimictheory._src.models import MODELS
     checks.check_choice("norm", self.norm, NORM_OPTIONS)
+    checks.check_choice("model", self.model, ("mlp",) + tuple(MODELS))
+    checks.check_positive("model_width", self.model_width)
     for name in ("depth", "width", "epochs", "batch_size"):
       checks.check_int(name, getattr(self, name), minimum=1)
     checks.check_positive("lr", self.lr)
@@ -96,23 +102,61 @@ def digits_split(seed: int = 0):
   return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
+DATASETS = ("digits", "synthetic", "synthetic_images", "cifar10", "cifar100")
+
+
 def load_data(name: str, path=None):
-  """((x_train, y_train), (x_test, y_test)) for `name` in digits | synthetic | cifar10 |
-  cifar100 (CIFAR from a local copy in the python-pickle format; nothing is downloaded)."""
-  checks.check_choice("data", name, ("digits", "synthetic", "cifar10", "cifar100"))
+  """((x_train, y_train), (x_test, y_test)) for `name` in digits | synthetic |
+  synthetic_images | cifar10 | cifar100 (CIFAR from a local copy in the python-pickle format,
+  NHWC; nothing is downloaded). An MLP flattens images itself."""
+  checks.check_choice("data", name, DATASETS)
   if name == "digits":
     return digits_split()
   if name == "synthetic":
     return synthetic_data()
+  if name == "synthetic_images":
+    return synthetic_images()
   from mimictheory._src.data import cifar
   (x_train, y_train), (x_test, y_test) = cifar(path, classes=100 if name == "cifar100" else 10)
-  flat = lambda x: x.reshape(len(x), -1).astype(np.float32)  # noqa: E731  (MLP input)
-  return (flat(x_train), y_train), (flat(x_test), y_test)
+  return (x_train, y_train), (x_test, y_test)
 
 
-def _build(config: TrainConfig, d: int, classes: int, steps_per_epoch: int):
-  model = MLP(d, classes, depth=config.depth, width=config.width, norm=config.norm,
-              rngs=nnx.Rngs(config.seed))
+def synthetic_images(n: int = 256, classes: int = 4, seed: int = 0):
+  """Tiny 32x32x3 images whose class sets a colour pattern: for tests of the CIFAR models."""
+  rng = np.random.default_rng(seed)
+  patterns = rng.normal(size=(classes, 1, 1, 3)).astype(np.float32)
+  y = rng.integers(0, classes, size=n)
+  x = (patterns[y] + 0.5 * rng.normal(size=(n, 32, 32, 3))).astype(np.float32)
+  cut = n * 3 // 4
+  return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def augment(x, rng: np.random.Generator):
+  """The paper's CIFAR augmentation, seeded: random 32x32 crop of the 4-padded image and a
+  horizontal flip with probability 1/2 (NHWC). (The 15° rotation is left out.)"""
+  n, h, w, _ = x.shape
+  padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  dy, dx = rng.integers(0, 9, size=n), rng.integers(0, 9, size=n)
+  rows = dy[:, None] + np.arange(h)[None, :]
+  cols = dx[:, None] + np.arange(w)[None, :]
+  out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  flip = rng.random(n) < 0.5
+  out[flip] = out[flip, :, ::-1]
+  return out
+
+
+def _build(config: TrainConfig, shape, classes: int, steps_per_epoch: int):
+  if config.model == "mlp":
+    if len(shape) != 1:
+      raise ValueError(f"model 'mlp' needs flat inputs, got inputs of shape {shape}")
+    model = MLP(shape[0], classes, depth=config.depth, width=config.width, norm=config.norm,
+                rngs=nnx.Rngs(config.seed))
+  else:
+    if tuple(shape) != (32, 32, 3):
+      raise ValueError(f"model {config.model!r} needs 32x32x3 images, got shape {shape}")
+    from mimictheory._src.models import make_model
+    model = make_model(config.model, classes=classes, norm=config.norm, seed=config.seed,
+                       width=config.model_width)
   tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
                    optax.sgd(learning_rate_schedule(config, steps_per_epoch),
                              momentum=config.momentum))
@@ -158,6 +202,8 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   import orbax.checkpoint as ocp
   config = config.validate()
   (x_train, y_train), (x_test, y_test) = data
+  if config.model == "mlp" and x_train.ndim > 2:  # images into an MLP: flattened
+    x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
   classes = int(max(y_train.max(), y_test.max())) + 1
   steps_per_epoch = len(x_train) // config.batch_size
   if steps_per_epoch < 1:
@@ -170,7 +216,7 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
     raise ValueError(f"out {str(out)!r} holds a run with another configuration; use a new folder")
   with atomic_path(saved) as tmp:
     tmp.write_text(as_json)
-  model, optimizer = _build(config, x_train.shape[1], classes, steps_per_epoch)
+  model, optimizer = _build(config, x_train.shape[1:], classes, steps_per_epoch)
   manager = _checkpointer(out)
   start = 0
   if manager.latest_step() is not None:
@@ -183,12 +229,15 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
   status = "finished" if end == config.epochs else "stopped"
   for epoch in progress_bar(range(start, end), progress, "epochs"):
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
+    rng = np.random.default_rng([config.seed, epoch])  # data order and augmentation
+    order = rng.permutation(len(x_train))
+    images = config.augment and x_train.ndim == 4
     model.train()
     losses = []
     for i in range(steps_per_epoch):
       idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-      losses.append(_train_step(model, optimizer, jnp.asarray(x_train[idx]),
+      batch = augment(x_train[idx], rng) if images else x_train[idx]
+      losses.append(_train_step(model, optimizer, jnp.asarray(batch),
                                 jnp.asarray(y_train[idx])))
     train_loss = float(np.mean(jax.device_get(losses)))
     model.eval()
