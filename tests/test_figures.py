@@ -117,3 +117,12 @@ def test_mnist_errors(tmp_path):
   (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"garbage!")
   with pytest.raises(ValueError, match="IDX"):
     mnist(tmp_path)
+
+
+def test_supplementary3_last_bn_variance_surges_and_training_stays_finite(tmp_path):
+  for norm in ("last_bn", "mimic"):
+    data = figures.last_bn_variance(norm, lr=0.1, epochs=1, depth=16, width=128,
+                                    workdir=tmp_path)
+    assert data["status"] == "finished" and np.all(np.isfinite(data["loss"]))
+    assert data["variance"].shape == (len(data["steps"]), 10)  # per class, per step
+    assert data["variance"][-1].max() > 10 * data["variance"][0].max()  # it surges

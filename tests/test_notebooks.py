@@ -40,6 +40,11 @@ def test_notebook_runs(path, capsys, monkeypatch):
     assert plain[1][-1] > plain[1][0] and abs(tbar[1][-1]) < abs(tbar[1][0])
 
 
+  if path.name.startswith("04_"):
+    assert namespace["rms"] < 0.1
+    assert namespace["final"]["mimic"] > 0.5  # chance is 0.1
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_ipynb_is_generated_from_the_script(path):
   """`make notebooks` writes the .ipynb from the script; a stale .ipynb fails here."""

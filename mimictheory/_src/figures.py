@@ -413,6 +413,50 @@ def progress_points(points, progress):
   return progress_bar(points, progress, "NTK spectra")
 
 
+def last_bn_variance(norm: str, lr: float, epochs: int = 2, depth: int = 16, width: int = 256,
+                     seed: int = SEED, workdir=None) -> dict:
+  """Per-step running variance of the last BN (per class) and training loss of a deep ReLU MLP
+  on the digits: the data of supplementary Figure 3."""
+  import tempfile
+  from mimictheory._src.train import TrainConfig, digits_split, train
+  steps, variance, loss = [], [], []
+
+  def record(step, model, step_loss):
+    steps.append(step)
+    variance.append(np.asarray(model.last_bn.var[...]))
+    loss.append(float(step_loss))
+
+  config = TrainConfig(norm=norm, depth=depth, width=width, epochs=epochs, lr=lr,
+                       warmup_epochs=0.0, milestones=(), seed=seed % 2**31)
+  with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    result = train(config, digits_split(), tmp, on_step=record)
+  return {"steps": np.asarray(steps), "variance": np.asarray(variance), "loss": np.asarray(loss),
+          "status": result.status, "lr": lr, "seed": seed}
+
+
+def supplementary3(out, progress=False, data_source=None) -> list[Path]:
+  """Supplementary Figure 3: the last BN's running variance surges early in training at a
+  large learning rate; compare a plain network with a last BN and MimicNorm at the same rate."""
+  plt = _pyplot()
+  lr = 0.1
+  fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), constrained_layout=True)
+  saved = {}
+  for norm, color, label in (("last_bn", "tab:blue", "plain + last BN"),
+                             ("mimic", "tab:orange", "MimicNorm (weight mean + last BN)")):
+    data = last_bn_variance(norm, lr, workdir=out)
+    axes[0].semilogy(data["steps"], data["variance"], color=color, lw=0.6, alpha=0.6)
+    axes[0].semilogy([], [], color=color, label=label)
+    axes[1].semilogy(data["steps"], data["loss"], color=color, label=f"{label}: {data['status']}")
+    saved.update({f"{norm}_{k}": v for k, v in data.items()})
+  axes[0].set_ylabel("last BN running variance (one line per class)")
+  axes[1].set_ylabel("training loss")
+  for ax in axes:
+    ax.set_xlabel("optimiser step")
+    ax.legend(fontsize=8)
+  fig.suptitle(f"Supplementary Figure 3: first two epochs, ReLU MLP depth 16, digits, lr {lr}")
+  return _write(fig, out, "supp3", **saved)
+
+
 FIGURES = {
     "fig2": figure2,
     "fig3": figure3,
@@ -420,6 +464,7 @@ FIGURES = {
     "fig5": figure5,
     "supp1": supplementary1,
     "supp2": supplementary2,
+    "supp3": supplementary3,
     "ntk_condition": ntk_condition,
     **{f"phase_{a}": (lambda a: lambda out, progress=False, data_source=None:
                       phase_figure(out, a, progress=progress))(a) for a in PHASE_ACTIVATIONS},

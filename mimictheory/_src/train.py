@@ -192,12 +192,13 @@ def _checkpointer(out: Path):
 
 
 def train(config: TrainConfig, data, out, max_epochs: int | None = None,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, on_step=None) -> TrainResult:
   """Train (or resume) `config` on `data` = ((x_train, y_train), (x_test, y_test)) in `out`.
 
   Writes `out/config.json`, `out/metrics.jsonl` (one line per epoch) and Orbax checkpoints in
   `out/checkpoints`. `max_epochs` stops after that many epochs in total (an interruption you
   choose); calling again resumes. A different config in an existing `out` is an error.
+  `on_step(step, model, loss)` is called after every optimiser step (for per-step logging).
   """
   import orbax.checkpoint as ocp
   config = config.validate()
@@ -239,6 +240,8 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
       batch = augment(x_train[idx], rng) if images else x_train[idx]
       losses.append(_train_step(model, optimizer, jnp.asarray(batch),
                                 jnp.asarray(y_train[idx])))
+      if on_step is not None:
+        on_step(epoch * steps_per_epoch + i + 1, model, losses[-1])
     train_loss = float(np.mean(jax.device_get(losses)))
     model.eval()
     test_loss, test_acc = (float(v) for v in _eval_step(model, jnp.asarray(x_test),
