@@ -3,9 +3,9 @@ from mimictheory._src.nn import (  # noqa: F401
     MIN_FAN_IN, MLP, NORM_OPTIONS, CentredKernel, Dense, LastBatchNorm, ResidualScalar,
     centre_kernel, init_sw2, per_channel_fan_in, project_weight_mean)
 from mimictheory._src.models import (  # noqa: F401
-    MODELS, VGG, Conv, ResNet, ShuffleNetV2, SqueezeNet, make_model)
+    MODELS, VGG, Conv, ResNet, ShuffleNetV2, SqueezeNet, make_model, signals)
 
 __all__ = ["MIN_FAN_IN", "MLP", "NORM_OPTIONS", "CentredKernel", "Dense", "LastBatchNorm",
            "ResidualScalar", "centre_kernel", "init_sw2", "per_channel_fan_in",
            "project_weight_mean", "MODELS", "VGG", "Conv", "ResNet", "ShuffleNetV2",
-           "SqueezeNet", "make_model"]
+           "SqueezeNet", "make_model", "signals"]

@@ -64,3 +64,28 @@ def test_mimicnorm_step_needs_less_memory_than_bn():
   mimic = train_step_memory("resnet18", "mimic", batch=32, classes=10, width=0.25)
   assert mimic.argument_bytes <= bn.argument_bytes  # no BN parameters or statistics
   assert mimic.total_bytes < 0.9 * bn.total_bytes  # no BN activations kept for backward
+
+
+def test_conv_signal_metrics_bn_versus_plain():
+  """Every conv reports its metrics; a plain VGG's inputs grow alike with depth (correlation
+  towards 1, as T predicts), MimicNorm's stay apart (T̄)."""
+  from mimictheory.nn import signals
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(6, 32, 32, 3)), dtype=jnp.float32)
+  off = ~np.eye(6, dtype=bool)
+  mean_corr = {}
+  for norm in ("none", "mimic"):
+    metrics = signals(make_model("vgg16", classes=10, norm=norm, width=0.25), x)
+    assert len(metrics) == 13  # VGG16: thirteen convs, in order
+    assert metrics[0]["correlation"].shape == (6, 6) and metrics[0]["q"].shape == (6,)
+    mean_corr[norm] = float(np.asarray(metrics[-1]["correlation"])[off].mean())
+  assert mean_corr["none"] > 0.95 and mean_corr["mimic"] < mean_corr["none"] - 0.2
+
+
+def test_residual_init_is_configurable():
+  model = make_model("resnet18", classes=10, norm="mimic", width=0.125,
+                     residual_init=lambda block, convs: 1.0 / block**0.5)
+  assert float(model.blocks[3].scale.scale[...]) == pytest.approx(0.5)
+  const = make_model("resnet18", classes=10, norm="none", width=0.125, residual_init=0.0)
+  assert float(const.blocks[0].scale.scale[...]) == 0.0  # SkipInit-like
+  with pytest.raises(ValueError, match="residual_init"):
+    make_model("resnet18", residual_init=-1.0, width=0.125)

@@ -149,11 +149,15 @@ def test_cifar_model_trains_with_augmentation_and_resumes_exactly(tmp_path):
 
 
 def test_augmentation_is_a_crop_and_flip():
-  from mimictheory._src.train import augment
+  from mimictheory._src.train import _rotate, augment
   x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
-  a = augment(x, np.random.default_rng(1))
   b = augment(x, np.random.default_rng(1))
-  np.testing.assert_array_equal(a, b)  # seeded
+  np.testing.assert_array_equal(augment(x, np.random.default_rng(1)), b)  # seeded
+  # rotation: 0° is the identity, 90° the exact array rotation, ±15° keeps the centre
+  np.testing.assert_allclose(_rotate(x, np.zeros(16)), x, atol=1e-6)
+  np.testing.assert_allclose(_rotate(x[:1], np.array([90.0]))[0], np.rot90(x[0], k=-1),
+                             atol=1e-5)
+  a = augment(x, np.random.default_rng(1), rotation=0.0)
   assert a.shape == x.shape and not np.array_equal(a, x)
   # every output is a window of the zero-padded input, possibly mirrored
   padded = np.pad(x[0], ((4, 4), (4, 4), (0, 0)))

@@ -12,6 +12,7 @@ Inputs are NHWC.
 """
 from __future__ import annotations
 
+import contextvars
 import math
 
 import jax
@@ -23,7 +24,10 @@ from mimictheory._src.nn import (
     MIN_FAN_IN, NORM_OPTIONS, CentredKernel, Dense, LastBatchNorm, ResidualScalar, centre_kernel,
     init_sw2)
 
-__all__ = ["Conv", "VGG", "ResNet", "ShuffleNetV2", "SqueezeNet", "MODELS", "make_model"]
+__all__ = ["Conv", "VGG", "ResNet", "ShuffleNetV2", "SqueezeNet", "MODELS", "make_model",
+           "signals"]
+
+_RECORDING: contextvars.ContextVar = contextvars.ContextVar("conv_outputs", default=None)
 
 
 class Conv(nnx.Module):
@@ -53,15 +57,21 @@ class Conv(nnx.Module):
       kernel, bias = scale * kernel, scale * bias
     y = jax.lax.conv_general_dilated(
         x, kernel, (self.stride, self.stride), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
-    return y + bias
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups) + bias
+    recording = _RECORDING.get()
+    if recording is not None:  # `signals` is listening (eager calls only)
+      recording.append(y)
+    return y
 
 
 class _Net(nnx.Module):
   """Shared pieces: the norm switch, conv(+BN) units, the classifier and the last BN."""
 
-  def _setup(self, norm: str, rngs: nnx.Rngs):
+  def _setup(self, norm: str, rngs: nnx.Rngs, residual_init="official"):
     checks.check_choice("norm", norm, NORM_OPTIONS)
+    if not (residual_init == "official" or callable(residual_init)):
+      checks.check_nonnegative("residual_init", residual_init)
+    self.residual_init = residual_init
     self.norm = norm
     self.weight_mean = norm in ("weight_mean", "mimic")
     self.rngs = rngs
@@ -78,10 +88,17 @@ class _Net(nnx.Module):
                             sw2=1.0)
     self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
                     if self.norm in ("last_bn", "mimic") else None)
-    del self.rngs  # construction is over (head comes last): keep no key in the model state
+    del self.rngs, self.residual_init  # construction is over (head comes last)
 
   def scalar(self, block, convs):
-    return None if self.norm == "bn" else ResidualScalar(ResidualScalar.official(block, convs))
+    """The residual scalar of block `block` (from 1) with `convs` convs: `residual_init` is
+    "official" (1.2^k / l), a constant, or a callable (block, convs) -> initial value."""
+    if self.norm == "bn":
+      return None
+    init = self.residual_init
+    value = (ResidualScalar.official(block, convs) if init == "official" else
+             init(block, convs) if callable(init) else float(init))
+    return ResidualScalar(value)
 
   def branch_sw2(self):
     return None if self.norm == "bn" else 2.0  # He, the 1.2 per conv lives in the scalar
@@ -163,8 +180,8 @@ class _Block(nnx.Module):
 
 class ResNet(_Net):
   def __init__(self, depth: int = 18, classes: int = 100, *, norm: str = "mimic",
-               rngs: nnx.Rngs, width: float = 1.0):
-    self._setup(norm, rngs)
+               rngs: nnx.Rngs, width: float = 1.0, residual_init="official"):
+    self._setup(norm, rngs, residual_init)
     bottleneck = depth == 50
     counts = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
     base = max(1, int(64 * width))
@@ -236,8 +253,8 @@ class _ShuffleUnit(nnx.Module):
 
 class ShuffleNetV2(_Net):
   def __init__(self, classes: int = 100, *, norm: str = "mimic", rngs: nnx.Rngs,
-               width: float = 1.0):
-    self._setup(norm, rngs)
+               width: float = 1.0, residual_init="official"):
+    self._setup(norm, rngs, residual_init)
     channels = [max(2, 2 * int(c * width / 2)) for c in (24, 116, 232, 464)]
     self.stem = self.conv(3, channels[0])
     self.stem_bn = self.bn(channels[0])
@@ -303,6 +320,32 @@ class SqueezeNet(_Net):
     return self.classify(x)
 
 
+def signals(model: nnx.Module, x) -> list[dict]:
+  """Signal-propagation metrics of every conv output of `model` on the batch x (NHWC), in the
+  order the convs run (NFNets' SPPs, with channels as units): `channel_mean` (average squared
+  batch mean of a channel), `channel_variance` (average batch variance of a channel), `q`
+  (per input, the mean squared activation) and `correlation` (every input pair, over all
+  positions and channels). Runs the model once in eval mode.
+  """
+  outputs = []
+  token = _RECORDING.set(outputs)
+  try:
+    model.eval()
+    model(x)
+  finally:
+    _RECORDING.reset(token)
+  metrics = []
+  for y in outputs:
+    flat = y.reshape(y.shape[0], -1)
+    q = jnp.mean(flat * flat, axis=1)
+    gram = flat @ flat.T / flat.shape[1]
+    per_channel = y.reshape(-1, y.shape[-1])
+    metrics.append({"channel_mean": jnp.mean(jnp.mean(per_channel, axis=0) ** 2),
+                    "channel_variance": jnp.mean(jnp.var(per_channel, axis=0)), "q": q,
+                    "correlation": gram / jnp.sqrt(q[:, None] * q[None, :])})
+  return metrics
+
+
 MODELS = {
     "vgg11": lambda **kw: VGG(11, **kw), "vgg16": lambda **kw: VGG(16, **kw),
     "resnet18": lambda **kw: ResNet(18, **kw), "resnet50": lambda **kw: ResNet(50, **kw),
@@ -311,8 +354,9 @@ MODELS = {
 
 
 def make_model(name: str, classes: int = 100, norm: str = "mimic", seed: int = 0,
-               width: float = 1.0) -> nnx.Module:
-  """A CIFAR model by name (see `MODELS`) with the given `norm`.
+               width: float = 1.0, residual_init="official") -> nnx.Module:
+  """A CIFAR model by name (see `MODELS`) with the given `norm`; `residual_init` sets the
+  residual scalars of ResNet and ShuffleNetV2 ("official", a constant or a callable).
 
   >>> import jax.numpy as jnp
   >>> from mimictheory.nn import make_model
@@ -320,4 +364,6 @@ def make_model(name: str, classes: int = 100, norm: str = "mimic", seed: int = 0
   (2, 10)
   """
   checks.check_choice("model", name, tuple(MODELS))
-  return MODELS[name](classes=classes, norm=norm, rngs=nnx.Rngs(seed), width=width)
+  extra = {"residual_init": residual_init} if name in ("resnet18", "resnet50",
+                                                       "shufflenetv2") else {}
+  return MODELS[name](classes=classes, norm=norm, rngs=nnx.Rngs(seed), width=width, **extra)
