@@ -39,4 +39,5 @@ __all__ = [
     "Params", "Signal", "finite_network", "monte_carlo_chi1", "monte_carlo_correlations",
     "monte_carlo_kernels", "sample_kernels", "BatchNormGap", "batch_norm_gap",
     "ResidualVariances", "residual_variances", "official_residual_scalar",
+    "plot_phase_diagram", "plot_phase_diagrams",
 ]

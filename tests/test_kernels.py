@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from scipy.special import erf as _erf  # noqa: F401  (erf closed form written below)
 
 import mimictheory as mt
 from conftest import REPO, relu_dual_np, relu_dual_prime_np

@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
-from scipy import integrate, optimize
+from scipy import optimize
 
 import mimictheory as mt
-from conftest import gauss_expectation as _gauss, relu_dual_np, relu_dual_prime_np
+from conftest import gauss_expectation as _gauss, relu_dual_np
 
 S = 1 - 1 / math.pi
 RHO = np.linspace(-1, 1, 41)

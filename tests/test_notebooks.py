@@ -1,6 +1,5 @@
 """Every notebook (a jupytext percent script, paired with a generated .ipynb) runs top to bottom
 on the public API, with small parameters, and its .ipynb is in sync with the script."""
-import os
 import pathlib
 import runpy
 

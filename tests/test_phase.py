@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import integrate, optimize
+from scipy import optimize
 
 import mimictheory as mt
 from conftest import gauss_expectation as _gauss
