@@ -39,7 +39,7 @@ DEPTH, WIDTH, EPOCHS = (8, 128, 2) if SMALL else (16, 256, 10)
 # %%
 x = data[0][0][:6]
 model = MLP(64, 10, depth=DEPTH, width=1024, norm="mimic", rngs=nnx.Rngs(0))
-measured = np.asarray(model.signals(jnp.asarray(x))["correlation"])
+measured = np.asarray(model.signals(jnp.asarray(x)).correlation)
 theory = mt.layer_kernels(x, depth=DEPTH, activation="relu", sw2=None, norm="weight_mean",
                           fan_in=1024)
 d = np.sqrt(np.diagonal(theory, axis1=1, axis2=2))

@@ -90,7 +90,7 @@ def test_mimic_mlp_signal_propagation_matches_tbar():
   width, depth = 512, 5
   x = np.random.default_rng(4).normal(size=(4, 64)).astype(np.float32)
   samples = np.stack([np.asarray(MLP(64, 10, depth=depth, width=width, norm="mimic",
-                                     rngs=nnx.Rngs(seed)).signals(jnp.asarray(x))["correlation"])
+                                     rngs=nnx.Rngs(seed)).signals(jnp.asarray(x)).correlation)
                       for seed in range(8)])
   est = mt.Estimate.from_samples(samples)
   theory = mt.layer_kernels(x, depth=depth, activation="relu", sw2=None, norm="weight_mean",
@@ -102,7 +102,7 @@ def test_mimic_mlp_signal_propagation_matches_tbar():
   assert np.abs(z).max() < 4.5
   # and the plain network's correlations rise instead (T, not T̄)
   plain = MLP(64, 10, depth=depth, width=width, norm="none", rngs=nnx.Rngs(0)).signals(
-      jnp.asarray(x))["correlation"]
+      jnp.asarray(x)).correlation
   assert np.mean(np.asarray(plain)[-1][off]) > np.mean(est.mean[-1][off]) + 0.2
 
 

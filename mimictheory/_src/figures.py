@@ -393,7 +393,8 @@ def ntk_condition(out, progress=False, data_source=None, depth: int = 200,
   fig, ax = plt.subplots(figsize=(7.5, 4.8), constrained_layout=True)
   data = {"depths": np.arange(1, depth + 1), "seed": SEED}
   points = ntk_condition_points()
-  for i, (label, act, sw2, sb2, norm) in enumerate(progress_points(points, progress)):
+  from mimictheory._src.io import progress_bar
+  for i, (label, act, sw2, sb2, norm) in enumerate(progress_bar(points, progress, "NTK spectra")):
     spec = mt.ntk_spectrum(x, depth=depth, activation=act, sw2=sw2, sb2=sb2, norm=norm)
     ax.semilogy(spec.depths, spec.condition, lw=2, ls="-" if act == "erf" else "--",
                 label=label)
@@ -406,11 +407,6 @@ def ntk_condition(out, progress=False, data_source=None, depth: int = 200,
                fontsize=10)
   ax.legend(fontsize=8)
   return _write(fig, out, "ntk_condition", **data)
-
-
-def progress_points(points, progress):
-  from mimictheory._src.io import progress_bar
-  return progress_bar(points, progress, "NTK spectra")
 
 
 def last_bn_variance(norm: str, lr: float, epochs: int = 2, depth: int = 16, width: int = 256,

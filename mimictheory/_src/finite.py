@@ -115,9 +115,32 @@ class Params:
 # ----------------------------------------------------------------------------------------------
 # The network.
 # ----------------------------------------------------------------------------------------------
-def _centre_fan_in(w):
-  """W̄ = W - mean over the fan-in (axis 0): every output unit's weights have zero mean."""
-  return w - jnp.mean(w, axis=0, keepdims=True)
+def centre_kernel(kernel):
+  """W̄ = W − mean over every axis but the last (the output units or channels): each output's
+  weights have zero mean (eq 10). Dense (in, out) and conv (kh, kw, in, out) kernels alike."""
+  return kernel - jnp.mean(kernel, axis=tuple(range(kernel.ndim - 1)), keepdims=True)
+
+
+def unit_statistics(h):
+  """For h (..., batch, units): the average over units of a unit's squared batch mean, and of
+  its batch variance."""
+  return jnp.mean(jnp.mean(h, axis=-2) ** 2, axis=-1), jnp.mean(jnp.var(h, axis=-2), axis=-1)
+
+
+def pair_statistics(h):
+  """For h (..., N, features): each input's second moment q = |h(x)|²/n and the correlation
+  h(x)·h(x') / |h(x)||h(x')| of every input pair."""
+  q = jnp.mean(h * h, axis=-1)
+  gram = jnp.einsum("...xi,...yi->...xy", h, h) / h.shape[-1]
+  root = jnp.sqrt(q)
+  return q, gram / (root[..., :, None] * root[..., None, :])
+
+
+def signal_metrics(pre) -> "Signal":
+  """`Signal` of pre-activations (L, N, n): one row of metrics per layer."""
+  mean, variance = unit_statistics(pre)
+  q, correlation = pair_statistics(pre)
+  return Signal(mean, variance, q, correlation)
 
 
 def _batch_norm(h):
@@ -156,7 +179,7 @@ class FiniteNetwork:
                   normal(keys[4], (n, k)), normal(keys[5], (k,)))
 
   def _weight(self, w):
-    return _centre_fan_in(w) if self.norm == "weight_mean" else w
+    return centre_kernel(w) if self.norm == "weight_mean" else w
 
   def _dense(self, w, b, a, gain=1.0):
     scale = jnp.sqrt(self.sw2 * gain / a.shape[-1])
@@ -183,14 +206,7 @@ class FiniteNetwork:
 
   def signal(self, params: Params, x) -> Signal:
     """Signal-propagation metrics of every hidden layer's pre-activations on the batch x."""
-    pre, _ = self.propagate(params, x)
-    q = jnp.mean(pre * pre, axis=-1)
-    gram = jnp.einsum("lxi,lyi->lxy", pre, pre) / self.width
-    norms = jnp.sqrt(q)
-    correlation = gram / (norms[:, :, None] * norms[:, None, :])
-    unit_mean = jnp.mean(pre, axis=1)
-    return Signal(jnp.mean(unit_mean**2, axis=-1), jnp.mean(jnp.var(pre, axis=1), axis=-1), q,
-                  correlation)
+    return signal_metrics(self.propagate(params, x)[0])
 
   # -- kernels of one network -------------------------------------------------------------
   def _readout_inputs(self, a):
@@ -541,7 +557,7 @@ def _residual_draws(keys, scalars, norm, depth, width, batch, batch_size):
       key, alpha = inputs
       w = jax.random.normal(key, (width, width))
       if norm == "mimic":
-        w = _centre_fan_in(w)
+        w = centre_kernel(w)
       branch = jax.nn.relu(x) @ w * jnp.sqrt(2.0 / width)  # He initialisation
       branch = alpha * (_batch_norm(branch) if norm == "batch_norm" else branch)
       return x + branch, (jnp.var(x), jnp.var(branch))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mimictheory._src import checks
+from mimictheory._src.finite import pair_statistics, unit_statistics
 from mimictheory._src.nn import (
     MIN_FAN_IN, NORM_OPTIONS, CentredKernel, Dense, LastBatchNorm, ResidualScalar, centre_kernel,
     init_sw2)
@@ -336,13 +337,10 @@ def signals(model: nnx.Module, x) -> list[dict]:
     _RECORDING.reset(token)
   metrics = []
   for y in outputs:
-    flat = y.reshape(y.shape[0], -1)
-    q = jnp.mean(flat * flat, axis=1)
-    gram = flat @ flat.T / flat.shape[1]
-    per_channel = y.reshape(-1, y.shape[-1])
-    metrics.append({"channel_mean": jnp.mean(jnp.mean(per_channel, axis=0) ** 2),
-                    "channel_variance": jnp.mean(jnp.var(per_channel, axis=0)), "q": q,
-                    "correlation": gram / jnp.sqrt(q[:, None] * q[None, :])})
+    channel_mean, channel_variance = unit_statistics(y.reshape(-1, y.shape[-1]))
+    q, correlation = pair_statistics(y.reshape(y.shape[0], -1))
+    metrics.append({"channel_mean": channel_mean, "channel_variance": channel_variance, "q": q,
+                    "correlation": correlation})
   return metrics
 
 

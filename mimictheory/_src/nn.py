@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mimictheory._src import checks
+from mimictheory._src.finite import Signal, centre_kernel, signal_metrics
 from mimictheory._src.maps import stable_sw2
 
 __all__ = [
@@ -37,11 +38,6 @@ def per_channel_fan_in(shape) -> int:
   """Inputs feeding one output channel: all axes but the last (dense (in, out): in; conv
   (kh, kw, in, out): kh·kw·in)."""
   return int(math.prod(shape[:-1]))
-
-
-def centre_kernel(kernel):
-  """W̄ = W − mean over every axis but the output-channel axis (eq 10)."""
-  return kernel - jnp.mean(kernel, axis=tuple(range(kernel.ndim - 1)), keepdims=True)
 
 
 def project_weight_mean(model: nnx.Module) -> None:
@@ -143,14 +139,7 @@ class MLP(nnx.Module):
     logits = self.head(x)
     return logits if self.last_bn is None else self.last_bn(logits)
 
-  def signals(self, x) -> dict:
-    """Per hidden layer: mean squared pre-activation q (per input), the correlation of every
-    input pair, and the average unit batch mean and variance."""
-    _, pre = self._hidden(x)
-    pre = jnp.stack(pre)  # (L, N, n)
-    q = jnp.mean(pre * pre, axis=-1)
-    gram = jnp.einsum("lxi,lyi->lxy", pre, pre) / pre.shape[-1]
-    root = jnp.sqrt(q)
-    return {"q": q, "correlation": gram / (root[:, :, None] * root[:, None, :]),
-            "unit_mean": jnp.mean(jnp.mean(pre, axis=1) ** 2, axis=-1),
-            "unit_variance": jnp.mean(jnp.var(pre, axis=1), axis=-1)}
+  def signals(self, x) -> Signal:
+    """Per hidden layer: the average unit batch mean² and variance, each input's mean squared
+    pre-activation q and the correlation of every input pair (`mimictheory.Signal`)."""
+    return signal_metrics(jnp.stack(self._hidden(x)[1]))  # (L, N, n)
