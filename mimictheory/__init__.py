@@ -11,7 +11,7 @@ The public API re-exports the private implementation in `mimictheory._src`:
 All theory runs in float64 (thread-locally; the global JAX setting is left alone).
 """
 from mimictheory._src.activations import (
-    ACTIVATIONS, Activation, Erf, Identity, Numerical, ReLU, get_activation, relu_dual,
+    ACTIVATIONS, Activation, Erf, Identity, LeakyReLU, Numerical, ReLU, get_activation, relu_dual,
     relu_dual_derivative)
 from mimictheory._src.finite import (
     BatchNormGap, Estimate, ResidualVariances, batch_norm_gap, official_residual_scalar,
@@ -19,17 +19,20 @@ from mimictheory._src.finite import (
     monte_carlo_chi1, monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
 from mimictheory._src.figures import plot_phase_diagram, plot_phase_diagrams
 from mimictheory._src.kernels import (
-    Kernels, NTKSpectrum, kernels, layer_kernels, ntk_spectrum, row_mesh)
+    BatchNormKernels, Kernels, NTKSpectrum, batch_norm_kernels, kernels, layer_kernels,
+    ntk_spectrum, row_mesh)
 from mimictheory._src.maps import (
-    NORMS, DepthScales, FixedPoints, Layer, chi1, correlation_map, correlation_slope,
+    BATCH_NORMS, NORMS, DepthScales, FixedPoints, Layer, chi1, correlation_map, correlation_slope,
     covariance_map, depth_scale, depth_scales, fixed_points, make_layer, qstar, stable_correlation,
     stable_sw2, variance_map)
 from mimictheory._src.phase import PhaseDiagram, critical_line, phase_diagram
+from mimictheory._src.residual import ALPHAS, ResidualKernels, residual_kernels, residual_scalars
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Erf", "Identity", "Numerical", "ReLU", "get_activation",
+    "ACTIVATIONS", "Activation", "Erf", "Identity", "LeakyReLU", "Numerical", "ReLU",
+    "get_activation", "BatchNormKernels", "batch_norm_kernels", "BATCH_NORMS",
     "relu_dual", "relu_dual_derivative", "Kernels", "NTKSpectrum", "kernels", "layer_kernels",
     "ntk_spectrum",
     "row_mesh", "NORMS", "DepthScales", "FixedPoints", "Layer", "chi1", "correlation_map",
@@ -39,5 +42,6 @@ __all__ = [
     "Params", "Signal", "finite_network", "monte_carlo_chi1", "monte_carlo_correlations",
     "monte_carlo_kernels", "sample_kernels", "BatchNormGap", "batch_norm_gap",
     "ResidualVariances", "residual_variances", "official_residual_scalar",
-    "plot_phase_diagram", "plot_phase_diagrams",
+    "plot_phase_diagram", "plot_phase_diagrams", "ALPHAS", "ResidualKernels", "residual_kernels",
+    "residual_scalars",
 ]

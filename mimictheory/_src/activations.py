@@ -25,7 +25,8 @@ import numpy as np
 from mimictheory._src.precision import float64
 
 __all__ = [
-    "Activation", "ReLU", "Erf", "Identity", "Numerical", "get_activation", "relu_dual",
+    "Activation", "ReLU", "LeakyReLU", "Erf", "Identity", "Numerical", "get_activation",
+    "relu_dual",
     "relu_dual_derivative", "ACTIVATIONS",
 ]
 
@@ -154,6 +155,43 @@ class ReLU(Activation):
   def derivative_kernel(self, q1, q2, q12):
     rho, _ = _correlation(q1, q2, q12)
     return _relu_dual_derivative(rho)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakyReLU(Activation):
+  """φ(x) = x for x > 0, `slope`·x otherwise; closed form as a x + b relu(x), a = slope, b = 1 - a.
+
+  E[φ(u)φ(v)] = (a² + ab) q12 + b² E[relu(u) relu(v)] (E[u relu(v)] = q12/2), and
+  E[φ'(u)φ'(v)] = a² + ab + b² (π - arccos ρ)/(2π). The default slope is `jax.nn.leaky_relu`'s.
+
+  >>> import mimictheory as mt
+  >>> act = mt.get_activation("leaky_relu")
+  >>> round(float(act.kernel(1.0, 1.0, 1.0)), 12) == round((1 + 0.01**2) / 2, 12)   # E[φ²]
+  True
+  """
+
+  slope: float = 0.01
+  name: str = "leaky_relu"
+  homogeneity: int | None = 1
+
+  def __call__(self, x):
+    return jnp.where(x > 0, x, self.slope * x)
+
+  def derivative(self, x):
+    return jnp.where(x > 0, 1.0, self.slope).astype(jnp.result_type(x, 1.0))
+
+  def mean(self, q):
+    return (1.0 - self.slope) * jnp.sqrt(jnp.asarray(q) / _TWO_PI)
+
+  def kernel(self, q1, q2, q12):
+    a, b = self.slope, 1.0 - self.slope
+    rho, norm = _correlation(q1, q2, q12)
+    return (a * a + a * b) * rho * norm + b * b * norm * _relu_dual(rho)
+
+  def derivative_kernel(self, q1, q2, q12):
+    a, b = self.slope, 1.0 - self.slope
+    rho, _ = _correlation(q1, q2, q12)
+    return a * a + a * b + b * b * _relu_dual_derivative(rho)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,7 +364,7 @@ def _public_methods(cls):
   return cls
 
 
-for _cls in (Activation, ReLU, Erf, Identity, Numerical):
+for _cls in (Activation, ReLU, LeakyReLU, Erf, Identity, Numerical):
   _public_methods(_cls)
 
 
@@ -342,7 +380,9 @@ ACTIVATIONS: dict[str, Activation] = {
     "gelu": Numerical(_gelu, name="gelu"),
     "swish": Numerical(jax.nn.silu, name="swish"),
     "softplus": Numerical(jax.nn.softplus, name="softplus"),
-    "leaky_relu": Numerical(jax.nn.leaky_relu, name="leaky_relu", kinks=(0.0,)),
+    "leaky_relu": LeakyReLU(),
+    "leaky_relu_numerical": Numerical(jax.nn.leaky_relu, name="leaky_relu_numerical",
+                                      kinks=(0.0,)),
     "relu_numerical": Numerical(jax.nn.relu, name="relu_numerical", kinks=(0.0,)),
     "erf_numerical": Numerical(jax.scipy.special.erf, name="erf_numerical"),
 }

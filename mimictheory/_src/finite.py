@@ -7,7 +7,10 @@ neural-tangents' NTK parameterisation (parameters ~ N(0, 1), scales in the forwa
 
 with `norm="weight_mean"` every W replaced by its mean-free version W̄ = W - mean over fan-in
 (Lemma 1) and `norm="batch_norm"` a BN over the batch (no affine, no ε) after every hidden dense
-layer. Its analytic counterpart is `network.theory_kernels(x)` (`kernels` with fan_in = n).
+layer. Its analytic counterpart is `network.theory_kernels(x)` (`kernels` with fan_in = n):
+the exact finite-batch BN theory for "batch_norm", Theorem 2's approximation for
+"batch_norm_paper" (the same network). With branch scalars (`finite_network(alpha=...)`) the
+network is residual, z ← z + α_l Dense(φ(N(z))), with a linear readout (`residual_kernels`).
 
 Monte Carlo estimates draw many independent networks at once (`jax.lax.map` over keys, vmapped
 in batches, no Python loop) and return an `Estimate` (mean, standard error, number of draws).
@@ -27,7 +30,7 @@ from mimictheory._src.activations import Activation, get_activation
 from mimictheory._src.io import progress_bar
 from mimictheory._src.kernels import Kernels, kernels, layer_kernels
 from mimictheory._src.maps import (
-    NORMS, Layer, _eval_point, _solve_qstar, chi1, make_layer, stable_sw2)
+    BATCH_NORMS, NORMS, Layer, _eval_point, _solve_qstar, chi1, make_layer, stable_sw2)
 from mimictheory._src.precision import f64, float64
 
 __all__ = [
@@ -167,15 +170,21 @@ class FiniteNetwork:
   sb2: float
   outputs: int = 1
   input_gain: float = 1.0
+  alphas: tuple | None = None  # residual branch scalars α_1..α_depth (None: a plain MLP)
+
+  @property
+  def residual(self) -> bool:
+    return self.alphas is not None
 
   # -- parameters and forward pass --------------------------------------------------------
   def init(self, key, d: int) -> Params:
     """Standard-normal parameters for inputs of dimension `d`."""
     n, k = self.width, self.outputs
+    hidden = self.depth if self.residual else self.depth - 1
     keys = jax.random.split(key, 6)
     normal = jax.random.normal  # the default float type: float64 inside the theory's context
     return Params(normal(keys[0], (d, n)), normal(keys[1], (n,)),
-                  normal(keys[2], (self.depth - 1, n, n)), normal(keys[3], (self.depth - 1, n)),
+                  normal(keys[2], (hidden, n, n)), normal(keys[3], (hidden, n)),
                   normal(keys[4], (n, k)), normal(keys[5], (k,)))
 
   def _weight(self, w):
@@ -186,10 +195,32 @@ class FiniteNetwork:
     return scale * (a @ self._weight(w)) + math.sqrt(self.sb2) * b
 
   def _normalise(self, h):
-    return _batch_norm(h) if self.norm == "batch_norm" else h
+    return _batch_norm(h) if self.norm in BATCH_NORMS else h
+
+  def _streams(self, params: Params, x):
+    """Residual network: the stream entering every block (L, N, n) and the final stream."""
+    z = self._dense(params.w_in, params.b_in, x, self.input_gain)
+
+    def block(z, inputs):
+      w, b, alpha = inputs
+      z_next = z + alpha * self._dense(w, b, self.activation(self._normalise(z)))
+      return z_next, z
+
+    alphas = jnp.asarray(self.alphas, dtype=z.dtype)
+    last, pre = jax.lax.scan(block, z, (params.w_hidden, params.b_hidden, alphas))
+    return pre, last
+
+  def _propagate_residual(self, params: Params, x):
+    pre, last = self._streams(params, x)
+    scale = jnp.sqrt(self.sw2 / self.width)  # linear readout, not mean-free
+    return pre, scale * (last @ params.w_out) + math.sqrt(self.sb2) * params.b_out
 
   def propagate(self, params: Params, x):
-    """(pre-activations of every hidden layer, (L, N, n); outputs, (N, k)) for inputs x."""
+    """(pre-activations of every hidden layer, (L, N, n); outputs, (N, k)) for inputs x.
+
+    For a residual network: the stream entering every block, and the readout."""
+    if self.residual:
+      return self._propagate_residual(params, x)
     h = self._normalise(self._dense(params.w_in, params.b_in, x, self.input_gain))
 
     def layer(h, wb):
@@ -216,9 +247,9 @@ class FiniteNetwork:
   def _joint(self, x1, x2):
     if x2 is None:
       return x1, x1.shape[0]
-    if self.norm == "batch_norm":
-      raise ValueError("x2 must be None with norm='batch_norm': BN couples the batch, so pass "
-                       "all inputs as x1")
+    if self.norm in BATCH_NORMS:
+      raise ValueError(f"x2 must be None with norm={self.norm!r}: BN couples the batch, so "
+                       "pass all inputs as x1")
     return jnp.concatenate([x1, x2]), x1.shape[0]
 
   @staticmethod
@@ -228,6 +259,9 @@ class FiniteNetwork:
   def nngp(self, params: Params, x1, x2=None):
     """The NNGP kernel given the hidden layers: E over the readout of f(x)f(x'), (N1, N2)."""
     x, n1 = self._joint(x1, x2)
+    if self.residual:  # linear readout of the final stream
+      last = self._streams(params, x)[1]
+      return self._split(self.sw2 * (last @ last.T) / self.width + self.sb2, n1, x2 is None)
     pre, _ = self.propagate(params, x)
     a = self._readout_inputs(self.activation(pre[-1]))
     return self._split(self.sw2 * (a @ a.T) / self.width + self.sb2, n1, x2 is None)
@@ -239,7 +273,7 @@ class FiniteNetwork:
     signals δˡ = ∂f/∂hˡ: Θ = Σₗ ⟨δˡ(x), δˡ(x')⟩ ((σw²/fan-in) āˡ⁻¹(x)·āˡ⁻¹(x') + σb²), exact and
     O(L N² n). With BN the batch couples the inputs and the plain Jacobian contraction is used.
     """
-    if self.norm == "batch_norm":
+    if self.norm in BATCH_NORMS or self.residual:
       return self.ntk_jacobian(params, x1, x2)
     x, n1 = self._joint(x1, x2)
     return self._split(self._ntk_layerwise(params, x), n1, x2 is None)
@@ -283,6 +317,12 @@ class FiniteNetwork:
 
   def theory_kernels(self, x) -> Kernels:
     """The infinite-width NNGP kernel and NTK of this architecture on x (`kernels`)."""
+    if self.residual:
+      from mimictheory._src.residual import residual_kernels
+      out = residual_kernels(x, depth=self.depth, activation=self.activation, sw2=self.sw2,
+                             sb2=self.sb2, norm=self.norm, alpha=np.asarray(self.alphas),
+                             fan_in=self.width, input_gain=self.input_gain)
+      return Kernels(out.nngp, out.ntk)
     return kernels(x, depth=self.depth, activation=self.activation, sw2=self.sw2, sb2=self.sb2,
                    norm=self.norm, fan_in=self.width, input_gain=self.input_gain)
 
@@ -295,8 +335,12 @@ class FiniteNetwork:
 
 
 def finite_network(activation="relu", depth: int = 3, width: int = 512, sw2=2.0, sb2=0.0,
-                   norm: str = "none", outputs: int = 1, input_gain: float = 1.0) -> FiniteNetwork:
+                   norm: str = "none", outputs: int = 1, input_gain: float = 1.0,
+                   alpha=None) -> FiniteNetwork:
   """A validated `FiniteNetwork`; `sw2=None` is the stable initialisation for fan-in `width`.
+
+  `alpha` (as in `residual_kernels`: "official", "sqrt", "one", a constant, a sequence or a
+  callable) makes it a residual network of `depth` blocks; None is a plain MLP.
 
   >>> import jax, numpy as np, mimictheory as mt
   >>> net = mt.finite_network("relu", depth=2, width=64, norm="weight_mean", sw2=None)
@@ -319,7 +363,11 @@ def finite_network(activation="relu", depth: int = 3, width: int = 512, sw2=2.0,
     sw2 = float(stable_sw2(act, sb2=sb2, norm=norm, fan_in=width))
   sw2 = float(checks.check_positive("sw2", sw2))
   gain = float(checks.check_positive("input_gain", input_gain))
-  return FiniteNetwork(act, norm, depth, width, sw2, sb2, outputs, gain)
+  alphas = None
+  if alpha is not None:
+    from mimictheory._src.residual import residual_scalars
+    alphas = tuple(float(a) for a in residual_scalars(alpha, depth))
+  return FiniteNetwork(act, norm, depth, width, sw2, sb2, outputs, gain, alphas)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,6 +462,8 @@ def _chi1_draws(net, q, keys, rows, batch_size):
 
   J = ∂hˡ⁺¹/∂hˡ of one input; v ~ N(0, I) is a random probe, so E‖J v‖² = ‖J‖²_F (Hutchinson)
   at the cost of one forward-mode product, O(n²) per input rather than O(n³) for J itself.
+  With exact BN the map acts on the whole batch (BN -> φ -> dense, gradient through the batch
+  statistics) and the estimate is ‖G J v‖² / ‖G hˡ⁺¹‖² for h with batch covariance ∝ G.
   """
   n = net.width
 
@@ -422,9 +472,17 @@ def _chi1_draws(net, q, keys, rows, batch_size):
     h = jnp.sqrt(q) * jax.random.normal(k_h, (rows, n))
     w, b = jax.random.normal(k_w, (n, n)), jax.random.normal(k_b, (n,))
     dense = lambda a: net._dense(w, b, a)  # noqa: E731
-    # BN: the batch of `rows` inputs sets the statistics, held fixed (Theorem 2's approximation).
+    if net.norm == "batch_norm":  # exact: BN -> φ -> dense, the gradient through the batch
+      layer_map = lambda h: dense(net.activation(_batch_norm(h)))  # noqa: E731
+      probe = jax.random.normal(k_v, (rows, n))
+      out, jv = jax.jvp(layer_map, (h,), (probe,))
+      centred = lambda a: a - jnp.mean(a, axis=0, keepdims=True)  # noqa: E731
+      # ‖G J v‖² / ‖G y‖²: BN is scale-free, so χ1 is the growth of the centred perturbation
+      # relative to the centred signal (h has batch covariance ∝ G, the fixed point).
+      return jnp.sum(centred(jv) ** 2) / jnp.sum(centred(out) ** 2)
+    # Theorem 2: the batch of `rows` inputs sets the statistics, held fixed.
     scale = (jax.lax.rsqrt(jnp.var(dense(net.activation(h)), axis=0))
-             if net.norm == "batch_norm" else jnp.ones(n))
+             if net.norm == "batch_norm_paper" else jnp.ones(n))
     layer_map = lambda h: scale * dense(net.activation(h))  # noqa: E731
     probe = jax.random.normal(k_v, (rows, n))
     jv = jax.jvp(layer_map, (h,), (probe,))[1]  # row by row: the map acts on rows separately
@@ -439,10 +497,10 @@ def monte_carlo_chi1(net: FiniteNetwork, draws: int = 32, seed: int = 0, rows: i
   """χ1 from the Jacobian of one layer map hˡ -> hˡ⁺¹ of width n at the variance fixed point.
 
   χ1 = (1/n) E‖J‖²_F with hˡ ~ N(0, q*) (`rows` inputs per draw, ‖J‖²_F by a random probe;
-  at the q -> q* limit where q* is 0 or ∞, as `chi1` does). With BN the batch of `rows`
-  inputs sets the statistics, held fixed in the Jacobian (Theorem 2's approximation): the
-  full-batch χ1 is the limit rows -> ∞, approached like 1/rows.
-  Compare with `mimictheory.chi1(..., fan_in=n)`.
+  at the q -> q* limit where q* is 0 or ∞, as `chi1` does). With `norm="batch_norm"` the
+  `rows` inputs are the batch and the Jacobian runs through its mean and variance: compare
+  with `chi1(..., norm="batch_norm", batch=rows)`. With `"batch_norm_paper"` the statistics
+  are held fixed (Theorem 2's derivative). Compare with `mimictheory.chi1(..., fan_in=n)`.
 
   >>> import mimictheory as mt
   >>> est = mt.monte_carlo_chi1(mt.finite_network("relu", width=256, sw2=2.0), draws=16)

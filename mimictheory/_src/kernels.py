@@ -10,12 +10,18 @@ with K¹ = σw² · input_gain · x·x'/d + σb² (the paper's eq 1 is input_gai
     K^{l+1} = σw² E[φ(u)φ(v)] + σb²,       Θ^{l+1} = K^{l+1} + σw² E[φ'(u)φ'(v)] Θ^l,
 
 the layer form of the paper's eq 7. `norm="weight_mean"` centres every dense layer's kernel
-(Lemma 1; the input layer exactly: W̄x = W(x - x̄)). `norm="batch_norm"` puts a full-batch BN
-after every hidden dense layer: the kernel is centred over the data set, K -> H K H / ν with
-H = I - 11ᵀ/N and ν the mean diagonal of H K H, and Θ likewise (the batch statistics are held
-fixed, the paper's approximation in Theorem 2). BN couples the inputs, so x2's rows join the
-batch and the whole Gram matrix is computed at once; without BN every entry follows its own
-recursion and large N is computed in row blocks, optionally sharded over a device mesh.
+(Lemma 1; the input layer exactly: W̄x = W(x - x̄)).
+
+`norm="batch_norm"` puts a BN (no affine parameters) after every hidden dense layer, with the
+rows of x as the batch, and is exact at that batch size: every unit is normalised by its own
+batch mean and variance and the NTK differentiates through both (module `batch_norm`; Yang et
+al. 2019). `norm="batch_norm_paper"` is the paper's full-batch approximation (Theorem 2): the
+kernel is centred over the data set, K -> H K H / ν with H = I - 11ᵀ/N and ν the mean diagonal
+of H K H, and Θ likewise with the batch statistics held fixed; it is the limit of the exact
+kernels as the batch grows. BN couples the inputs of a batch, so the whole Gram matrix is
+computed at once and cross-kernels between two batches are refused; without BN every entry
+follows its own recursion and large N is computed in row blocks, optionally sharded over a
+device mesh.
 """
 from __future__ import annotations
 
@@ -27,12 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import warnings
+
+from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
 from mimictheory._src.io import progress_bar
-from mimictheory._src.maps import Layer, make_layer
+from mimictheory._src.maps import BATCH_NORMS, Layer, make_layer
 from mimictheory._src.precision import f64, float64
 
-__all__ = ["Kernels", "kernels", "layer_kernels", "NTKSpectrum", "ntk_spectrum", "row_mesh"]
+__all__ = ["Kernels", "kernels", "layer_kernels", "NTKSpectrum", "ntk_spectrum", "row_mesh",
+           "BatchNormKernels", "batch_norm_kernels"]
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=["nngp", "ntk"], meta_fields=[])
@@ -114,8 +124,8 @@ def _normalise(k, ntk):
   return k_bn, _center(ntk) / nu
 
 
-def _batch_norm(layer: Layer, x, gain, depth: int, per_depth=None):
-  """Full-batch BN after every hidden dense layer; the output dense layer is not normalised."""
+def _batch_norm_paper(layer: Layer, x, gain, depth: int, per_depth=None):
+  """Theorem 2's full-batch BN after every hidden dense layer; the output layer is plain."""
   dense = dataclasses.replace(layer, norm="none")
   k, _, _ = _input_kernel(dense, x, x, gain)
 
@@ -137,24 +147,110 @@ def _gram_block(layer, x1, x2, gain, offset, depth, symmetric):
 
 
 @partial(jax.jit, static_argnames=("depth",))
-def _gram_batch_norm(layer, x, gain, depth):
-  k, ntk, _ = _batch_norm(layer, x, gain, depth)
+def _gram_batch_norm_paper(layer, x, gain, depth):
+  k, ntk, _ = _batch_norm_paper(layer, x, gain, depth)
   return Kernels(k, ntk)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact batch norm at the batch size of x (module batch_norm).
+# ----------------------------------------------------------------------------------------------
+def _exact_batch_norm(layer: Layer, x, gain, same, depth: int, nodes: int, with_ntk: bool,
+                      per_depth=None):
+  """Exact BN recursion for φ = a x + b relu(x): (K, Θ of the output layer, max errors, ys)."""
+  a, b = bn.homogeneous_coefficients(layer.activation)
+  k, _, _ = _input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
+
+  def step(carry, _):
+    k, ntk = carry
+    k, ntk, err_k, err_t = bn.exact_step(a, b, k, ntk, layer.sw2, layer.sb2, same, nodes)
+    return (k, ntk), (err_k, err_t, None if per_depth is None else per_depth(k, ntk))
+
+  (k, ntk), (err_k, err_t, ys) = jax.lax.scan(step, (k, k if with_ntk else None), None,
+                                              length=depth)
+  return k, ntk, jnp.max(err_k), jnp.max(err_t), ys
+
+
+def _monte_carlo_batch_norm(layer: Layer, x, gain, depth: int, key, samples: int,
+                            with_ntk: bool, per_depth=None):
+  """The same recursion with each BN layer's expectation by Monte Carlo over units."""
+  k, _, _ = _input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
+
+  def step(carry, key):
+    k, ntk = carry
+    k, ntk = bn.monte_carlo_step(layer.activation, k, ntk, layer.sw2, layer.sb2, key, samples)
+    return (k, ntk), (None if per_depth is None else per_depth(k, ntk))
+
+  (k, ntk), ys = jax.lax.scan(step, (k, k if with_ntk else None), jax.random.split(key, depth))
+  return k, ntk, ys
+
+
+@partial(jax.jit, static_argnames=("depth", "nodes", "with_ntk"))
+def _gram_batch_norm(layer, x, gain, same, depth, nodes, with_ntk=True):
+  k, ntk, err_k, err_t, _ = _exact_batch_norm(layer, x, gain, same, depth, nodes, with_ntk)
+  return k, ntk, err_k, err_t
+
+
+@partial(jax.jit, static_argnames=("depth", "samples", "with_ntk"))
+def _gram_batch_norm_mc(layer, x, gain, keys, depth, samples, with_ntk=True):
+  def replica(key):
+    k, ntk, _ = _monte_carlo_batch_norm(layer, x, gain, depth, key, samples, with_ntk)
+    return k, (jnp.zeros_like(k) if ntk is None else ntk)
+
+  return jax.lax.map(replica, keys)
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["nngp", "ntk", "nngp_error", "ntk_error"],
+         meta_fields=["method"])
+@dataclasses.dataclass(frozen=True)
+class BatchNormKernels:
+  """Kernels of a BN network at the batch of x, with an error estimate for each.
+
+  method: "exact" (φ = a x + b relu(x): the s integral; the errors are the relative changes
+  when the trapezoid rule drops every other node, an upper bound on its error) or
+  "monte_carlo" (other activations: the mean over independent replicas; the errors are the
+  largest standard error relative to the largest entry). `ntk` is None when not computed.
+  """
+
+  nngp: np.ndarray
+  ntk: np.ndarray | None
+  nngp_error: float
+  ntk_error: float
+  method: str
 
 
 @partial(jax.jit, static_argnames=("depth",))
 def _layer_kernels(layer, x, gain, depth):
   """Pre-activation NNGP kernels K^1 .. K^depth of the hidden layers (after BN with BN)."""
-  first, _, _ = _input_kernel(layer if layer.norm != "batch_norm" else
+  first, _, _ = _input_kernel(layer if layer.norm not in BATCH_NORMS else
                               dataclasses.replace(layer, norm="none"), x, x, gain)
   record = lambda k, ntk: k  # noqa: E731
-  if layer.norm == "batch_norm":
-    rest = _batch_norm(layer, x, gain, depth - 1, record)[2]
+  if layer.norm == "batch_norm_paper":
+    rest = _batch_norm_paper(layer, x, gain, depth - 1, record)[2]
     dense = jnp.concatenate([first[None], rest])
     return jax.vmap(lambda k: _normalise(k, k)[0])(dense)
   diagonal = _diagonal_mask(x.shape[0], x.shape[0], 0)
   rest = _pairwise(layer, x, x, gain, depth - 1, record, diagonal)[2]
   return jnp.concatenate([first[None], rest])
+
+
+def _normalised_kernel(k, same, nodes):
+  """E[ĥ ĥᵀ] of BN'd pre-activations h ~ N(0, K): the identity's exact BN map with σw² = 1."""
+  return bn.exact_step(1.0, 0.0, k, None, 1.0, 0.0, same, nodes)[0]
+
+
+@partial(jax.jit, static_argnames=("depth", "nodes", "samples"))
+def _layer_kernels_batch_norm(layer, x, gain, same, depth, nodes, key, samples):
+  """Exact BN: the kernel after BN at every hidden layer (exact for every activation; the
+  dense kernels in between by the exact map or, for other activations, Monte Carlo)."""
+  record = lambda k, ntk: k  # noqa: E731
+  first, _, _ = _input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
+  if bn.homogeneous_coefficients(layer.activation) is not None:
+    rest = _exact_batch_norm(layer, x, gain, same, depth - 1, nodes, False, record)[4]
+  else:
+    rest = _monte_carlo_batch_norm(layer, x, gain, depth - 1, key, samples, False, record)[2]
+  dense = jnp.concatenate([first[None], rest])
+  return jax.lax.map(lambda k: _normalised_kernel(k, same, nodes), dense)
 
 
 @float64
@@ -177,7 +273,86 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
   """
   x, _, depth, gain = _validate(x, None, depth, input_gain)
   layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  if norm == "batch_norm":
+    x, same = check_batch(x, ntk=False)
+    return _layer_kernels_batch_norm(layer, f64(x), gain, same, depth,
+                                     bn.nodes_for_batch(x.shape[0]), jax.random.key(0),
+                                     MC_SAMPLES)
   return _layer_kernels(layer, f64(x), gain, depth)
+
+
+MC_SAMPLES = 1 << 16  # units per BN layer and replica in the Monte Carlo method
+MC_REPLICAS = 8
+
+
+def check_batch(x, ntk: bool):
+  """The rows of x as one BN batch: at least 2 (4 for the NTK) and not all identical."""
+  need = bn.MIN_BATCH_NTK if ntk else 2
+  if x.shape[0] < need:
+    why = ("the NTK of a BN network is infinite at batch 2 or 3: the gradient through the "
+           "batch variance has E[1/|Gh|²] = ∞ (use layer_kernels for the NNGP)"
+           if ntk and x.shape[0] >= 2 else "batch norm needs a batch")
+    raise ValueError(f"x must have at least {need} rows (the batch) with norm='batch_norm', "
+                     f"got {x.shape[0]}: {why}")
+  if np.all(x == x[:1]):
+    raise ValueError("x: every row of the batch is the same (or zero), so every unit has "
+                     "batch variance 0 and batch norm is undefined; pass distinct inputs")
+  same = np.all(x[:, None, :] == x[None, :, :], axis=-1)
+  return x, same
+
+
+def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replicas, seed):
+  x, same = check_batch(x, ntk=with_ntk)
+  if bn.homogeneous_coefficients(layer.activation) is not None:
+    nodes = bn.nodes_for_batch(x.shape[0]) if nodes is None else nodes
+    k, ntk, err_k, err_t = _gram_batch_norm(layer, f64(x), gain, same, depth, nodes, with_ntk)
+    return BatchNormKernels(k, ntk, float(err_k), float(err_t), "exact")
+  keys = jax.random.split(jax.random.key(seed), replicas)
+  k, ntk = _gram_batch_norm_mc(layer, f64(x), gain, keys, depth, samples, with_ntk)
+
+  def summary(m):
+    se = jnp.std(m, axis=0, ddof=1) / np.sqrt(replicas)
+    mean = jnp.mean(m, axis=0)
+    return mean, float(jnp.max(se) / jnp.max(jnp.abs(mean)))
+
+  k, err_k = summary(k)
+  ntk, err_t = summary(ntk) if with_ntk else (None, 0.0)
+  return BatchNormKernels(k, ntk, err_k, err_t, "monte_carlo")
+
+
+@float64
+def batch_norm_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0,
+                       input_gain: float = 1.0, ntk: bool = True, nodes: int | None = None,
+                       samples: int = MC_SAMPLES, replicas: int = MC_REPLICAS,
+                       seed: int = 0) -> BatchNormKernels:
+  """Exact NNGP and NTK of a BN network whose batch is the rows of x, with error estimates.
+
+  BN (no affine parameters) follows every hidden dense layer and normalises each unit by its
+  own batch mean and variance; the NTK differentiates through both (Yang et al. 2019; see the
+  module `batch_norm` for the derivation). For φ = a x + b relu(x) (relu, leaky_relu,
+  identity) the maps are one-dimensional integrals, computed to ~1e-14 with `nodes` trapezoid
+  nodes in ln s (default by batch size); other activations use Monte Carlo with `samples`
+  units per layer in each of `replicas` independent replicas, and report the standard error.
+  Memory O(B²) for the exact method. The NTK needs B >= 4, the NNGP B >= 2.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> x = np.random.default_rng(0).normal(size=(6, 4))
+  >>> out = mt.batch_norm_kernels(x, depth=2, activation="relu", sw2=2.0, sb2=0.1)
+  >>> out.method, bool(out.ntk_error < 1e-9)
+  ('exact', True)
+  """
+  x = checks.check_data("x", x)
+  depth = checks.check_int("depth", depth, minimum=1)
+  gain = float(checks.check_positive("input_gain", input_gain))
+  if nodes is not None:
+    nodes = checks.check_int("nodes", nodes, minimum=9)
+    nodes += 1 - nodes % 2  # odd: the coarse rule uses every other node
+  samples = checks.check_int("samples", samples, minimum=4096)
+  samples -= samples % 4096
+  replicas = checks.check_int("replicas", replicas, minimum=2)
+  seed = checks.check_int("seed", seed, minimum=0)
+  layer = make_layer(activation, sw2, sb2, "batch_norm")
+  return _batch_norm_kernels(layer, x, gain, depth, bool(ntk), nodes, samples, replicas, seed)
 
 
 def _validate(x1, x2, depth, gain):
@@ -217,13 +392,21 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
   """
   x1, x2, depth, gain = _validate(x1, x2, depth, input_gain)
   layer = make_layer(activation, sw2, sb2, norm, fan_in)
-  if norm == "batch_norm":
-    x = np.concatenate([x1, x2]) if x2 is not x1 else x1
-    out = _gram_batch_norm(layer, f64(x), gain, depth)
-    n1 = x1.shape[0]
-    if x2 is x1:
-      return out
-    return Kernels(out.nngp[:n1, n1:], out.ntk[:n1, n1:])
+  if norm in BATCH_NORMS:
+    if x2 is not x1:
+      raise ValueError(f"x2 must be None with norm={norm!r}: BN couples the inputs of a batch, "
+                       "so a cross-kernel depends on the whole batch; pass the whole batch as "
+                       "x1 and take the block you need")
+    if norm == "batch_norm_paper":
+      check_batch(x1, ntk=False)
+      return _gram_batch_norm_paper(layer, f64(x1), gain, depth)
+    out = _batch_norm_kernels(layer, x1, gain, depth, True, None, MC_SAMPLES, MC_REPLICAS, 0)
+    if out.method == "monte_carlo":
+      warnings.warn(f"kernels(norm='batch_norm', activation={layer.activation.name!r}): Monte "
+                    f"Carlo estimate (relative standard error {max(out.nngp_error, out.ntk_error):.1e}); "
+                    "only relu, leaky_relu and identity are exact; see batch_norm_kernels",
+                    stacklevel=3)
+    return Kernels(out.nngp, out.ntk)
   return _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress)
 
 
@@ -267,13 +450,29 @@ class NTKSpectrum:
   condition: np.ndarray  # (D,) λmax / λmin, ∞ where λmin <= 0 (numerically singular)
 
 
+def _eigenvalues(k, ntk):
+  return jnp.linalg.eigvalsh(0.5 * (ntk + ntk.T))
+
+
+@partial(jax.jit, static_argnames=("depth", "nodes"))
+def _spectrum_batch_norm(layer, x, gain, same, depth, nodes):
+  return _exact_batch_norm(layer, x, gain, same, depth, nodes, True, _eigenvalues)[4]
+
+
+@partial(jax.jit, static_argnames=("depth", "samples"))
+def _spectrum_batch_norm_mc(layer, x, gain, keys, depth, samples):
+  record = lambda k, ntk: ntk  # noqa: E731
+  ntks = jax.lax.map(
+      lambda key: _monte_carlo_batch_norm(layer, x, gain, depth, key, samples, True, record)[2],
+      keys)
+  return jax.vmap(lambda t: _eigenvalues(None, t))(jnp.mean(ntks, axis=0))
+
+
 @partial(jax.jit, static_argnames=("depth",))
 def _spectrum(layer, x, gain, depth):
-  def eigenvalues(k, ntk):
-    return jnp.linalg.eigvalsh(0.5 * (ntk + ntk.T))
-
-  if layer.norm == "batch_norm":
-    return _batch_norm(layer, x, gain, depth, eigenvalues)[2]
+  eigenvalues = _eigenvalues
+  if layer.norm == "batch_norm_paper":
+    return _batch_norm_paper(layer, x, gain, depth, eigenvalues)[2]
   diagonal = _diagonal_mask(x.shape[0], x.shape[0], 0)
   return _pairwise(layer, x, x, gain, depth, eigenvalues, diagonal)[2]
 
@@ -295,7 +494,16 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   """
   x, _, depth, gain = _validate(x, None, depth, input_gain)
   layer = make_layer(activation, sw2, sb2, norm, fan_in)
-  eig = np.asarray(_spectrum(layer, f64(x), gain, depth))
+  if norm == "batch_norm":
+    x, same = check_batch(x, ntk=True)
+    if bn.homogeneous_coefficients(layer.activation) is not None:
+      eig = _spectrum_batch_norm(layer, f64(x), gain, same, depth, bn.nodes_for_batch(len(x)))
+    else:
+      keys = jax.random.split(jax.random.key(0), MC_REPLICAS)
+      eig = _spectrum_batch_norm_mc(layer, f64(x), gain, keys, depth, MC_SAMPLES)
+  else:
+    eig = _spectrum(layer, f64(x), gain, depth)
+  eig = np.asarray(eig)
   lmin, lmax = eig[:, 0], eig[:, -1]
   with np.errstate(divide="ignore", invalid="ignore"):
     cond = np.where(lmin > 0, lmax / np.where(lmin > 0, lmin, 1.0), np.inf)

@@ -11,6 +11,12 @@ Weight mean centres the dual activation: W̄ φ = W (φ - mean φ), so only the 
 passes (Lemma 1). Batch norm centres over the data set and divides by the per-unit variance,
 which in the paper's full-batch, infinite-width approximation is Var φ; σw², σb² drop out.
 The correlation map is T(c) = q12'(q*, q*, c q*) / q*, at the variance fixed point q*.
+
+A real BN layer normalises each unit by its own batch statistics and couples the inputs of a
+batch, so at a finite batch it has no pairwise map: its exact kernels are `kernels(x,
+norm="batch_norm")` (module `batch_norm`). The pairwise maps here are its limit B -> ∞, which is
+Theorem 2; `norm="batch_norm_paper"` names the same maps explicitly. `chi1(norm="batch_norm",
+batch=B)` is the exact finite-batch χ1.
 """
 from __future__ import annotations
 
@@ -29,10 +35,12 @@ from mimictheory._src.precision import f64, float64
 __all__ = [
     "NORMS", "Layer", "make_layer", "stable_sw2", "variance_map", "covariance_map", "qstar",
     "correlation_map", "correlation_slope", "chi1", "fixed_points", "FixedPoints", "depth_scales",
-    "DepthScales", "depth_scale", "stable_correlation",
+    "DepthScales", "depth_scale", "stable_correlation", "BATCH_NORMS",
 ]
 
-NORMS = ("none", "weight_mean", "batch_norm")
+NORMS = ("none", "weight_mean", "batch_norm", "batch_norm_paper")
+#: batch norm: exact at a finite batch ("batch_norm") and Theorem 2's full-batch approximation
+BATCH_NORMS = ("batch_norm", "batch_norm_paper")
 Q_MAX = 1e12  # a variance above this counts as diverged (q* = ∞)
 Q_CAP = 1e6  # where q* = ∞, non-homogeneous activations are evaluated at this variance
 Q_MIN = 1e-20  # a fixed point below this counts as q* = 0
@@ -114,7 +122,7 @@ def make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) ->
 
 def _stable_sw2(act: Activation, norm: str, sb2, factor):
   """σw² that makes q = 1 a fixed point of the variance map: V(1) = 1."""
-  if norm == "batch_norm":
+  if norm in BATCH_NORMS:
     return np.ones_like(np.asarray(sb2, dtype=float))
   if np.any(np.asarray(sb2) >= 1.0):
     raise ValueError(f"sb2 must be < 1 for the stable initialisation sw2=None, got {sb2!r}")
@@ -316,17 +324,49 @@ def correlation_slope(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan
 
 
 @float64
-def chi1(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None):
+def chi1(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, batch=None):
   """χ1 = T'(1) = σw² E[φ'(√q* z)²]: ordered (< 1), critical (= 1) or chaotic (> 1), Theorem 1.
+
+  With `norm="batch_norm"` and an integer `batch` = B >= 4 (or an array of them), the exact χ1
+  of a BN network at batch B: the growth per layer of the NTK and of the squared gradient,
+  through the batch mean and variance (Yang et al. 2019), at the symmetric fixed point of the
+  BN map; σw² and σb² drop out. For ReLU it is 3.08 at B = 4 and tends to Theorem 2's
+  π/(π-1) like 1/B; for the identity it is (B-2)/(B-3). Positively homogeneous activations
+  only (relu, leaky_relu, identity). `batch=None` is the limit B -> ∞ (Theorem 2).
 
   >>> import mimictheory as mt, math
   >>> float(mt.chi1("relu", sw2=2.0))  # Proposition 1
   1.0
   >>> abs(float(mt.chi1("relu", norm="batch_norm")) - math.pi / (math.pi - 1)) < 1e-14  # Thm 2
   True
+  >>> round(float(mt.chi1("identity", norm="batch_norm", batch=8)), 12)   # (B-2)/(B-3)
+  1.2
   """
   layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  if batch is not None:
+    return _finite_batch_chi1(layer, batch)
   return _chi1(layer, _solve_qstar(layer))
+
+
+def _finite_batch_chi1(layer: Layer, batch):
+  from mimictheory._src import batch_norm as bn
+  if layer.norm != "batch_norm":
+    raise ValueError(f"batch applies to norm='batch_norm' only (the exact finite-batch BN), "
+                     f"got norm={layer.norm!r}")
+  arr = np.asarray(batch)
+  if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
+    raise TypeError(f"batch must be an integer >= {bn.MIN_BATCH_NTK} or an array of them, "
+                    f"got {batch!r}")
+  if np.any(arr < bn.MIN_BATCH_NTK):
+    raise ValueError(f"batch must be >= {bn.MIN_BATCH_NTK}: at batch 2 or 3 the gradient through "
+                     f"BN has infinite variance (E[1/|Gh|²] diverges), got {batch!r}")
+  coeffs = bn.homogeneous_coefficients(layer.activation)
+  if coeffs is None:
+    raise ValueError("batch needs a positively homogeneous activation ('relu', 'leaky_relu', "
+                     f"'identity'), got {layer.activation.name!r}")
+  sizes = f64(arr.astype(float)).reshape(-1)
+  out = jax.vmap(lambda b: bn.symmetric_chi1(*coeffs, b))(sizes)
+  return out.reshape(arr.shape)
 
 
 @float64

@@ -17,7 +17,8 @@ from mimictheory._src import checks
 from mimictheory._src.activations import Numerical
 from mimictheory._src.io import progress_bar
 from mimictheory._src.maps import (
-    Layer, _chi1, _depth_scales, _eval_point, _newton_cstar, _resolve, _solve_qstar, depth_scale)
+    BATCH_NORMS, Layer, _chi1, _depth_scales, _eval_point, _newton_cstar, _resolve, _solve_qstar,
+    depth_scale)
 from mimictheory._src.precision import f64, float64
 
 __all__ = ["PhaseDiagram", "phase_diagram", "CriticalLine", "critical_line"]
@@ -93,8 +94,8 @@ def _phase_chunk_series(layer: Layer, order: int = 64):
   if layer.norm != "none":
     a2 = a2.at[..., 0].set(0.0)  # centring removes (E φ)²
   k = jnp.arange(order + 1.0)
-  scale = 1.0 if layer.norm == "batch_norm" else lay.sw2 * lay.factor
-  shift = 0.0 if layer.norm == "batch_norm" else lay.sb2
+  scale = 1.0 if layer.norm in BATCH_NORMS else lay.sw2 * lay.factor
+  shift = 0.0 if layer.norm in BATCH_NORMS else lay.sb2
   cov = lambda c: scale * jnp.sum(a2 * c[..., None] ** k, -1) + shift
   dcov = lambda c: scale * jnp.sum(a2[..., 1:] * k[1:] * c[..., None] ** (k[1:] - 1), -1)
   norm = cov(jnp.ones_like(q))
@@ -147,7 +148,7 @@ def phase_diagram(activation="tanh", sw2=None, sb2=None, norm="none", fan_in=Non
     out = _phase_chunk_series(layer) if numerical else _phase_chunk(layer)
     pieces.append([np.asarray(o)[:chunk - pad] for o in out])
   fields = [np.concatenate(p).reshape(sw2.size, sb2.size) for p in zip(*pieces)]
-  critical = None if norm == "batch_norm" else critical_line(act, sb2, norm, fan_in)
+  critical = None if norm in BATCH_NORMS else critical_line(act, sb2, norm, fan_in)
   return PhaseDiagram(act.name, norm, sw2, sb2, *fields, critical)
 
 
@@ -204,8 +205,8 @@ def critical_line(activation="tanh", sb2=None, norm="none", fan_in=None) -> Crit
   [1.0, 1.760955]
   """
   act, _, _, factor = _resolve(activation, 1.0, 0.0, norm, fan_in)
-  if norm == "batch_norm":
-    raise ValueError("norm='batch_norm' has no critical line: its chi1 does not depend on "
+  if norm in BATCH_NORMS:
+    raise ValueError(f"norm={norm!r} has no critical line: its chi1 does not depend on "
                      "(sw2, sb2); use norm 'none' or 'weight_mean'")
   sb2 = np.linspace(0.0, 0.3, 150) if sb2 is None else _grid_axis("sb2", sb2, positive=False)
   target = f64(sb2)
