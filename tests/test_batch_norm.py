@@ -164,6 +164,25 @@ def test_chi1_finite_batch_against_sphere_sampling(rng, batch):
   assert abs(float(mt.chi1("relu", norm="batch_norm", batch=batch)) - estimate) < 4 * se
 
 
+def test_chi1_finite_batch_smooth_activation_against_sphere_sampling(rng):
+  """tanh by the library's 2-D quadrature against bounded Monte Carlo on the sphere; large B
+  tends to Theorem 2's σw²-free BN χ1 (the B -> ∞ map)."""
+  batch, m = 6, 400_000
+  g = rng.standard_normal((m, batch))
+  g -= g.mean(axis=1, keepdims=True)
+  unit = g / np.linalg.norm(g, axis=1, keepdims=True)
+  hat = math.sqrt(batch) * unit
+  d = 1 - np.tanh(hat[:, :2]) ** 2
+  f = np.tanh(hat[:, :2])
+  p00, p01 = (1 - 1 / batch) - unit[:, 0] ** 2, -1 / batch - unit[:, 0] * unit[:, 1]
+  num = batch / (batch - 3) * (d[:, 0] ** 2 * p00 - d[:, 0] * d[:, 1] * p01)
+  den = (f[:, 0] ** 2 - f[:, 0] * f[:, 1]).mean()
+  value = float(mt.chi1("tanh", norm="batch_norm", batch=batch))
+  assert abs(value - num.mean() / den) < 4 * num.std() / math.sqrt(m) / den
+  big = float(mt.chi1("tanh", norm="batch_norm", batch=100_000))
+  assert big == pytest.approx(float(mt.chi1("tanh", norm="batch_norm")), abs=1e-4)
+
+
 def test_chi1_finite_batch_limits():
   batches = np.array([4, 5, 8, 100])
   np.testing.assert_allclose(mt.chi1("identity", norm="batch_norm", batch=batches),
@@ -236,8 +255,8 @@ def test_batch_validation(rng):
     mt.kernels(np.zeros((5, 3)), norm="batch_norm_paper")
   with pytest.raises(ValueError, match="batch must be >= 4"):
     mt.chi1("relu", norm="batch_norm", batch=3)
-  with pytest.raises(ValueError, match="homogeneous"):
-    mt.chi1("tanh", norm="batch_norm", batch=8)
+  with pytest.warns(UserWarning, match="quadrature error"):
+    mt.chi1("relu_numerical", norm="batch_norm", batch=8)  # a kink, numerically
   with pytest.raises(ValueError, match="batch applies"):
     mt.chi1("relu", norm="none", batch=8)
   assert np.all(np.isfinite(mt.layer_kernels(x[:3], depth=4, norm="batch_norm")))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from functools import partial
 
 import jax
@@ -361,9 +362,14 @@ def _finite_batch_chi1(layer: Layer, batch):
     raise ValueError(f"batch must be >= {bn.MIN_BATCH_NTK}: at batch 2 or 3 the gradient through "
                      f"BN has infinite variance (E[1/|Gh|²] diverges), got {batch!r}")
   coeffs = bn.homogeneous_coefficients(layer.activation)
-  if coeffs is None:
-    raise ValueError("batch needs a positively homogeneous activation ('relu', 'leaky_relu', "
-                     f"'identity'), got {layer.activation.name!r}")
+  if coeffs is None:  # two-dimensional quadrature on the sphere, one rule per batch size
+    values = [bn.sphere_chi1(layer.activation, int(b)) for b in arr.reshape(-1)]
+    worst = max(float(e) for _, e in values)
+    if worst > 1e-6:
+      warnings.warn(f"chi1(batch=...) for {layer.activation.name!r}: quadrature error estimate "
+                    f"{worst:.1e} (kinked activations converge slowly; relu, leaky_relu and "
+                    "identity are exact)", stacklevel=3)
+    return jnp.stack([v for v, _ in values]).reshape(arr.shape)
   sizes = f64(arr.astype(float)).reshape(-1)
   out = jax.vmap(lambda b: bn.symmetric_chi1(*coeffs, b))(sizes)
   return out.reshape(arr.shape)
