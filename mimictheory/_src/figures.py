@@ -1,6 +1,7 @@
 """Plots of the analytic quantities, written atomically (PNG and PDF)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,37 @@ def _phase_row(fig, axes, pd):
     ax.set_ylim(extent[2], extent[3])
 
 
+BATCHES = np.unique(np.round(np.geomspace(4, 4096, 40)).astype(int))
+
+
+def batch_chi1_curve(activation, batches=BATCHES):
+  """(batches, χ1(B), Theorem 2's χ1): the exact finite-batch BN χ1 against the batch size."""
+  import mimictheory as mt
+  batches = np.asarray(batches)
+  return (batches, np.asarray(mt.chi1(activation, norm="batch_norm", batch=batches)),
+          float(mt.chi1(activation, norm="batch_norm_paper")))
+
+
+def _batch_norm_row(axes, pd):
+  """BN: σw², σb² drop out, so the row shows χ1 against the batch size instead of a grid."""
+  batches, chi, limit = batch_chi1_curve(pd.activation)
+  ax = axes[0]
+  ax.semilogx(batches, chi, "o-", ms=3, color="tab:red", label="exact BN at batch B")
+  ax.axhline(limit, color="k", ls="--", lw=1, label=f"Theorem 2 (B → ∞): {limit:.4f}")
+  ax.axhline(1.0, color="0.6", ls=":", lw=1, label="critical χ1 = 1")
+  ax.set_xlabel("batch size B")
+  ax.set_ylabel(r"$\chi_1$ (gradient growth per layer)")
+  ax.set_title(f"batch norm: χ1 against the batch size ({pd.activation})", fontsize=10)
+  ax.legend(fontsize=8)
+  for other in axes[1:]:
+    other.axis("off")
+  axes[1].text(0.0, 0.5, "With batch norm σw² and σb² drop out: every unit is normalised\n"
+               "by its own batch statistics, so χ1 depends only on the batch size B\n"
+               "(exact theory, gradient through the batch mean and variance).\n"
+               f"χ1 > 1 at every B: BN networks are chaotic; at B = 4, χ1 = {chi[0]:.2f}.",
+               fontsize=9, va="center", transform=axes[1].transAxes)
+
+
 def plot_phase_diagrams(pds, path=None):
   """One row per `PhaseDiagram` (e.g. norm none, weight_mean, batch_norm): χ1 with the critical
   line χ1 = 1, q* and ξ_c side by side."""
@@ -68,9 +100,11 @@ def plot_phase_diagrams(pds, path=None):
   fig, axes = plt.subplots(len(pds), 3, figsize=(15, 3.9 * len(pds)), constrained_layout=True,
                            squeeze=False)
   for row, pd in zip(axes, pds):
-    _phase_row(fig, row, pd)
-  fig.suptitle(f"Mean-field phase diagrams, activation {pds[0].activation} "
-               "(batch norm: σw², σb² drop out, Theorem 2)")
+    if pd.norm == "batch_norm":
+      _batch_norm_row(row, pd)
+    else:
+      _phase_row(fig, row, pd)
+  fig.suptitle(f"Mean-field phase diagrams, activation {pds[0].activation}")
   if path is not None:
     save_figure(fig, path)
   return fig
@@ -240,9 +274,13 @@ def pair_correlations(norm: str, x, pairs: int = 200, depth: int = 50, width: in
   first, second = np.arange(0, 2 * pairs, 2), np.arange(1, 2 * pairs, 2)
   inputs = batch[first] @ batch[second].T
   norms = np.linalg.norm(batch[first], axis=1) * np.linalg.norm(batch[second], axis=1)
-  return {"layers": np.arange(1, depth + 1), "finite": corr[:, first, second],
+  data = {"layers": np.arange(1, depth + 1), "finite": corr[:, first, second],
           "theory": theory[:, first, second], "input": np.diagonal(inputs) / norms,
           "seed": seed, "width": width, "sw2": net.sw2}
+  if norm == "batch_norm":  # Theorem 2's approximation beside the exact finite-batch theory
+    paper = dataclasses.replace(net, norm="batch_norm_paper").theory_correlations(batch)
+    data["theory_paper"] = paper[:, first, second]
+  return data
 
 
 def _plot_pairs(ax, data, title):
@@ -252,8 +290,17 @@ def _plot_pairs(ax, data, title):
   ax.plot(layers, finite, color="tab:blue", alpha=0.15, lw=0.7)
   ax.plot([], [], color="tab:blue", label=f"width {data['width']} network, 200 pairs")
   lo, mid, hi = np.percentile(theory, [5, 50, 95], axis=1)
-  ax.fill_between(layers, lo, hi, color="tab:orange", alpha=0.25, label="theory 5-95%")
-  ax.plot(layers, mid, color="tab:orange", lw=2, ls="--", label="theory median")
+  exact = "theory" if "theory_paper" not in data else "exact theory"
+  ax.fill_between(layers, lo, hi, color="tab:orange", alpha=0.45, label=f"{exact} 5-95%",
+                  zorder=3)
+  ax.plot(layers, mid, color="tab:orange", lw=2, label=f"{exact} median", zorder=4)
+  if "theory_paper" in data:
+    paper = np.concatenate([data["input"][None], data["theory_paper"]])
+    lo, mid, hi = np.percentile(paper, [5, 50, 95], axis=1)
+    ax.plot(layers, mid, color="k", lw=1.5, ls="--", label="Theorem 2 (paper) median",
+            zorder=5)
+    ax.plot(layers, lo, color="k", lw=1, ls=":", label="Theorem 2 (paper) 5-95%", zorder=5)
+    ax.plot(layers, hi, color="k", lw=1, ls=":", zorder=5)
   ax.set_ylim(-1.0, 1.05)
   ax.set_xlabel("layer")
   ax.set_ylabel("correlation coefficient")
@@ -277,7 +324,8 @@ def supplementary2(out, progress=False, data_source=None) -> list[Path]:
   x, name = _images(data_source)
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), constrained_layout=True)
   saved = {}
-  for ax, norm, label in zip(axes, ("batch_norm", "weight_mean"), ("BN", "weight mean")):
+  for ax, norm, label in zip(axes, ("batch_norm", "weight_mean"),
+                             ("BN (exact finite-batch theory; Theorem 2 dashed)", "weight mean")):
     data = pair_correlations(norm, x)
     _plot_pairs(ax, data, f"{label}")
     saved.update({f"{norm}_{k}": v for k, v in data.items()})
@@ -295,48 +343,69 @@ def _images(source):
 # ----------------------------------------------------------------------------------------------
 # Figure 5: residual branches at initialisation.
 # ----------------------------------------------------------------------------------------------
+def residual_theory(norm: str, alpha, depth: int = 50, width: int = 256, inputs: int = 8,
+                    seed: int = SEED):
+  """Infinite-width stream and branch variances per block of Figure 5's networks
+  (`residual_kernels`, σw² = 2, σb² = 0, stream variance 1 entering block 1)."""
+  import mimictheory as mt
+  x = np.random.default_rng(seed).normal(size=(inputs, width))
+  x -= x.mean(axis=1, keepdims=True)  # mean-free rows: weight mean leaves the input layer alone
+  x *= np.sqrt(width) / np.linalg.norm(x, axis=1, keepdims=True)
+  theory_norm = {"batch_norm": "batch_norm", "mimic": "weight_mean", "none": "none"}[norm]
+  return mt.residual_kernels(x, depth=depth, activation="relu", sw2=2.0, sb2=0.0,
+                             norm=theory_norm, alpha=alpha, input_gain=0.5,
+                             fan_in=None if norm == "batch_norm" else width)
+
+
 def figure5(out, progress=False, data_source=None) -> list[Path]:
   """Figure 5: in a BN residual network the stream entering block l has variance ≈ l and each
-  branch ≈ 1, a 1/l suppression; MimicNorm's residual scalar suppresses the branch explicitly."""
+  branch ≈ 1, a 1/l suppression; MimicNorm's residual scalar suppresses the branch explicitly.
+  Measured finite networks (markers) against the infinite-width theory (lines)."""
   import mimictheory as mt
   plt = _pyplot()
   depth, width, batch = 50, 256, 256
   kw = dict(depth=depth, width=width, batch=batch, draws=8, seed=SEED)
-  bn = mt.residual_variances("batch_norm", **kw)
-  mimic = mt.residual_variances("mimic", **kw)
-  sqrt_scalar = 1.2 / np.sqrt(bn.blocks)
-  mimic_sqrt = mt.residual_variances("mimic", scalars=sqrt_scalar, **kw)
-  l = bn.blocks
-  fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), constrained_layout=True)
+  cases = (("bn", "batch_norm", "one", "tab:blue", "BN (pre-activation block), α = 1"),
+           ("mimic", "mimic", "official", "tab:orange", "MimicNorm, α = 1.2/l (official code)"),
+           ("mimic_sqrt", "mimic", "sqrt", "tab:green", "MimicNorm, α = 1/√l (paper's text)"))
+  measured, theory = {}, {}
+  for key, norm, alpha, _, _ in cases:
+    scalars = mt.residual_scalars(alpha, depth)
+    measured[key] = mt.residual_variances(norm, scalars=scalars, **kw)
+    theory[key] = residual_theory(norm, alpha, depth, width)
+  l = np.arange(1, depth + 1)
+  fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.6), constrained_layout=True)
   ax = axes[0]
-  for rv, color, label in ((bn, "tab:blue", "BN"), (mimic, "tab:orange", "MimicNorm (α = 1.2/l)")):
-    ax.errorbar(l, rv.stream.mean, 2 * rv.stream.se, fmt="o-", ms=3, color=color,
-                label=f"{label}: stream entering block l")
-    ax.errorbar(l, rv.branch.mean, 2 * rv.branch.se, fmt="s--", ms=3, color=color,
-                label=f"{label}: branch of block l")
-  ax.plot(l, l, "k:", lw=1.5, label="l", zorder=5)
+  for key, _, _, color, label in cases[:2]:
+    rv, th = measured[key], theory[key]
+    ax.plot(l, rv.stream.mean, "o", ms=3.5, color=color, label=f"{label}: stream")
+    ax.plot(l, rv.branch.mean, "s", ms=3.5, mfc="white", color=color, label=f"{label}: branch")
+    ax.plot(l, th.stream, "-", lw=1.2, color=color)
+    ax.plot(l, th.branch, "--", lw=1.2, color=color)
+  ax.plot([], [], "k-", lw=1.2, label="infinite-width theory (lines)")
   ax.set_xlabel("block l")
   ax.set_ylabel("variance")
   ax.set_yscale("log")
-  ax.set_title("measured variances at initialisation (8 networks, ±2 SE)", fontsize=10)
-  ax.legend(fontsize=8)
+  ax.set_title("variances at initialisation: 8 networks (markers), theory (lines)", fontsize=10)
+  ax.legend(fontsize=7.5, loc="lower left")
   ax = axes[1]
-  for rv, color, label in ((bn, "tab:blue", "BN"),
-                           (mimic, "tab:orange", "MimicNorm, α = 1.2/l (official init)"),
-                           (mimic_sqrt, "tab:green", "MimicNorm, α = 1.2/√l")):
-    ax.loglog(l, rv.ratio, "o-", ms=3, color=color, label=label)
+  for (key, _, _, color, label), marker, size in zip(cases, "o^s", (6, 4, 3)):
+    ax.loglog(l, measured[key].ratio, marker, ms=size, mfc="none", color=color, label=label)
+    ax.loglog(l, theory[key].ratio, "-", lw=1.2, color=color)
   ax.loglog(l, 1.0 / l, "k--", lw=1, label="1/l")
   ax.loglog(l, 1.0 / l**2, "k:", lw=1, label="1/l²")
   ax.set_xlabel("block l")
   ax.set_ylabel("Var(branch) / Var(stream)")
-  ax.set_title("relative contribution of the residual branch", fontsize=10)
-  ax.legend(fontsize=8)
+  ax.set_title("the branch's share: markers measured, lines theory", fontsize=10)
+  ax.legend(fontsize=8, loc="lower left")
   fig.suptitle(f"Figure 5: residual ReLU MLP, width {width}, batch {batch}, He init")
-  data = {"blocks": l, "seed": SEED, "sqrt_scalars": sqrt_scalar}
-  for key, rv in (("bn", bn), ("mimic", mimic), ("mimic_sqrt", mimic_sqrt)):
+  data = {"blocks": l, "seed": SEED}
+  for key, *_ in cases:
+    rv, th = measured[key], theory[key]
     data.update({f"{key}_stream": rv.stream.mean, f"{key}_stream_se": rv.stream.se,
                  f"{key}_branch": rv.branch.mean, f"{key}_branch_se": rv.branch.se,
-                 f"{key}_scalars": rv.scalars})
+                 f"{key}_scalars": rv.scalars, f"{key}_theory_stream": th.stream,
+                 f"{key}_theory_branch": th.branch})
   return _write(fig, out, "fig5", **data)
 
 
@@ -364,14 +433,18 @@ def phase_figure(out, activation: str, norms=PHASE_NORMS, sw2=None, sb2=None, fa
   pds = [mt.phase_diagram(activation, sw2=sw2, sb2=sb2, norm=norm, fan_in=fan_in,
                           progress=progress) for norm in norms]
   fig = plot_phase_diagrams(pds)
-  data = {f"{pd.norm}_{k}": v for pd in pds for k, v in pd.arrays().items()}
+  data = {f"{pd.norm}_{k}": v for pd in pds for k, v in pd.arrays().items()
+          if pd.norm != "batch_norm"}
+  if "batch_norm" in norms:
+    data["batch_norm_batch"], data["batch_norm_chi1"], data["batch_norm_chi1_limit"] = (
+        batch_chi1_curve(activation))
   return _write(fig, out, stem or f"phase_{activation}", **data)
 
 
 def ntk_condition_points():
   """(label, activation, sw2, sb2, norm): erf (closed form, the phase structure of tanh) in the
   ordered phase, on the critical line and in the chaotic phase at σb² = 0.05; ReLU at (2, 0),
-  with weight mean (Theorem 3) and with BN."""
+  with weight mean (Theorem 3) and with BN (exact at the batch, and Theorem 2)."""
   import mimictheory as mt
   critical = float(mt.critical_line("erf", sb2=[0.05]).sw2[0])
   return [("erf ordered (σw² = 0.5)", "erf", 0.5, 0.05, "none"),
@@ -379,7 +452,8 @@ def ntk_condition_points():
           ("erf chaotic (σw² = 3)", "erf", 3.0, 0.05, "none"),
           ("ReLU critical (2, 0)", "relu", 2.0, 0.0, "none"),
           ("ReLU weight mean (Theorem 3)", "relu", None, 0.0, "weight_mean"),
-          ("ReLU batch norm", "relu", 2.0, 0.0, "batch_norm")]
+          ("ReLU batch norm (exact, batch = the 64 inputs)", "relu", 2.0, 0.0, "batch_norm"),
+          ("ReLU batch norm (Theorem 2, paper)", "relu", 2.0, 0.0, "batch_norm_paper")]
 
 
 def ntk_condition(out, progress=False, data_source=None, depth: int = 200,
@@ -396,7 +470,9 @@ def ntk_condition(out, progress=False, data_source=None, depth: int = 200,
   from mimictheory._src.io import progress_bar
   for i, (label, act, sw2, sb2, norm) in enumerate(progress_bar(points, progress, "NTK spectra")):
     spec = mt.ntk_spectrum(x, depth=depth, activation=act, sw2=sw2, sb2=sb2, norm=norm)
-    ax.semilogy(spec.depths, spec.condition, lw=2, ls="-" if act == "erf" else "--",
+    ax.semilogy(spec.depths, spec.condition, lw=2,
+                ls={"erf": "-", "batch_norm_paper": ":"}.get(act if norm == "none" else norm,
+                                                             "--"),
                 label=label)
     data[f"condition{i}"] = spec.condition
     data[f"label{i}"] = label

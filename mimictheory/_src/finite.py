@@ -643,8 +643,8 @@ def _residual_draws(keys, scalars, norm, depth, width, batch, batch_size):
       w = jax.random.normal(key, (width, width))
       if norm == "mimic":
         w = centre_kernel(w)
-      branch = jax.nn.relu(x) @ w * jnp.sqrt(2.0 / width)  # He initialisation
-      branch = alpha * (_batch_norm(branch) if norm == "batch_norm" else branch)
+      h = _batch_norm(x) if norm == "batch_norm" else x  # pre-activation block: BN first
+      branch = alpha * (jax.nn.relu(h) @ w * jnp.sqrt(2.0 / width))  # He initialisation
       return x + branch, (jnp.var(x), jnp.var(branch))
 
     _, (stream, branch) = jax.lax.scan(block, x, (jax.random.split(k_w, depth), scalars))
@@ -659,11 +659,13 @@ def residual_variances(norm: str = "batch_norm", depth: int = 50, width: int = 2
                        scalars=None) -> ResidualVariances:
   """Variance of the residual stream and of each branch in a residual MLP at initialisation.
 
-  Block l: x ← x + α_l · branch(x), branch = BN(W relu(x)) for `norm="batch_norm"` (α = 1),
-  α_l W̄ relu(x) for `"mimic"` (weight mean, residual scalar; default α_l = 1.2/l, the official
-  code's initial value) and W relu(x) for `"none"`, with He-initialised W. The paper's Figure 5
-  argument: with BN the stream entering block l has variance ≈ l and each branch ≈ 1, so BN
-  suppresses the branch by 1/l; MimicNorm's scalar does it explicitly.
+  Block l: x ← x + α_l · branch(x), branch = W relu(BN(x)) for `norm="batch_norm"` (α = 1, a
+  pre-activation block), α_l W̄ relu(x) for `"mimic"` (weight mean, residual scalar; default
+  α_l = 1.2/l, the official code's initial value) and W relu(x) for `"none"`, with
+  He-initialised W and no biases: the architecture of `residual_kernels` (which gives the
+  infinite-width values). The paper's Figure 5 argument: with BN the stream entering block l
+  has variance ≈ l and each branch ≈ 1, so BN suppresses the branch by 1/l; MimicNorm's scalar
+  does it explicitly.
 
   >>> import mimictheory as mt
   >>> rv = mt.residual_variances("batch_norm", depth=20, width=64, batch=64, draws=2)
