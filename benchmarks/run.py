@@ -9,6 +9,9 @@
             empirical-NTK implementations.
   phase:    a 1000 x 1000 phase diagram (ReLU, erf) and 400 x 300 (tanh), against the scalar
             per-point API called in a Python loop (timed on a few points and scaled).
+  batch norm: the exact finite-batch BN NNGP + NTK (B = 400, depth 50, ReLU; memory O(B²)),
+            against Theorem 2's approximation (`norm="batch_norm_paper"`) on the same batch:
+            the price of exactness, not a speed-up (the ratio is below 1).
 
 Run: `make bench` or `python benchmarks/run.py [--quick]`. Prints a table; writes nothing.
 """
@@ -90,6 +93,17 @@ def bench_phase(size, activation, loop_points=20):
   return [(label, ours, per_point * size[0] * size[1], "per-point loop (extrapolated)")]
 
 
+def bench_batch_norm(batch, depth):
+  x = np.random.default_rng(0).normal(size=(batch, 64))
+  kw = dict(depth=depth, activation="relu", sw2=2.0, sb2=0.0)
+  first = _time(lambda: mt.kernels(x, norm="batch_norm", **kw))  # includes compilation
+  exact = _time(lambda: mt.kernels(x, norm="batch_norm", **kw))
+  mt.kernels(x, norm="batch_norm_paper", **kw)
+  paper = _time(lambda: mt.kernels(x, norm="batch_norm_paper", **kw), repeat=3)
+  return [(f"exact BN relu B={batch} depth={depth}", exact, paper, "Theorem 2 (paper) kernels"),
+          (f"  (first call, with compilation)", first, paper, "Theorem 2 (paper) kernels")]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
@@ -102,6 +116,7 @@ def main():
   rows += bench_phase(grid, "relu")
   rows += bench_phase(grid, "erf")
   rows += bench_phase((80, 60) if args.quick else (400, 300), "tanh", loop_points=5)
+  rows += bench_batch_norm(64 if args.quick else 400, 10 if args.quick else 50)
   print(f"{'benchmark':<40} {'mimictheory (s)':>16} {'reference (s)':>14} {'speed-up':>9}  reference")
   for label, ours, ref, what in rows:
     print(f"{label:<40} {ours:>16.3f} {ref:>14.3f} {ref / ours:>8.1f}x  {what}")

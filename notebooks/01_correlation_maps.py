@@ -23,12 +23,12 @@ import mimictheory as mt
 rho = np.linspace(-1, 1, 201)
 plain = mt.correlation_map(rho, "relu", sw2=2.0, sb2=0.0)                  # T(ρ) = 2 φ̂(ρ)
 mean = mt.correlation_map(rho, "relu", sw2=None, norm="weight_mean")      # T̄(ρ)
-bn = mt.correlation_map(rho, "relu", norm="batch_norm")                   # BN map
+bn = mt.correlation_map(rho, "relu", norm="batch_norm_paper")  # BN, Theorem 2 (batch → ∞)
 
 # %%
 print("Theorem 3 stable sigma_w^2 (n = 300):", mt.stable_sw2("relu", norm="weight_mean", fan_in=300))
 for name, kw in {"plain": dict(sw2=2.0), "weight mean": dict(sw2=None, norm="weight_mean"),
-                 "batch norm": dict(norm="batch_norm")}.items():
+                 "batch norm": dict(norm="batch_norm_paper")}.items():
     print(f"{name:12s}", mt.fixed_points("relu", **kw))
 
 # %%
@@ -36,7 +36,7 @@ fig, ax = plt.subplots(figsize=(5, 4.5))
 ax.plot(rho, rho, "--", color="0.6", label="identity")
 ax.plot(rho, plain, label="plain T")
 ax.plot(rho, mean, label="weight mean T̄")
-ax.plot(rho, bn, ":", lw=3, label="batch norm")
+ax.plot(rho, bn, ":", lw=3, label="batch norm (Theorem 2)")
 ax.set_xlabel("input correlation ρ")
 ax.set_ylabel("output correlation")
 ax.legend()

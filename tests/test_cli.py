@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+import mimictheory as mt
 from mimictheory.cli import main
 from conftest import REPO
 
@@ -16,12 +17,17 @@ def test_phase_writes_all_norms_side_by_side(tmp_path, capsys):
              "--out", str(out), "--quiet"])
   assert rc == 0
   data = np.load(out / "phase.npz")
-  for norm in ("none", "weight_mean", "batch_norm"):
+  for norm in ("none", "weight_mean"):
     for key in ("sw2", "sb2", "qstar", "chi1", "xi_c"):
       assert f"{norm}_{key}" in data.files
     assert data[f"{norm}_chi1"].shape == (12, 9)
   np.testing.assert_allclose(data["none_sw2"], np.linspace(0.5, 4, 12))
-  np.testing.assert_allclose(data["batch_norm_chi1"], data["batch_norm_chi1"][0, 0])  # Thm 2
+  # BN: σw², σb² drop out; the row is χ1 against the batch size, tending to Theorem 2's value
+  batches, chi = data["batch_norm_batch"], data["batch_norm_chi1"]
+  assert batches[0] == 4 and np.all(np.diff(chi) < 0)
+  assert chi[-1] == pytest.approx(float(data["batch_norm_chi1_limit"]), rel=1e-3)
+  assert float(data["batch_norm_chi1_limit"]) == pytest.approx(
+      float(mt.chi1("erf", norm="batch_norm_paper")), rel=1e-14)
   assert (out / "phase.png").stat().st_size > 10_000
   assert sorted(p.name for p in out.iterdir()) == ["phase.npz", "phase.pdf", "phase.png"]
 

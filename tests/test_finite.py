@@ -158,7 +158,9 @@ def test_batch_norm_paper_chi1_is_the_large_batch_limit_with_statistics_fixed():
 
 
 def test_residual_networks_match_residual_kernels():
-  x = np.random.default_rng(5).normal(size=(6, 5))
+  # a batch of 10: at small batches the BN NTK of one unit is heavy-tailed (E[1/|Gh|⁴] = ∞ for
+  # B <= 5), which makes standard errors unreliable
+  x = np.random.default_rng(5).normal(size=(10, 5))
   for norm, alpha in (("none", "official"), ("weight_mean", "sqrt"), ("batch_norm", "one")):
     net = mt.finite_network("relu", depth=4, width=256, sw2=2.0, sb2=0.1, norm=norm,
                             alpha=alpha)

@@ -37,6 +37,8 @@ def test_notebook_runs(path, capsys, monkeypatch):
     assert -0.7 < namespace["slope"] < -0.3
     plain, tbar = namespace["corr"]["none"], namespace["corr"]["weight_mean"]
     assert plain[1][-1] > plain[1][0] and abs(tbar[1][-1]) < abs(tbar[1][0])
+    gap = namespace["gap"]  # finite BN networks follow the exact theory, not Theorem 2
+    assert np.all(gap.ntk_z < 2.0) and np.all(gap.paper_ntk_z > gap.ntk_z)
 
 
   if path.name.startswith("04_"):

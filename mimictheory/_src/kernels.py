@@ -258,10 +258,13 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
                   fan_in=None, input_gain: float = 1.0) -> np.ndarray:
   """The NNGP kernel of the pre-activations of every hidden layer l = 1..`depth`, (depth, N, N).
 
-  Layer l's kernel is the input of its activation (after BN where `norm="batch_norm"`), so
+  Layer l's kernel is the input of its activation (after BN with a batch norm), so
   `layer_kernels(x, L)[l - 1]` normalised to unit diagonal is the correlation of every input
   pair at layer l: the correlation map T (or T̄) iterated l - 1 times from the inputs.
-  `kernels(x, depth=l - 1).nngp` equals `layer_kernels(x, l)[l - 1]` without BN.
+  `kernels(x, depth=l - 1).nngp` equals `layer_kernels(x, l)[l - 1]` without BN. With
+  `norm="batch_norm"` (the rows of x are the batch) it is E[ĥĥᵀ] of the normalised units,
+  exact for every activation; the layers in between are exact for relu, leaky_relu and identity
+  and Monte Carlo otherwise (see `batch_norm_kernels`).
 
   >>> import numpy as np, mimictheory as mt
   >>> x = np.array([[1.0, 0.0], [0.6, 0.8]])
@@ -376,6 +379,9 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
     x1: inputs, shape (N1, d). x2: second inputs (N2, d); defaults to x1.
     depth: number of hidden layers (activations); there are depth + 1 dense layers.
     activation, sw2, sb2, norm, fan_in: as in `correlation_map` (`sw2=None`: stable init).
+      `norm="batch_norm"`: exact BN with the rows of x1 as the batch (`batch_norm_kernels`;
+      Monte Carlo with a warning for activations other than relu, leaky_relu, identity);
+      `"batch_norm_paper"`: Theorem 2's approximation. Both refuse x2.
     input_gain: factor on x·x'/d in the first layer (the paper's eq 1 uses 1/2).
     block_size: rows per block (norm none / weight_mean); default about 4M entries a block.
     mesh: a one-axis `jax.sharding.Mesh` (see `row_mesh`); each block's rows are sharded over it.
