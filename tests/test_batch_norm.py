@@ -270,3 +270,79 @@ def test_duplicate_inputs_stay_exactly_correlated(rng):
   assert out.nngp[3, 3] == pytest.approx(out.nngp[1, 1], rel=1e-13)
   assert out.ntk[1, 3] == pytest.approx(out.ntk[1, 1], rel=1e-13)
   assert np.all(np.isfinite(out.ntk))
+
+
+# ----------------------------------------------------------------------------------------------
+# Residual networks: a hand recursion (THEORY.md §10), written here in NumPy.
+# ----------------------------------------------------------------------------------------------
+def _relu_pair(k):
+  q = np.diag(k)
+  norm = np.sqrt(np.outer(q, q))
+  rho = np.clip(k / norm, -1, 1)
+  np.fill_diagonal(rho, 1.0)
+  return norm * relu_dual_np(rho), (np.pi - np.arccos(rho)) / (2 * np.pi)
+
+
+def _residual_reference(x, depth, sw2, sb2, alphas, norm):
+  d, n = x.shape[1], x.shape[0]
+  xin = x - x.mean(axis=1, keepdims=True) if norm == "weight_mean" else x
+  k = sw2 * xin @ xin.T / d + sb2
+  theta = k.copy()
+  h = np.eye(n) - 1 / n
+  for alpha in alphas:
+    kk, tt = k, theta
+    if norm == "batch_norm_paper":
+      c = h @ k @ h
+      nu = np.trace(c) / n
+      kk, tt = c / nu, h @ theta @ h / nu
+    value, deriv = _relu_pair(kk)
+    if norm == "weight_mean":  # Lemma 1: E[φ(u)φ(v)] - E[φ(u)]E[φ(v)], E[relu] = √(q/2π)
+      q = np.diag(kk)
+      value = value - np.sqrt(np.outer(q, q)) / (2 * np.pi)
+    k_b = sw2 * value + sb2
+    k, theta = k + alpha**2 * k_b, theta + alpha**2 * (k_b + sw2 * deriv * tt)
+  out = sw2 * k + sb2
+  return out, out + sw2 * theta
+
+
+@pytest.mark.parametrize("norm,alpha", [("none", "official"), ("weight_mean", "sqrt"),
+                                        ("batch_norm_paper", 0.5), ("none", lambda l: l**-0.25)])
+def test_residual_kernels_match_hand_recursion(rng, norm, alpha):
+  x = rng.normal(size=(7, 5))
+  depth = 12
+  out = mt.residual_kernels(x, depth=depth, sw2=2.0, sb2=0.1, norm=norm, alpha=alpha)
+  alphas = mt.residual_scalars(alpha, depth)
+  nngp, ntk = _residual_reference(x, depth, 2.0, 0.1, alphas, norm)
+  np.testing.assert_allclose(out.nngp, nngp, rtol=1e-12)
+  np.testing.assert_allclose(out.ntk, ntk, rtol=1e-12)
+  if alpha == "official":
+    np.testing.assert_allclose(alphas, 1.2 / np.arange(1, depth + 1))
+
+
+def test_residual_scalar_validation():
+  with pytest.raises(ValueError, match="alpha"):
+    mt.residual_scalars("paper", 3)
+  with pytest.raises(ValueError, match="alpha"):
+    mt.residual_scalars([1.0, 2.0], 3)
+  with pytest.raises(ValueError, match="alpha"):
+    mt.residual_scalars(-1.0, 3)
+  with pytest.raises(ValueError, match="homogeneous"):
+    mt.residual_kernels(np.eye(5), depth=2, activation="tanh", norm="batch_norm")
+
+
+def test_tanh_bn_networks_match_monte_carlo_theory(rng):
+  """A smooth activation: wide finite tanh BN networks against the library's Monte Carlo
+  kernels and its 2-D quadrature χ1."""
+  x = rng.normal(size=(8, 6))
+  net = mt.finite_network("tanh", depth=2, width=256, sw2=1.5, sb2=0.05, norm="batch_norm")
+  mc = mt.monte_carlo_kernels(net, x, draws=24, seed=1)
+  theory = mt.batch_norm_kernels(x, depth=2, activation="tanh", sw2=1.5, sb2=0.05)
+  for name in ("nngp", "ntk"):
+    est = getattr(mc, name)
+    lib_se = getattr(theory, f"{name}_error") * np.abs(getattr(theory, name)).max()
+    z = (est.mean - getattr(theory, name)) / np.hypot(est.se, lib_se)
+    assert np.abs(z).max() < 4.5 and np.sqrt(np.mean(z**2)) < 2.0, (name, z)
+  chi = mt.monte_carlo_chi1(mt.finite_network("tanh", width=256, norm="batch_norm"), draws=24,
+                            rows=8, seed=2)
+  assert abs(float(chi.mean) - float(mt.chi1("tanh", norm="batch_norm", batch=8))) < 4 * float(
+      chi.se)
