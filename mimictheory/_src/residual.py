@@ -54,10 +54,11 @@ def residual_scalars(alpha, depth: int, convs_per_branch: int = 1) -> np.ndarray
     return {"official": 1.2**convs_per_branch / blocks, "sqrt": 1.0 / np.sqrt(blocks),
             "one": np.ones(depth)}[alpha]
   if callable(alpha):
-    values = np.asarray([alpha(int(l)) for l in blocks], dtype=np.float64)
+    values = checks.check_nonnegative("alpha", [alpha(int(l)) for l in blocks])
   else:
-    values = np.broadcast_to(np.asarray(checks.check_nonnegative("alpha", alpha)), (depth,))
-  values = checks.check_nonnegative("alpha", values)
+    values = checks.check_nonnegative("alpha", alpha)
+    if values.ndim == 0:
+      values = np.full(depth, float(values))
   if values.shape != (depth,):
     raise ValueError(f"alpha must give one scalar per block ({depth}), got shape {values.shape}")
   return np.array(values, dtype=np.float64)
