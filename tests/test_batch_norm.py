@@ -245,9 +245,9 @@ def test_batch_validation(rng):
     mt.kernels(x[:3], x[3:], norm="batch_norm")
   with pytest.raises(ValueError, match="x2 must be None"):
     mt.kernels(x[:3], x[3:], norm="batch_norm_paper")
-  with pytest.raises(ValueError, match="at least 4 rows"):
+  with pytest.raises(ValueError, match="x1 must have at least 4 rows"):
     mt.kernels(x[:3], norm="batch_norm")
-  with pytest.raises(ValueError, match="at least 2 rows"):
+  with pytest.raises(ValueError, match="x must have at least 2 rows"):
     mt.layer_kernels(x[:1], norm="batch_norm")
   with pytest.raises(ValueError, match="every row of the batch is the same"):
     mt.kernels(np.ones((5, 3)), norm="batch_norm")

@@ -288,24 +288,25 @@ MC_SAMPLES = 1 << 16  # units per BN layer and replica in the Monte Carlo method
 MC_REPLICAS = 8
 
 
-def check_batch(x, ntk: bool):
+def check_batch(x, ntk: bool, name: str = "x"):
   """The rows of x as one BN batch: at least 2 (4 for the NTK) and not all identical."""
   need = bn.MIN_BATCH_NTK if ntk else 2
   if x.shape[0] < need:
     why = ("the NTK of a BN network is infinite at batch 2 or 3: the gradient through the "
            "batch variance has E[1/|Gh|²] = ∞ (use layer_kernels for the NNGP)"
            if ntk and x.shape[0] >= 2 else "batch norm needs a batch")
-    raise ValueError(f"x must have at least {need} rows (the batch) with norm='batch_norm', "
+    raise ValueError(f"{name} must have at least {need} rows (the batch) with batch norm, "
                      f"got {x.shape[0]}: {why}")
   if np.all(x == x[:1]):
-    raise ValueError("x: every row of the batch is the same (or zero), so every unit has "
+    raise ValueError(f"{name}: every row of the batch is the same (or zero), so every unit has "
                      "batch variance 0 and batch norm is undefined; pass distinct inputs")
   same = np.all(x[:, None, :] == x[None, :, :], axis=-1)
   return x, same
 
 
-def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replicas, seed):
-  x, same = check_batch(x, ntk=with_ntk)
+def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replicas, seed,
+                        name="x"):
+  x, same = check_batch(x, ntk=with_ntk, name=name)
   if bn.homogeneous_coefficients(layer.activation) is not None:
     nodes = bn.nodes_for_batch(x.shape[0]) if nodes is None else nodes
     k, ntk, err_k, err_t = _gram_batch_norm(layer, f64(x), gain, same, depth, nodes, with_ntk)
@@ -404,9 +405,10 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
                        "so a cross-kernel depends on the whole batch; pass the whole batch as "
                        "x1 and take the block you need")
     if norm == "batch_norm_paper":
-      check_batch(x1, ntk=False)
+      check_batch(x1, ntk=False, name="x1")
       return _gram_batch_norm_paper(layer, f64(x1), gain, depth)
-    out = _batch_norm_kernels(layer, x1, gain, depth, True, None, MC_SAMPLES, MC_REPLICAS, 0)
+    out = _batch_norm_kernels(layer, x1, gain, depth, True, None, MC_SAMPLES, MC_REPLICAS, 0,
+                              "x1")
     if out.method == "monte_carlo":
       warnings.warn(f"kernels(norm='batch_norm', activation={layer.activation.name!r}): Monte "
                     f"Carlo estimate (relative standard error {max(out.nngp_error, out.ntk_error):.1e}); "
