@@ -101,7 +101,7 @@ def bench_batch_norm(batch, depth):
   mt.kernels(x, norm="batch_norm_paper", **kw)
   paper = _time(lambda: mt.kernels(x, norm="batch_norm_paper", **kw), repeat=3)
   return [(f"exact BN relu B={batch} depth={depth}", exact, paper, "Theorem 2 (paper) kernels"),
-          (f"  (first call, with compilation)", first, paper, "Theorem 2 (paper) kernels")]
+          ("  (first call, with compilation)", first, paper, "Theorem 2 (paper) kernels")]
 
 
 def main():

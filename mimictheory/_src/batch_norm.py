@@ -29,12 +29,16 @@ E[r⁻²] is finite only for B ≥ 4 (g lives in B - 1 dimensions), so the NTK a
 network are infinite for batches of 2 or 3; the NNGP needs B ≥ 2. Other activations are
 estimated by Monte Carlo over the per-unit normalisation (`monte_carlo_step`), with a standard
 error from independent replicas.
+
+χ1(B), the growth per layer of the NTK and of the squared gradient (Yang et al.'s gradient
+explosion), is taken at the permutation-symmetric fixed point S ∝ G, where ĝ is uniform on a
+sphere and independent of r: a one-dimensional s integral on two matrix entries for
+φ = a x + b relu(x) (`symmetric_chi1`), a two-dimensional quadrature for any other φ
+(`sphere_chi1`).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +46,8 @@ import numpy as np
 
 from mimictheory._src.activations import Activation, Identity, LeakyReLU, ReLU
 
-__all__ = ["homogeneous_coefficients", "exact_step", "monte_carlo_step", "symmetric_chi1",
-           "NODES", "MIN_BATCH_NTK"]
+__all__ = ["homogeneous_coefficients", "exact_step", "nodes_for_batch", "monte_carlo_step",
+           "symmetric_chi1", "sphere_chi1", "NODES", "MIN_BATCH_NTK"]
 
 NODES = 193  # trapezoid nodes in ln s (odd: the coarse rule uses every other node)
 MIN_BATCH_NTK = 4  # E[1/r²] < ∞ needs g in at least 3 dimensions

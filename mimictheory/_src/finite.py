@@ -569,7 +569,7 @@ def batch_norm_gap(activation="relu", batches=(4, 8, 32, 128), width: int = 512,
   limit B -> ∞. `activation` must be relu, leaky_relu or identity (exact BN maps).
 
   >>> import mimictheory as mt
-  >>> gap = mt.batch_norm_gap("relu", batches=(8, 64), width=128, depth=1, draws=4)
+  >>> gap = mt.batch_norm_gap("relu", batches=(8, 16), width=64, depth=1, draws=4, dim=8)
   >>> bool(gap.chi1_exact[0] > gap.chi1_exact[1] > gap.chi1_paper)
   True
   """

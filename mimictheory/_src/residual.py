@@ -29,7 +29,7 @@ import numpy as np
 from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
 from mimictheory._src.kernels import (
-    Kernels, check_batch, _dense_step, _input_kernel, _normalise, _validate)
+    _dense_step, _input_kernel, _normalise, _validate, check_batch)
 from mimictheory._src.maps import Layer, make_layer
 from mimictheory._src.precision import f64, float64
 
