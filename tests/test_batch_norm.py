@@ -271,6 +271,15 @@ def test_batch_validation(rng):
   assert np.all(np.isfinite(mt.layer_kernels(x[:3], depth=4, norm="batch_norm")))
 
 
+def test_overflow_is_an_error_not_nan(rng):
+  x = rng.normal(size=(8, 5))
+  with pytest.raises(FloatingPointError, match="overflows float64.*1.788 at batch 8"):
+    mt.kernels(x, depth=2000, norm="batch_norm")
+  with pytest.raises(FloatingPointError, match="overflows"):
+    mt.ntk_spectrum(x, depth=2000, norm="batch_norm")
+  assert np.all(np.isfinite(mt.kernels(x, depth=600, norm="batch_norm").ntk))
+
+
 def test_duplicate_inputs_stay_exactly_correlated(rng):
   x = rng.normal(size=(6, 4))
   x[3] = x[1]

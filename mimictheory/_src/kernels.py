@@ -26,14 +26,14 @@ device mesh.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-import warnings
 
 from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
@@ -304,12 +304,29 @@ def check_batch(x, ntk: bool, name: str = "x"):
   return x, same
 
 
+def _check_finite_batch_norm(values, layer, batch: int, depth: int):
+  """BN networks are chaotic (χ1(B) > 1): the NTK grows like χ1^depth and overflows float64
+  past a few hundred to a few thousand layers. Say so instead of returning NaN."""
+  if np.all(np.isfinite(np.asarray(values))):
+    return
+  rate = ""
+  if bn.homogeneous_coefficients(layer.activation) is not None and batch >= bn.MIN_BATCH_NTK:
+    chi = float(bn.symmetric_chi1(*bn.homogeneous_coefficients(layer.activation), batch))
+    rate = (f" (χ1 = {chi:.3f} at batch {batch}: about {int(709 / math.log(chi))} layers "
+            "before float64's 1e308)")
+  raise FloatingPointError(
+      f"depth={depth}: the NTK of this batch-norm network overflows float64{rate}; BN networks "
+      "are chaotic at every batch size, so the NTK grows exponentially with depth. Use a "
+      "smaller depth")
+
+
 def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replicas, seed,
                         name="x"):
   x, same = check_batch(x, ntk=with_ntk, name=name)
   if bn.homogeneous_coefficients(layer.activation) is not None:
     nodes = bn.nodes_for_batch(x.shape[0]) if nodes is None else nodes
     k, ntk, err_k, err_t = _gram_batch_norm(layer, f64(x), gain, same, depth, nodes, with_ntk)
+    _check_finite_batch_norm(k if ntk is None else ntk, layer, x.shape[0], depth)
     return BatchNormKernels(k, ntk, float(err_k), float(err_t), "exact")
   keys = jax.random.split(jax.random.key(seed), replicas)
   k, ntk = _gram_batch_norm_mc(layer, f64(x), gain, keys, depth, samples, with_ntk)
@@ -319,6 +336,7 @@ def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replica
     mean = jnp.mean(m, axis=0)
     return mean, float(jnp.max(se) / jnp.max(jnp.abs(mean)))
 
+  _check_finite_batch_norm(ntk if with_ntk else k, layer, x.shape[0], depth)
   k, err_k = summary(k)
   ntk, err_t = summary(ntk) if with_ntk else (None, 0.0)
   return BatchNormKernels(k, ntk, err_k, err_t, "monte_carlo")
@@ -509,6 +527,7 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
     else:
       keys = jax.random.split(jax.random.key(0), MC_REPLICAS)
       eig = _spectrum_batch_norm_mc(layer, f64(x), gain, keys, depth, MC_SAMPLES)
+    _check_finite_batch_norm(eig, layer, x.shape[0], depth)
   else:
     eig = _spectrum(layer, f64(x), gain, depth)
   eig = np.asarray(eig)

@@ -144,4 +144,8 @@ def residual_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, no
   else:
     same = np.all(x[:, None, :] == x[None, :, :], axis=-1)
   nngp, ntk, stream, branch = _residual(layer, f64(x), gain, f64(alphas), same, nodes)
+  if not np.all(np.isfinite(np.asarray(ntk))):
+    raise FloatingPointError(f"depth={depth}: the NTK of this residual network overflows "
+                             "float64 (it grows exponentially with depth); use a smaller depth "
+                             "or smaller branch scalars alpha")
   return ResidualKernels(nngp, ntk, stream, branch)
