@@ -67,9 +67,8 @@ def test_our_diagonal_is_the_exact_recursion(activation, slope):
     q = sw2 * half * q + sb2
     theta = q + sw2 * half * theta
   k = mt.kernels(x, depth=depth, activation=activation, sw2=sw2, sb2=sb2)
-  rtol = 1e-13 if activation == "relu" else 1e-10  # leaky ReLU: quadrature
-  np.testing.assert_allclose(np.diag(k.nngp), q, rtol=rtol)
-  np.testing.assert_allclose(np.diag(k.ntk), theta, rtol=rtol)
+  np.testing.assert_allclose(np.diag(k.nngp), q, rtol=1e-13)  # both closed forms
+  np.testing.assert_allclose(np.diag(k.ntk), theta, rtol=1e-13)
 
 
 def test_cli_writes_markdown_and_json(nt_python, tmp_path, capsys):

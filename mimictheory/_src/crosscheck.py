@@ -4,8 +4,8 @@ neural-tangents 0.6.5 needs JAX <= 0.5.3, so it lives in its own environment (`m
 creates `.nt-env`); `nt_reference.py` runs there on a request written by this module, and the
 two sets of Gram matrices are compared here, entry by entry, in float64:
 
-* analytic NNGP and NTK for ReLU and erf (closed forms on both sides), GELU and leaky ReLU
-  (mimictheory's kink-aware quadrature against neural-tangents' closed forms) and tanh
+* analytic NNGP and NTK for ReLU, leaky ReLU and erf (closed forms on both sides), GELU
+  (mimictheory's quadrature against neural-tangents' closed form) and tanh
   (quadrature on both sides: neural-tangents' Gauss–Hermite rule is the less accurate one, so
   the tolerance is looser and says so), at several depths and (σw², σb²);
 * the empirical NTK of random networks with the same parameters (mimictheory's layer-by-layer
@@ -227,8 +227,9 @@ def _markdown(result: CrossCheck) -> str:
                  f"{c.max_rel_diagonal:.1e} | {tol} | {'yes' if c.ok else '**NO**'} |")
   lines += ["", f"{sum(c.ok for c in result.comparisons)} of {len(result.comparisons)} agree.",
             "tanh: neural-tangents integrates it by Gauss–Hermite quadrature (degree 200), "
-            "whose error sets the looser tolerance; GELU and leaky ReLU compare mimictheory's "
-            "quadrature with neural-tangents' closed forms.",
+            "whose error sets the looser tolerance; GELU compares mimictheory's quadrature with "
+            "neural-tangents' closed form; ReLU, leaky ReLU and erf are closed forms on both "
+            "sides.",
             "ReLU's and leaky ReLU's NTK diagonal: neural-tangents computes the angle at ρ = 1 as "
             "arctan2(√(q1q2 − q12²), q12), so a one-ulp rounding of q12 costs ~1e-8 in the "
             "angle and ~3e-9 per layer in the NTK; mimictheory pins ρ = 1 on the diagonal (its value "
