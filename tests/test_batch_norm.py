@@ -145,6 +145,20 @@ def test_error_estimates_and_node_convergence(rng):
   assert coarse.ntk_error > truth > 1e-8
 
 
+def test_batch_4_error_estimate_covers_its_ill_conditioning(rng):
+  """At batch 4 the deep NTK differs between node sets by ~1e-8 (measured): the estimate says
+  so. From batch 5 on, node sets agree to ~1e-14."""
+  x = rng.normal(size=(4, 16))
+  out = mt.batch_norm_kernels(x, depth=4, sw2=2.0, sb2=0.1)
+  other = mt.batch_norm_kernels(x, depth=4, sw2=2.0, sb2=0.1, nodes=3001)
+  spread = np.abs(out.ntk - other.ntk).max() / np.abs(out.ntk).max()
+  assert spread <= 3 * out.ntk_error and out.ntk_error < 1e-6
+  x5 = rng.normal(size=(5, 16))
+  a = mt.batch_norm_kernels(x5, depth=4, sw2=2.0, sb2=0.1)
+  b = mt.batch_norm_kernels(x5, depth=4, sw2=2.0, sb2=0.1, nodes=3001)
+  assert np.abs(a.ntk - b.ntk).max() / np.abs(a.ntk).max() < 1e-12 and a.ntk_error < 1e-12
+
+
 def test_identity_batch_norm_closed_form(rng):
   """φ = x: E[ĥĥᵀ] = B E[ggᵀ/|g|²]; for S ∝ G (i.i.d. rows) that is B G/(B-1)."""
   b = 7
@@ -262,6 +276,9 @@ def test_batch_validation(rng):
     mt.kernels(np.ones((5, 3)), norm="batch_norm")
   with pytest.raises(ValueError, match="every row of the batch is the same"):
     mt.kernels(np.zeros((5, 3)), norm="batch_norm_paper")
+  with pytest.raises(ValueError, match="span 2 dimension"):
+    mt.kernels(rng.normal(size=(6, 2)), norm="batch_norm")  # B = 6 but rank 2: E[1/r²] = ∞
+  assert np.all(np.isfinite(mt.layer_kernels(rng.normal(size=(6, 2)), norm="batch_norm")))
   with pytest.raises(ValueError, match="batch must be >= 4"):
     mt.chi1("relu", norm="batch_norm", batch=3)
   with pytest.warns(UserWarning, match="quadrature error"):

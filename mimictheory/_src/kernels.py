@@ -207,7 +207,9 @@ class BatchNormKernels:
   """Kernels of a BN network at the batch of x, with an error estimate for each.
 
   method: "exact" (φ = a x + b relu(x): the s integral; the errors are the relative changes
-  when the trapezoid rule drops every other node, an upper bound on its error) or
+  when the trapezoid rule drops every other node, an upper bound on its error; at batch 4,
+  where the NTK map is ill-conditioned from layer 2 on, also the change with twice the nodes,
+  about 1e-8) or
   "monte_carlo" (other activations: the mean over independent replicas; the errors are the
   largest standard error relative to the largest entry). `ntk` is None when not computed.
   """
@@ -232,6 +234,15 @@ def _layer_kernels(layer, x, gain, depth):
   diagonal = _diagonal_mask(x.shape[0], x.shape[0], 0)
   rest = _pairwise(layer, x, x, gain, depth - 1, record, diagonal)[2]
   return jnp.concatenate([first[None], rest])
+
+
+def _nodes(layer: Layer, x, gain, same, with_ntk: bool) -> int:
+  """Adequate trapezoid nodes for the exact BN recursion on the batch x (`adequate_nodes`)."""
+  coeffs = bn.homogeneous_coefficients(layer.activation)
+  if coeffs is None:  # only the normalised kernels E[ĥĥᵀ] are exact: the identity's map
+    coeffs, with_ntk = (1.0, 0.0), False
+  k, _, _ = _input_kernel(dataclasses.replace(layer, norm="none"), f64(x), f64(x), gain)
+  return bn.adequate_nodes(*coeffs, k, with_ntk, layer.sw2, layer.sb2, same)
 
 
 def _normalised_kernel(k, same, nodes):
@@ -279,7 +290,7 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
   if norm == "batch_norm":
     x, same = check_batch(x, ntk=False)
     return _layer_kernels_batch_norm(layer, f64(x), gain, same, depth,
-                                     bn.nodes_for_batch(x.shape[0]), jax.random.key(0),
+                                     _nodes(layer, x, gain, same, False), jax.random.key(0),
                                      MC_SAMPLES)
   return _layer_kernels(layer, f64(x), gain, depth)
 
@@ -300,6 +311,12 @@ def check_batch(x, ntk: bool, name: str = "x"):
   if np.all(x == x[:1]):
     raise ValueError(f"{name}: every row of the batch is the same (or zero), so every unit has "
                      "batch variance 0 and batch norm is undefined; pass distinct inputs")
+  rank = np.linalg.matrix_rank(x - x.mean(axis=0))
+  if ntk and rank < 3:
+    raise ValueError(f"{name}: the centred rows of the batch span {rank} dimension(s); the NTK "
+                     "of a BN network is then infinite (the first layer's centred "
+                     "pre-activations live in fewer than 3 dimensions, so E[1/|Gh|²] = ∞); "
+                     "pass inputs whose centred rows span at least 3 dimensions")
   same = np.all(x[:, None, :] == x[None, :, :], axis=-1)
   return x, same
 
@@ -324,9 +341,16 @@ def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replica
                         name="x"):
   x, same = check_batch(x, ntk=with_ntk, name=name)
   if bn.homogeneous_coefficients(layer.activation) is not None:
-    nodes = bn.nodes_for_batch(x.shape[0]) if nodes is None else nodes
+    nodes = _nodes(layer, x, gain, same, with_ntk) if nodes is None else nodes
     k, ntk, err_k, err_t = _gram_batch_norm(layer, f64(x), gain, same, depth, nodes, with_ntk)
     _check_finite_batch_norm(k if ntk is None else ntk, layer, x.shape[0], depth)
+    if with_ntk and x.shape[0] == bn.MIN_BATCH_NTK and depth > 1:
+      # At batch 4 (E[1/r²] only just finite) the NTK from layer 2 on is ill-conditioned:
+      # results with different node sets differ by ~1e-8 although each step's estimate is
+      # ~1e-15. Measure that too: the estimate includes the change with 2N - 1 nodes.
+      other = _gram_batch_norm(layer, f64(x), gain, same, depth, 2 * nodes - 1, True)[1]
+      spread = jnp.max(jnp.abs(other - ntk)) / jnp.max(jnp.abs(ntk))
+      err_t = jnp.maximum(err_t, spread)
     return BatchNormKernels(k, ntk, float(err_k), float(err_t), "exact")
   keys = jax.random.split(jax.random.key(seed), replicas)
   k, ntk = _gram_batch_norm_mc(layer, f64(x), gain, keys, depth, samples, with_ntk)
@@ -353,7 +377,9 @@ def batch_norm_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0,
   own batch mean and variance; the NTK differentiates through both (Yang et al. 2019; see the
   module `batch_norm` for the derivation). For φ = a x + b relu(x) (relu, leaky_relu,
   identity) the maps are one-dimensional integrals, computed to ~1e-14 with `nodes` trapezoid
-  nodes in ln s (default by batch size); other activations use Monte Carlo with `samples`
+  nodes in ln s (default: doubled from a count by batch size until the first layer's error
+  estimate is below 1e-11; data of low rank need more); other activations use Monte Carlo with
+  `samples`
   units per layer in each of `replicas` independent replicas, and report the standard error.
   Memory O(B²) for the exact method. The NTK needs B >= 4, the NNGP B >= 2.
 
@@ -523,7 +549,8 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   if norm == "batch_norm":
     x, same = check_batch(x, ntk=True)
     if bn.homogeneous_coefficients(layer.activation) is not None:
-      eig = _spectrum_batch_norm(layer, f64(x), gain, same, depth, bn.nodes_for_batch(len(x)))
+      eig = _spectrum_batch_norm(layer, f64(x), gain, same, depth,
+                                 _nodes(layer, x, gain, same, True))
     else:
       keys = jax.random.split(jax.random.key(0), MC_REPLICAS)
       eig = _spectrum_batch_norm_mc(layer, f64(x), gain, keys, depth, MC_SAMPLES)

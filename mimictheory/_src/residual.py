@@ -29,7 +29,7 @@ import numpy as np
 from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
 from mimictheory._src.kernels import (
-    _dense_step, _input_kernel, _normalise, _validate, check_batch)
+    _dense_step, _input_kernel, _nodes, _normalise, _validate, check_batch)
 from mimictheory._src.maps import Layer, make_layer
 from mimictheory._src.precision import f64, float64
 
@@ -140,7 +140,7 @@ def residual_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, no
                        f"activation ('relu', 'leaky_relu', 'identity'), got "
                        f"{layer.activation.name!r}")
     x, same = check_batch(x, ntk=True)
-    nodes = bn.nodes_for_batch(x.shape[0])
+    nodes = _nodes(layer, x, gain, same, True)
   else:
     same = np.all(x[:, None, :] == x[None, :, :], axis=-1)
   nngp, ntk, stream, branch = _residual(layer, f64(x), gain, f64(alphas), same, nodes)
