@@ -162,9 +162,9 @@ def test_residual_networks_match_residual_kernels():
   # B <= 5), which makes standard errors unreliable
   x = np.random.default_rng(5).normal(size=(10, 5))
   for norm, alpha in (("none", "official"), ("weight_mean", "sqrt"), ("batch_norm", "one")):
-    net = mt.finite_network("relu", depth=3, width=192, sw2=2.0, sb2=0.1, norm=norm,
+    net = mt.finite_network("relu", depth=2, width=160, sw2=2.0, sb2=0.1, norm=norm,
                             alpha=alpha)
-    mc = mt.monte_carlo_kernels(net, x, draws=20, seed=2)
+    mc = mt.monte_carlo_kernels(net, x, draws=16, seed=2)
     theory = net.theory_kernels(x)
     for name in ("nngp", "ntk"):
       z = getattr(mc, name).z_scores(getattr(theory, name))
