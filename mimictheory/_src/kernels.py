@@ -299,6 +299,12 @@ MC_SAMPLES = 1 << 16  # units per BN layer and replica in the Monte Carlo method
 MC_REPLICAS = 8
 
 
+def identical_rows(x) -> np.ndarray:
+  """(N, N) booleans: rows i and j of x are equal (memory O(N²), not O(N² d))."""
+  labels = np.unique(x, axis=0, return_inverse=True)[1].reshape(-1)
+  return labels[:, None] == labels[None, :]
+
+
 def check_batch(x, ntk: bool, name: str = "x"):
   """The rows of x as one BN batch: at least 2 (4 for the NTK) and not all identical."""
   need = bn.MIN_BATCH_NTK if ntk else 2
@@ -317,7 +323,7 @@ def check_batch(x, ntk: bool, name: str = "x"):
                      "of a BN network is then infinite (the first layer's centred "
                      "pre-activations live in fewer than 3 dimensions, so E[1/|Gh|²] = ∞); "
                      "pass inputs whose centred rows span at least 3 dimensions")
-  same = np.all(x[:, None, :] == x[None, :, :], axis=-1)
+  same = identical_rows(x)
   return x, same
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
 from mimictheory._src.kernels import (
-    _dense_step, _input_kernel, _nodes, _normalise, _validate, check_batch)
+    _dense_step, _input_kernel, _nodes, _normalise, _validate, check_batch, identical_rows)
 from mimictheory._src.maps import Layer, make_layer
 from mimictheory._src.precision import f64, float64
 
@@ -142,7 +142,7 @@ def residual_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, no
     x, same = check_batch(x, ntk=True)
     nodes = _nodes(layer, x, gain, same, True)
   else:
-    same = np.all(x[:, None, :] == x[None, :, :], axis=-1)
+    same = identical_rows(x)
   nngp, ntk, stream, branch = _residual(layer, f64(x), gain, f64(alphas), same, nodes)
   if not np.all(np.isfinite(np.asarray(ntk))):
     raise FloatingPointError(f"depth={depth}: the NTK of this residual network overflows "
