@@ -11,8 +11,8 @@ The public API re-exports the private implementation in `mimictheory._src`:
 All theory runs in float64 (thread-locally; the global JAX setting is left alone).
 """
 from mimictheory._src.activations import (
-    ACTIVATIONS, Activation, Erf, Identity, LeakyReLU, Numerical, ReLU, get_activation, relu_dual,
-    relu_dual_derivative)
+    ACTIVATIONS, Activation, Erf, Identity, LeakyReLU, Numerical, ReLU, find_kinks,
+    get_activation, relu_dual, relu_dual_derivative)
 from mimictheory._src.finite import (
     BatchNormGap, Estimate, ResidualVariances, batch_norm_gap, official_residual_scalar,
     residual_variances, FiniteNetwork, MonteCarloKernels, Params, Signal, finite_network,
@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Erf", "Identity", "LeakyReLU", "Numerical", "ReLU",
-    "get_activation", "BatchNormKernels", "batch_norm_kernels", "BATCH_NORMS",
+    "get_activation", "find_kinks", "BatchNormKernels", "batch_norm_kernels", "BATCH_NORMS",
     "relu_dual", "relu_dual_derivative", "Kernels", "NTKSpectrum", "kernels", "layer_kernels",
     "ntk_spectrum",
     "row_mesh", "NORMS", "DepthScales", "FixedPoints", "Layer", "chi1", "correlation_map",
