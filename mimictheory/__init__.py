@@ -25,7 +25,8 @@ from mimictheory._src.maps import (
     BATCH_NORMS, NORMS, DepthScales, FixedPoints, Layer, chi1, correlation_map, correlation_slope,
     covariance_map, depth_scale, depth_scales, fixed_points, make_layer, qstar, stable_correlation,
     stable_sw2, variance_map)
-from mimictheory._src.phase import PhaseDiagram, critical_line, phase_diagram
+from mimictheory._src.phase import (
+    REGIMES, CriticalLine, PhaseDiagram, critical_line, phase_diagram)
 from mimictheory._src.residual import ALPHAS, ResidualKernels, residual_kernels, residual_scalars
 
 __version__ = "0.1.0"
@@ -38,7 +39,7 @@ __all__ = [
     "row_mesh", "NORMS", "DepthScales", "FixedPoints", "Layer", "chi1", "correlation_map",
     "correlation_slope", "covariance_map", "depth_scale", "depth_scales", "fixed_points",
     "make_layer", "qstar", "stable_correlation", "stable_sw2", "variance_map", "PhaseDiagram",
-    "critical_line", "phase_diagram", "Estimate", "FiniteNetwork", "MonteCarloKernels",
+    "critical_line", "phase_diagram", "REGIMES", "CriticalLine", "Estimate", "FiniteNetwork", "MonteCarloKernels",
     "Params", "Signal", "finite_network", "monte_carlo_chi1", "monte_carlo_correlations",
     "monte_carlo_kernels", "sample_kernels", "BatchNormGap", "batch_norm_gap",
     "ResidualVariances", "residual_variances", "official_residual_scalar",

@@ -43,8 +43,8 @@ NORMS = ("none", "weight_mean", "batch_norm", "batch_norm_paper")
 #: batch norm: exact at a finite batch ("batch_norm") and Theorem 2's full-batch approximation
 BATCH_NORMS = ("batch_norm", "batch_norm_paper")
 Q_MAX = 1e12  # a variance above this counts as diverged (q* = ∞)
-Q_CAP = 1e6  # where q* = ∞, non-homogeneous activations are evaluated at this variance
-Q_MIN = 1e-20  # a fixed point below this counts as q* = 0
+Q_CAP = 1e16  # where q* = ∞, non-homogeneous activations are evaluated at this variance
+Q_MIN = 1e-14  # where V(0) = 0, a fixed point below this counts as q* = 0 (see _fixed_point)
 Q_FLOOR = 1e-16  # where q* = 0, non-homogeneous activations are evaluated at this variance
 _TOL = 1e-14
 
@@ -89,6 +89,16 @@ class Layer:
     if self.norm == "weight_mean":
       return self.sw2 * self.factor * centred + self.sb2
     return centred / jnp.sqrt(act.variance(q1) * act.variance(q2))
+
+  def diagonal_slope(self, q):
+    """∂q12'/∂q12 at q1 = q2 = q12 = q (ρ = 1): one-dimensional E[φ'(√q z)²] (χ1 at q*)."""
+    act = self.activation
+    d = act.derivative_second_moment(q)
+    if self.norm == "none":
+      return self.sw2 * d
+    if self.norm == "weight_mean":
+      return self.sw2 * self.factor * d
+    return d / act.variance(q)
 
   def slope(self, q1, q2, q12):
     """∂q12'/∂q12 = σw² f E[φ'(u)φ'(v)] (for BN divided by the unit variances)."""
@@ -149,24 +159,29 @@ def stable_sw2(activation="relu", sb2=0.0, norm="weight_mean", fan_in=None):
 # ----------------------------------------------------------------------------------------------
 # The variance fixed point q*.
 # ----------------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("max_iter",))
-def _solve_qstar(layer: Layer, q0=1.0, max_iter: int = 200):
-  """q* reached from q0 by the variance map: safeguarded Newton on g(q) = V(q) - q.
+#: How the search for q* ended (`qstar_status`).
+CONVERGED, COLLAPSED, DIVERGED, NOT_CONVERGED = 0, 1, 2, 3
+QSTAR_STATUS = ("converged", "q* = 0", "q* = ∞", "not converged")
+
+
+def _fixed_point(variance, zero_is_fixed, shape, q0, max_iter: int):
+  """q* reached from q0 by q -> V(q): safeguarded Newton on g(q) = V(q) - q, and its status.
 
   The iteration q -> V(q) moves monotonically towards q* (V is increasing); Newton's step is
   taken when it goes the same way and at least as far, otherwise the plain step; a bracket
-  [lo, hi] of sign changes of g is kept and bisected when a step would leave it. Returns ∞ where
-  the variance diverges (no fixed point below Q_MAX).
+  [lo, hi] of sign changes of g is kept and bisected when a step would leave it. Converged: the
+  relative step is below 4e-15. Where V(0) = 0 (`zero_is_fixed`) and the iterates fall below
+  Q_MIN, q* = 0: in float64, V(q)/q is 1 to rounding there at a critical point (V(q) = q - 2q²
+  for tanh at σw² = 1), so a smaller fixed point could not be told from 0. Diverged: no fixed
+  point below Q_MAX.
   """
-  shape = jnp.broadcast_shapes(jnp.shape(layer.sw2), jnp.shape(layer.sb2), jnp.shape(q0))
   q = jnp.broadcast_to(f64(q0), shape)
   lo, hi = jnp.zeros(shape), jnp.full(shape, Q_MAX)
 
   def body(state):
-    q, lo, hi, _, it = state
-    v, dv = jax.jvp(layer.variance, (q,), (jnp.ones_like(q),))
+    q, lo, hi, done, it, last = state
+    v, dv = jax.jvp(variance, (q,), (jnp.ones_like(q),))
     g = v - q
-    flat = jnp.abs(g) <= 1e-14 * (1.0 + q)  # already a fixed point (e.g. V(q) = q identically)
     lo = jnp.where(g > 0, jnp.maximum(lo, q), lo)
     hi = jnp.where(g < 0, jnp.minimum(hi, q), hi)
     denom = 1.0 - dv
@@ -175,20 +190,51 @@ def _solve_qstar(layer: Layer, q0=1.0, max_iter: int = 200):
                        jnp.where(g > 0, 9.0 * jnp.maximum(q, 1.0), g))
     step = jnp.where(jnp.abs(newton) >= jnp.abs(g), newton, g)
     q_new = q + step
+    # Expand geometrically towards the open ends (∞ above, 0 below: a collapse to q* = 0
+    # would otherwise take ~50 halvings), bisect inside a bracket.
     bisect = jnp.where(hi >= Q_MAX, jnp.minimum(2.0 * hi, 10.0 * jnp.maximum(q, 1.0)),
-                       0.5 * (lo + hi))
+                       jnp.where(lo <= 0.0, 0.01 * jnp.minimum(q, hi), 0.5 * (lo + hi)))
     q_new = jnp.where((q_new < lo) | (q_new > hi), jnp.minimum(bisect, Q_MAX), q_new)
-    q_new = jnp.where(flat, q, q_new)
-    done = flat | (jnp.abs(q_new - q) <= 1e-13 * (1.0 + q)) | (lo >= Q_MAX) | (q_new >= Q_MAX)
-    return q_new, lo, hi, done, it + 1
+    q_new = jnp.where(g == 0, q, q_new)  # V(q) = q exactly (e.g. the identity at σw² = 1)
+    q_new = jnp.where(done, q, q_new)
+    move = jnp.abs(q_new - q)
+    # Converged: a step at rounding level, or Newton stalling at the noise floor of V (a step
+    # below 1e-9 q that is not smaller than half the one before; quadratic convergence would be).
+    finished = ((move <= 4e-15 * q) | ((move <= 1e-9 * q) & (move >= 0.5 * last))
+                | (lo >= Q_MAX) | (q_new >= Q_MAX) | (zero_is_fixed & (q_new <= Q_MIN)))
+    return q_new, lo, hi, done | finished, it + 1, move
 
   def cond(state):
     return (~jnp.all(state[3])) & (state[4] < max_iter)
 
-  state = (q, lo, hi, jnp.zeros(shape, bool), 0)
-  q, *_ = jax.lax.while_loop(cond, body, state)
-  q = jnp.where(q <= Q_MIN, 0.0, q)
-  return jnp.where(q >= Q_MAX * 0.999, jnp.inf, q)
+  state = (q, lo, hi, jnp.zeros(shape, bool), 0, jnp.full(shape, jnp.inf))
+  q, _, _, done, _, _ = jax.lax.while_loop(cond, body, state)
+  collapsed = zero_is_fixed & (q <= Q_MIN)
+  diverged = q >= Q_MAX * 0.999
+  status = jnp.where(collapsed, COLLAPSED, jnp.where(diverged, DIVERGED,
+                                                     jnp.where(done, CONVERGED, NOT_CONVERGED)))
+  q = jnp.where(collapsed, 0.0, jnp.where(diverged, jnp.inf, q))
+  return q, status
+
+
+def _zero_is_fixed(layer: Layer):
+  """V(0) = 0: σb² = 0 and φ(0) = 0 (or weight mean, which centres φ(0) away); never for BN."""
+  if layer.norm in BATCH_NORMS:
+    return jnp.zeros(jnp.shape(layer.sb2), bool)
+  centred = layer.norm == "weight_mean"
+  return (layer.sb2 == 0) & (centred | (layer.activation(f64(0.0)) == 0))
+
+
+@partial(jax.jit, static_argnames=("max_iter",))
+def _solve_qstar_status(layer: Layer, q0=1.0, max_iter: int = 400):
+  shape = jnp.broadcast_shapes(jnp.shape(layer.sw2), jnp.shape(layer.sb2), jnp.shape(q0))
+  variance = lambda q: layer.variance(jnp.maximum(q, 1e-300))  # noqa: E731 (never at q = 0)
+  return _fixed_point(variance, _zero_is_fixed(layer), shape, q0, max_iter)
+
+
+def _solve_qstar(layer: Layer, q0=1.0):
+  """q* reached from q0 (0 or ∞ at the ends; see `_fixed_point`)."""
+  return _solve_qstar_status(layer, q0)[0]
 
 
 def _eval_point(layer: Layer, q):
@@ -197,7 +243,7 @@ def _eval_point(layer: Layer, q):
   Exact for positively homogeneous φ (ReLU: evaluated at q = 1); otherwise evaluated at
   q = Q_CAP (q* = ∞) or q = Q_FLOOR (q* = 0).
   """
-  diverged, collapsed = jnp.isinf(q), q <= Q_MIN
+  diverged, collapsed = jnp.isinf(q), q == 0
   homogeneous = layer.activation.homogeneity == 1
   q_eval = jnp.where(diverged, 1.0 if homogeneous else Q_CAP, q)
   q_eval = jnp.where(collapsed, 1.0 if homogeneous else Q_FLOOR, q_eval)
@@ -208,7 +254,7 @@ def _eval_point(layer: Layer, q):
 def _chi1(layer: Layer, q):
   """χ1 = σw² f E[φ'(√q* z)²] (Schoenholz et al. 2017), the growth of a small perturbation."""
   q_eval, layer = _eval_point(layer, q)
-  return layer.slope(q_eval, q_eval, q_eval)
+  return layer.diagonal_slope(q_eval)
 
 
 def _correlation_map(layer: Layer, q, c):
@@ -221,34 +267,61 @@ def _correlation_slope(layer: Layer, q, c):
   return layer.slope(q, q, c * q) * q / layer.variance(q)
 
 
-def _newton_cstar(tmap, tslope, shape, max_iter: int = 100):
-  """The stable correlation fixed point c*: 1 if χ1 <= 1, else the root of T(c) = c in [0, 1).
+def _slope_at_one(layer: Layer, q):
+  """T'(1) = ∂q12'/∂q12 at ρ = 1 times q/V(q), from one-dimensional integrals only.
+
+  At a finite q* > 0 this is χ1 (V(q*) = q*); where q* is 0 or ∞ it is the limit map's slope
+  (1 for ReLU at q* = ∞: the correlation map is marginal there although χ1 = σw²/2 > 1)."""
+  q, layer = _eval_point(layer, q)
+  return layer.diagonal_slope(q) * q / layer.variance(q)
+
+
+def _newton_cstar(tmap, tslope, shape, slope_at_one, max_iter: int = 100, start=None):
+  """The stable correlation fixed point c*: 1 if T'(1) <= 1, else the root of T(c) = c in [0, 1).
 
   T has non-negative Hermite coefficients, so g(c) = T(c) - c is convex on [0, 1] with
-  g(0) = T(0) >= 0 and g(1) = 0; for T'(1) > 1 it has exactly one root in [0, 1), which Newton
-  reaches monotonically from c = 0. `tmap`, `tslope`: T and T' on arrays of `shape`.
+  g(0) = T(0) >= 0 and g(1) = 0; for T'(1) > 1 it has exactly one root c* in [0, 1). Newton
+  runs on the deflated h(c) = g(c) / (1 - c), whose root c* stays simple as it merges with
+  c = 1 near the critical line (plain Newton on g slows to halving the error per step there).
+  `tmap`, `tslope`: T and T' on arrays of `shape`; `slope_at_one`: T'(1), from one-dimensional
+  integrals (`_slope_at_one`); `start`: an estimate of c* to start from (default 0).
   """
-  ordered = tslope(jnp.ones(shape)) <= 1.0
+  ordered = slope_at_one <= 1.0 + 1e-12
 
   def body(state):
-    c, _, it = state
+    c, done, it, last = state
     g, dg = tmap(c) - c, tslope(c) - 1.0
-    c_new = jnp.clip(c - g / jnp.where(dg < 0, dg, -1.0), 0.0, 1.0)
-    c_new = jnp.where(ordered, 1.0, c_new)
-    return c_new, jnp.abs(c_new - c) <= 1e-14, it + 1
+    gap = 1.0 - c
+    h, dh = g / gap, (dg * gap + g) / (gap * gap)  # h = g / (1 - c) and h'
+    deflated = c - h / jnp.where(dh < 0, dh, -1.0)
+    plain = c - g / jnp.where(dg < 0, dg, -1.0)
+    c_new = jnp.where((dh < 0) & (deflated < 1.0), deflated, plain)
+    c_new = jnp.clip(c_new, 0.0, 1.0 - 1e-16)
+    c_new = jnp.where(ordered, 1.0, jnp.where(done, c, c_new))
+    move = jnp.abs(c_new - c)
+    # converged at rounding level, or stalled at the noise floor of T (see _fixed_point; past
+    # 20 steps Newton is only circling in the noise, as c* is ill-conditioned near T'(c*) = 1)
+    finished = ((move <= 1e-15) | ((move <= 1e-11) & (move >= 0.5 * last))
+                | ((it >= 20) & (move <= 1e-10)))
+    return c_new, done | finished, it + 1, move
 
   def cond(state):
     return (~jnp.all(state[1])) & (state[2] < max_iter)
 
-  c0 = jnp.where(ordered, 1.0, 0.0)
-  c, _, _ = jax.lax.while_loop(cond, body, (c0, jnp.zeros(shape, bool), 0))
-  return c
+  c0 = jnp.where(ordered, 1.0, 0.0 if start is None else jnp.clip(start, 0.0, 1.0 - 1e-16))
+  state = (c0, ordered, 0, jnp.full(shape, jnp.inf))
+  return jax.lax.while_loop(cond, body, state)[0]
 
 
-@jax.jit
-def _solve_cstar(layer: Layer, q):
+@partial(jax.jit, static_argnames=("max_iter",))
+def _solve_cstar(layer: Layer, q, start=None, max_iter: int = 100):
   return _newton_cstar(partial(_correlation_map, layer, q), partial(_correlation_slope, layer, q),
-                       jnp.shape(q))
+                       jnp.shape(q), _slope_at_one(layer, q), max_iter, start)
+
+
+def _slope_at_cstar(layer: Layer, q, c):
+  """χ_c = T'(c*), by the one-dimensional formula where c* = 1."""
+  return jnp.where(c == 1.0, _slope_at_one(layer, q), _correlation_slope(layer, q, c))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,8 +481,7 @@ def _depth_scales(layer: Layer):
   c = _solve_cstar(layer, q)
   q_eval, layer_eval = _eval_point(layer, q)
   chi_q = jnp.where(jnp.isinf(q), jnp.inf, layer_eval.variance_slope(q_eval))
-  chi_c = _correlation_slope(layer, q, c)
-  return q, c, chi_q, chi_c
+  return q, c, chi_q, _slope_at_cstar(layer, q, c)
 
 
 @float64

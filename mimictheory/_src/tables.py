@@ -1,0 +1,298 @@
+"""One-dimensional tables of a numerical activation's Gaussian moments, over t = ln q.
+
+Everything a phase diagram needs depends on the variance q only: the moments
+
+    M(q) = E[φ(√q z)²],   m(q) = E[φ(√q z)],   D(q) = E[φ'(√q z)²],
+
+and the normalised Hermite coefficients a_k(q) = E[φ(√q z) He_k(z)] / √k!, which give the
+dual activation by Mehler's formula (O'Donnell 2014, ch. 11; Daniely et al. 2016):
+
+    E[φ(u)φ(v)]   = Σ_k a_k(q1) a_k(q2) ρ^k,
+    E[φ'(u)φ'(v)] = Σ_k (k+1) a_{k+1}(q1) a_{k+1}(q2) ρ^k / √(q1 q2)     (Stein's lemma).
+
+A `Table` holds values and t-derivatives on a uniform grid in t and interpolates with cubic
+Hermite polynomials; `moment_table` and `coefficient_table` check the interpolation at every
+midpoint against a direct quadrature and halve the spacing until the error is below `tol`
+(relative to √M for the coefficients). Truncating Mehler's series after order K costs at most
+|ρ|^(K+1) √(T(q1) T(q2)) with the tail T = M - Σ_{k<=K} a_k² (Parseval): an a-posteriori bound
+that `mehler` returns with every value, so that callers fall back to 2-D quadrature where the
+series has not converged (kinked φ near ρ = 1, smooth φ at large q).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mimictheory._src.activations import Activation, Numerical
+from mimictheory._src.precision import f64
+
+__all__ = ["Table", "moment_table", "coefficient_table", "hermite_coefficients", "mehler",
+           "Tabulated", "tabulated", "MOMENT_RANGE", "ORDER", "ORDERS", "horner", "polynomial"]
+
+#: q range of the moment table; below it the moments are linear in q (analytic at 0) to 1e-16.
+MOMENT_RANGE = (1e-18, 1e17)
+#: Mehler orders tried in turn: a_0 .. a_K (and a_K+1 for the derivative series). tanh needs
+#: K ~ 400 at q = 3 for 1e-13 (its coefficients decay like exp(-π √(2k) / (2√q))), kinked φ
+#: never converge at ρ = 1 (a_k² ~ k^(-5/2) for ReLU).
+ORDERS = (96, 800)
+ORDER = ORDERS[0]
+# |f(√q z) h_k(z) pdf(z)| <= |f| e^(-z²/4) for every k, so the cutoff need not grow with k.
+_CUTOFF, _PANELS, _NODES = 16.0, 64, 12
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["coeffs"],
+                   meta_fields=["t0", "width"])
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """f(q), q = e^t, piecewise Chebyshev in t: segment j covers [t0 + j·width, t0 + (j+1)·width]
+  and holds the coefficients coeffs[j] of shape (P, F) (P Chebyshev terms, F functions)."""
+
+  t0: float
+  width: float
+  coeffs: jax.Array
+
+  @property
+  def q_range(self):
+    return math.exp(self.t0), math.exp(self.t0 + self.width * self.coeffs.shape[0])
+
+  def __call__(self, q):
+    """f at q by Clenshaw's recurrence; shape q.shape + (F,). q outside is clamped to the ends
+    (callers check `q_range`)."""
+    n, p = self.coeffs.shape[:2]
+    t = jnp.log(jnp.maximum(q, 1e-300))
+    u = jnp.clip((t - self.t0) / self.width, 0.0, float(n))
+    j = jnp.clip(jnp.floor(u).astype(jnp.int32), 0, n - 1)
+    x = (2.0 * (u - j) - 1.0)[..., None]
+
+    if self.coeffs.shape[2] >= 16 and n <= 64:
+      # Many functions (Hermite coefficients): one matrix product of the one-hot segment
+      # times T_k(x) against all coefficients, instead of P gathers of (…, F) rows.
+      basis = [jnp.ones_like(x[..., 0]), x[..., 0]]
+      for _ in range(p - 2):
+        basis.append(2.0 * x[..., 0] * basis[-1] - basis[-2])
+      cheb = jnp.stack(basis[:p], -1)
+      left = (jax.nn.one_hot(j, n, dtype=cheb.dtype)[..., :, None] * cheb[..., None, :])
+      return left.reshape(jnp.shape(q) + (n * p,)) @ self.coeffs.reshape(n * p, -1)
+
+    def step(carry, k):
+      b1, b2 = carry
+      return (2.0 * x * b1 - b2 + self.coeffs[j, k], b1), None
+
+    zero = jnp.zeros(jnp.shape(q) + self.coeffs.shape[2:])
+    (b1, b2), _ = jax.lax.scan(step, (zero, zero), jnp.arange(p - 1, 0, -1))
+    return x * b1 - b2 + self.coeffs[j, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Direct one-dimensional quadrature, vectorised over q.
+# ----------------------------------------------------------------------------------------------
+def _moments(act: Numerical, q):
+  """(M, m, D) at scalar q."""
+  z, w = act.nodes_1d(q)
+  x = jnp.sqrt(q) * z
+  phi, dphi = act.fn(x), act.derivative(x)
+  return jnp.stack([jnp.sum(w * phi * phi), jnp.sum(w * phi), jnp.sum(w * dphi * dphi)])
+
+
+def hermite_coefficients(act: Numerical, q, order: int):
+  """a_0 .. a_order at every q (any shape) by direct quadrature; shape q.shape + (order + 1,)."""
+  flat = jnp.reshape(q, (-1,))
+  out = jax.lax.map(lambda qi: _coefficients(act, qi, order), flat)
+  return out.reshape(jnp.shape(q) + (order + 1,))
+
+
+def _coefficients(act: Numerical, q, order: int):
+  """a_0 .. a_order at scalar q: the orthonormal recurrence h_{k+1} = (z h_k - √k h_{k-1})/√(k+1)."""
+  panels, nodes = (_PANELS, _NODES) if order <= 128 else (2 * _PANELS, 16)  # resolve h_k's zeros
+  z, w = act.nodes_1d(q, cutoff=_CUTOFF, panels=panels, order=nodes)
+  fw = w * act.fn(jnp.sqrt(q) * z)
+
+  def step(carry, k):
+    h_prev, h = carry
+    return (h, (z * h - jnp.sqrt(k) * h_prev) / jnp.sqrt(k + 1.0)), jnp.sum(fw * h)
+
+  return jax.lax.scan(step, (jnp.zeros_like(z), jnp.ones_like(z)), jnp.arange(order + 1.0))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("act", "order"))
+def _samples(act, q, order):
+  """(M, m, D) (order None) or a_0 .. a_order at every q of a 1-D array."""
+  # A sequential map: XLA:CPU's batched code for some φ (softplus' derivative at q ~ 1e15)
+  # differed from the scalar rule by 1e-10, which the table's error control then refused.
+  if order is None:
+    return jax.lax.map(lambda qi: _moments(act, qi), q)
+  return jax.lax.map(lambda qi: _coefficients(act, qi, order), q)
+
+
+def _evaluate(act, q, order, batch: int = 256):
+  """`_samples` over any number of q, in fixed-size batches (one compilation)."""
+  n = q.size
+  padded = np.concatenate([q, np.full(-n % batch, q[-1])])
+  out = [np.asarray(_samples(act, f64(padded[i:i + batch]), order))
+         for i in range(0, padded.size, batch)]
+  return np.concatenate(out)[:n]
+
+
+_P = 16  # Chebyshev terms per segment
+
+
+def _build(act, order, lo: float, hi: float, width: float, scale, tol: float,
+           max_halvings: int = 5):
+  """A Table on [ln lo, ln hi] whose per-segment error estimate is below tol·scale.
+
+  The estimate is the size of the last two Chebyshev coefficients of each segment (for
+  functions analytic on the segment they decay geometrically, so this bounds the error).
+  """
+  t0, t1 = math.log(lo), math.log(hi)
+  theta = np.pi * (np.arange(_P) + 0.5) / _P
+  nodes = np.cos(theta)  # Chebyshev points of the first kind on [-1, 1]
+  dct = 2.0 / _P * np.cos(np.outer(np.arange(_P), theta))
+  dct[0] *= 0.5
+  for _ in range(max_halvings + 1):
+    n = int(math.ceil((t1 - t0) / width))
+    t = t0 + width * (np.arange(n)[:, None] + 0.5 * (nodes[None, :] + 1.0))
+    values = _evaluate(act, np.exp(t.reshape(-1)), order).reshape(n, _P, -1)
+    coeffs = np.einsum("kp,npf->nkf", dct, values)
+    err = np.max(np.abs(coeffs[:, -2:]), axis=1) / scale(values.max(axis=1))
+    worst = float(np.max(err))
+    if worst <= tol:
+      return Table(t0, width, f64(coeffs)), worst
+    width /= 2.0
+  raise ArithmeticError(f"interpolation table did not reach {tol:g} (worst {worst:.1e}) with "
+                        f"segments {width * 2:.2e} wide in ln q")
+
+
+@functools.lru_cache(maxsize=16)
+def moment_table(act: Numerical, tol: float = 1e-13) -> Table:
+  """(M, m, D) of `act` on MOMENT_RANGE, interpolation error below `tol` relative."""
+  with jax.enable_x64(True):
+    # relative for M and D; E[φ] relative to √M (it may vanish, as for odd φ)
+    scale = lambda v: np.maximum(np.stack([v[:, 0], np.sqrt(v[:, 0]), v[:, 2]], -1), 1e-300)  # noqa: E731
+    return _build(act, None, *MOMENT_RANGE, 2.0, scale, tol)[0]
+
+
+def moments(table: Table, q):
+  """(M, m, D) at q from the table; below its range linear in q (the moments are analytic at
+  q = 0 for the activations here, so the relative error is O(q), below 1e-18)."""
+  lo = MOMENT_RANGE[0]
+  # value and slope df/dq at the lower end: the first segment's Chebyshev series at x = -1
+  c = table.coeffs[0]
+  signs = (-1.0) ** jnp.arange(c.shape[0])
+  at_lo = jnp.sum(signs[:, None] * c, 0)
+  k2 = jnp.arange(c.shape[0]) ** 2.0  # T_k'(-1) = (-1)^(k+1) k², times dx/dq = 2/(width·lo)
+  slope = jnp.sum((-signs * k2)[:, None] * c, 0) * 2.0 / (table.width * lo)
+  below = at_lo + (q - lo)[..., None] * slope
+  return jnp.where((q < lo)[..., None], below, table(q))
+
+
+@functools.lru_cache(maxsize=64)
+def coefficient_table(act: Numerical, lo: float, hi: float, order: int = ORDER,
+                      tol: float = 1e-12) -> Table:
+  """a_0 .. a_{order+1} of `act` on [lo, hi], error below `tol`·√M(q)."""
+  with jax.enable_x64(True):
+    scale = lambda v: np.sqrt(np.maximum(np.sum(v * v, axis=-1, keepdims=True), 1e-300))  # noqa: E731
+    return _build(act, order + 1, lo, hi, 2.0, scale, tol)[0]
+
+
+def mehler(a1, a2, m1, m2, d1, d2, q1, q2, rho, centred: bool):
+  """E[φ(u)φ(v)] and E[φ'(u)φ'(v)] from Mehler's series, with bounds on the truncation error.
+
+  a1, a2: Hermite coefficients (..., K + 2) at q1, q2; m, d: the second moments E[φ²], E[φ'²]
+  there (for the Parseval tails). `centred` drops a_0 (the covariance of φ, for weight mean).
+  Returns (kernel, derivative kernel, kernel bound, derivative bound).
+  """
+  k = jnp.arange(a1.shape[-1] - 1.0)
+  prod = a1 * a2
+  kernel_terms = prod[..., :-1]
+  deriv_terms = prod[..., 1:] * (k + 1.0) / jnp.sqrt(q1 * q2)[..., None]
+  if centred:
+    kernel_terms = kernel_terms.at[..., 0].set(0.0)
+  tail_k = jnp.sqrt(jnp.maximum(m1 - jnp.sum(a1[..., :-1] ** 2, -1), 0.0)
+                    * jnp.maximum(m2 - jnp.sum(a2[..., :-1] ** 2, -1), 0.0))
+  b1 = a1[..., 1:] ** 2 * (k + 1.0) / q1[..., None]
+  b2 = a2[..., 1:] ** 2 * (k + 1.0) / q2[..., None]
+  tail_d = jnp.sqrt(jnp.maximum(d1 - jnp.sum(b1, -1), 0.0) * jnp.maximum(d2 - jnp.sum(b2, -1), 0.0))
+  power = jnp.abs(rho) ** (a1.shape[-1] - 1.0)
+  return (horner(kernel_terms, rho), horner(deriv_terms, rho), power * tail_k,
+          power * tail_d)
+
+
+def horner(c, x):
+  """Σ_k c[..., k] x^k."""
+  return polynomial(c)(x)
+
+
+def polynomial(c):
+  """x -> Σ_k c[..., k] x^k, with the coefficients laid out once (highest order first, k on
+  the leading axis) so that repeated evaluation in a Newton loop reads them contiguously."""
+  terms = jnp.moveaxis(c, -1, 0)[::-1]
+
+  def evaluate(x):
+    def step(acc, ck):
+      return acc * x + ck, None
+    return jax.lax.scan(step, jnp.zeros_like(x), terms)[0]
+
+  return evaluate
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Tabulated(Activation):
+  """`base` with its one-dimensional moments from `moment_table` and its dual activation from
+  Mehler's series on `coefficient_table` (where given): the same interface as any activation,
+  so the fixed-point solvers of `maps` run on it unchanged. Hashed by identity (a static jit
+  argument); the `kernel_bound`/`derivative_bound` methods give the truncation bounds."""
+
+  base: Numerical
+  moment: Table
+  coefficient: Table | None = None
+  name: str = "tabulated"
+
+  def __call__(self, x):
+    return self.base.fn(x)
+
+  def derivative(self, x):
+    return self.base.derivative(x)
+
+  def _moments(self, q):
+    return moments(self.moment, jnp.asarray(q, dtype=float))
+
+  def mean(self, q):
+    return self._moments(q)[..., 1]
+
+  def second_moment(self, q):
+    return self._moments(q)[..., 0]
+
+  def derivative_second_moment(self, q):
+    return self._moments(q)[..., 2]
+
+  def _series(self, q1, q2, q12):
+    q1, q2, q12 = jnp.broadcast_arrays(*(jnp.asarray(a, dtype=float) for a in (q1, q2, q12)))
+    rho = q12 / jnp.sqrt(q1 * q2)
+    m1, m2 = self._moments(q1), self._moments(q2)
+    return mehler(self.coefficient(q1), self.coefficient(q2), m1[..., 0], m2[..., 0],
+                  m1[..., 2], m2[..., 2], q1, q2, rho, centred=False)
+
+  def kernel(self, q1, q2, q12):
+    return self._series(q1, q2, q12)[0]
+
+  def derivative_kernel(self, q1, q2, q12):
+    return self._series(q1, q2, q12)[1]
+
+  def kernel_bound(self, q1, q2, q12):
+    return self._series(q1, q2, q12)[2]
+
+  def derivative_bound(self, q1, q2, q12):
+    return self._series(q1, q2, q12)[3]
+
+
+@functools.lru_cache(maxsize=64)
+def tabulated(act: Numerical, lo: float | None = None, hi: float | None = None,
+              order: int = ORDER) -> Tabulated:
+  """`act` with its moment table and, for lo < hi, its coefficient table on [lo, hi]."""
+  coefficient = None if lo is None else coefficient_table(act, lo, hi, order)
+  return Tabulated(act, moment_table(act), coefficient, name=act.name)
