@@ -51,7 +51,7 @@ notebooks: $(STAMP)
 	$(BIN)/jupytext --to ipynb --update notebooks/*.py
 
 bench: $(STAMP) $(NT_STAMP)
-	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/run.py
+	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/run.py --markdown benchmarks/README.md
 
 clean:
 	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis

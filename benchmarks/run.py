@@ -7,13 +7,20 @@
             neural-tangents 0.6.5 in its reference environment (`make nt-env`), float64 on
             both sides, compiled, median of 3; the reference is the fastest of its three
             empirical-NTK implementations.
-  phase:    a 1000 x 1000 phase diagram (ReLU, erf) and 400 x 300 (tanh), against the scalar
-            per-point API called in a Python loop (timed on a few points and scaled).
+  phase:    1000 x 1000 phase diagrams (ReLU, erf closed forms; tanh, GELU from 1-D tables and
+            Mehler's series), against the scalar per-point API called in a Python loop (timed
+            on a few points and scaled); first call (tables, compilation) and warm call.
+  numerical kernels: tanh and GELU NNGP + NTK by Mehler's series, N = 1000 and 4000, depth
+            10, against the 2-D quadrature it replaces (timed on a subset of entries and
+            scaled), with the largest error against 2-D quadrature on sampled entries; and
+            against neural-tangents' ElementwiseNumerical (Gauss–Hermite degree 25 and 80)
+            at N = 64 and 256, with each side's error against our 2-D quadrature.
   batch norm: the exact finite-batch BN NNGP + NTK (B = 400, depth 50, ReLU; memory O(B²)),
             against Theorem 2's approximation (`norm="batch_norm_paper"`) on the same batch:
             the price of exactness, not a speed-up (the ratio is below 1).
 
-Run: `make bench` or `python benchmarks/run.py [--quick]`. Prints a table; writes nothing.
+Run: `make bench` (regenerates benchmarks/README.md's table, with the machine and its load) or
+`python benchmarks/run.py [--quick] [--markdown FILE]`.
 """
 from __future__ import annotations
 
@@ -93,6 +100,89 @@ def bench_phase(size, activation, loop_points=20):
   return [(label, ours, per_point * size[0] * size[1], "per-point loop (extrapolated)")]
 
 
+def bench_phase_tables(size, activation, loop_points=5):
+  """Numerical activations: the first call builds tables and compiles, the second is warm."""
+  sw2, sb2 = np.linspace(0.5, 4.0, size[0]), np.linspace(0.0, 0.3, size[1])
+  first = _time(lambda: mt.phase_diagram(activation, sw2=sw2, sb2=sb2))
+  pd = mt.phase_diagram(activation, sw2=sw2, sb2=sb2)
+  warm = _time(lambda: mt.phase_diagram(activation, sw2=sw2, sb2=sb2))
+  pts = list(zip(np.linspace(0.6, 3.9, loop_points), np.linspace(0.01, 0.29, loop_points)))
+  mt.depth_scales(activation, *pts[0])
+  per_point = _time(lambda: [(mt.chi1(activation, w, b), mt.depth_scales(activation, w, b))
+                             for w, b in pts]) / loop_points
+  label = f"phase {activation} {size[0]}x{size[1]}"
+  ref = per_point * size[0] * size[1]
+  return [(label + f" ({pd.fallback} cells 2-D)", warm, ref, "per-point loop (extrapolated)"),
+          ("  (first call: tables, compilation)", first, ref, "per-point loop (extrapolated)")]
+
+
+def _quadrature_entries(activation, x, depth, sw2, sb2, rows):
+  """The old route, 2-D quadrature for every entry, on `rows` rows (for timing and errors)."""
+  from mimictheory._src import kernels as K
+  from mimictheory._src.maps import make_layer
+  import jax
+  with jax.enable_x64(True):
+    layer = make_layer(activation, sw2, sb2, "none")
+    out = K._blocked(layer, x[:rows], x, 1.0, depth, None, None, False)
+  return np.asarray(out.nngp), np.asarray(out.ntk)
+
+
+def bench_numerical_kernels(sizes, activations=("tanh", "gelu"), depth=10, sw2=1.5, sb2=0.05):
+  rows = []
+  for activation in activations:
+    for n in sizes:
+      x = np.random.default_rng(0).normal(size=(n, 16))
+      first = _time(lambda: mt.kernels(x, depth=depth, activation=activation, sw2=sw2, sb2=sb2))
+      warm = _time(lambda: mt.kernels(x, depth=depth, activation=activation, sw2=sw2, sb2=sb2))
+      out = mt.kernels(x, depth=depth, activation=activation, sw2=sw2, sb2=sb2)
+      sub = 2
+      t = time.perf_counter()
+      nngp, ntk = _quadrature_entries(activation, x, depth, sw2, sb2, sub)
+      per_row = (time.perf_counter() - t) / sub
+      err = max(np.max(np.abs(out.nngp[:sub] - nngp)) / np.max(np.abs(nngp)),
+                np.max(np.abs(out.ntk[:sub] - ntk)) / np.max(np.abs(ntk)))
+      label = f"{activation} NNGP+NTK N={n} depth={depth} (err {err:.0e})"
+      rows.append((label, warm, per_row * n, "2-D quadrature per entry (extrapolated)"))
+      rows.append(("  (first call: tables, compilation)", first, per_row * n,
+                   "2-D quadrature per entry (extrapolated)"))
+  return rows
+
+
+def bench_nt_numerical(sizes, degrees=(25, 80), depth=4, sw2=1.5, sb2=0.05):
+  """neural-tangents' ElementwiseNumerical (Gauss–Hermite) against Mehler's series, tanh;
+  errors of both against mimictheory's 2-D quadrature on two rows."""
+  from mimictheory._src import crosscheck as cc
+  try:
+    python = cc.reference_python()
+  except cc.ReferenceUnavailable as err:
+    print(f"skipping neural-tangents: {err}")
+    return []
+  rows = []
+  for n in sizes:
+    x = np.random.default_rng(0).normal(size=(n, 16))
+    cases = [dict(activation="tanh", depth=depth, sw2=sw2, sb2=sb2, degree=d) for d in degrees]
+    import json
+    try:
+      ref = cc._run_reference(python, dict(x=x, cases=json.dumps(cases), repeat=3,
+                                           networks=json.dumps([])), timeout=1800)
+    except cc.ReferenceUnavailable as err:
+      print(f"neural-tangents at N={n}: {err}")
+      continue
+    kw = dict(depth=depth, activation="tanh", sw2=sw2, sb2=sb2)
+    mt.kernels(x, **kw)
+    ours = _time(lambda: mt.kernels(x, **kw), repeat=3)
+    out = mt.kernels(x, **kw)
+    _, exact = _quadrature_entries("tanh", x, depth, sw2, sb2, 2)
+    scale = np.max(np.abs(exact))
+    ours_err = np.max(np.abs(out.ntk[:2] - exact)) / scale
+    for i, d in enumerate(degrees):
+      nt_err = np.max(np.abs(ref[f"ntk{i}"][:2] - exact)) / scale
+      rows.append((f"tanh NTK N={n} depth={depth}: ours err {ours_err:.0e}, NT {nt_err:.0e}",
+                   ours, float(ref[f"time_kernels{i}"]),
+                   f"neural-tangents ElementwiseNumerical deg {d}"))
+  return rows
+
+
 def bench_batch_norm(batch, depth):
   x = np.random.default_rng(0).normal(size=(batch, 64))
   kw = dict(depth=depth, activation="relu", sw2=2.0, sb2=0.0)
@@ -104,22 +194,53 @@ def bench_batch_norm(batch, depth):
           ("  (first call, with compilation)", first, paper, "Theorem 2 (paper) kernels")]
 
 
+def machine() -> str:
+  import os
+  import platform
+  import jax
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
+          f"{load:.2f} at start, Python {platform.python_version()}, JAX {jax.__version__}, "
+          f"{time.strftime('%Y-%m-%d')}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+  parser.add_argument("--markdown", help="write the table into this Markdown file, between "
+                      "the markers <!-- bench --> and <!-- /bench -->")
   args = parser.parse_args()
   n, depth = (400, 20) if args.quick else (2000, 50)
   grid = (200, 200) if args.quick else (1000, 1000)
+  where = machine()
   rows = bench_kernels(n, depth)
   rows += bench_neural_tangents(200 if args.quick else 1000, 32 if args.quick else 128,
                                 128 if args.quick else 512)
   rows += bench_phase(grid, "relu")
   rows += bench_phase(grid, "erf")
-  rows += bench_phase((80, 60) if args.quick else (400, 300), "tanh", loop_points=5)
+  rows += bench_phase_tables(grid, "tanh")
+  rows += bench_phase_tables((200, 200) if args.quick else (1000, 1000), "gelu")
+  rows += bench_numerical_kernels((200,) if args.quick else (1000, 4000))
+  rows += bench_nt_numerical((64,) if args.quick else (64, 256))
   rows += bench_batch_norm(64 if args.quick else 400, 10 if args.quick else 50)
-  print(f"{'benchmark':<40} {'mimictheory (s)':>16} {'reference (s)':>14} {'speed-up':>9}  reference")
+  lines = [f"Measured on {where}.", "",
+           "| benchmark | mimictheory (s) | reference (s) | speed-up | reference |",
+           "|---|---:|---:|---:|---|"]
   for label, ours, ref, what in rows:
-    print(f"{label:<40} {ours:>16.3f} {ref:>14.3f} {ref / ours:>8.1f}x  {what}")
+    lines.append(f"| {label} | {ours:.3f} | {ref:.3f} | {ref / ours:.1f}x | {what} |")
+  table = "\n".join(lines)
+  print(table)
+  if args.markdown:
+    from pathlib import Path
+    path = Path(args.markdown)
+    text = path.read_text()
+    start, end = "<!-- bench -->", "<!-- /bench -->"
+    if start not in text or end not in text:
+      raise SystemExit(f"--markdown {path}: the markers {start} and {end} are missing")
+    head, rest = text.split(start, 1)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

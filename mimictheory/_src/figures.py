@@ -33,32 +33,64 @@ def _phase_row(fig, axes, pd):
   from matplotlib.colors import LogNorm, TwoSlopeNorm
   extent = [pd.sb2[0], pd.sb2[-1], pd.sw2[0], pd.sw2[-1]]
   style = dict(origin="lower", aspect="auto", extent=extent)
-  chi = pd.chi1
-  lo, hi = np.nanmin(chi), np.nanmax(chi)
+  special = pd.regime >= _ZERO  # q* = 0, q* = ∞, not converged: their own colours
+  chi = np.where(special, np.nan, pd.chi1)
+  lo, hi = (np.nanmin(chi), np.nanmax(chi)) if np.isfinite(chi).any() else (0.5, 1.5)
   norm = TwoSlopeNorm(1.0, min(lo, 0.999), max(hi, 1.001))
   im = axes[0].imshow(chi, cmap="RdBu_r", norm=norm, **style)
-  fig.colorbar(im, ax=axes[0], label=r"$\chi_1$")
+  fig.colorbar(im, ax=axes[0], label=r"$\chi_1 = \sigma_w^2 E[\phi'^2]$ (gradient growth)")
   axes[0].set_title(rf"{pd.norm}: $\chi_1$ (blue ordered, red chaotic)", fontsize=10)
+  handles = []
   if pd.critical is not None and pd.critical.exists.any():
     ok = pd.critical.exists
-    axes[0].plot(pd.critical.sb2[ok], pd.critical.sw2[ok], "k-", lw=2, label=r"$\chi_1 = 1$")
-    axes[0].legend(loc="upper left", fontsize=8)
+    handles += axes[0].plot(pd.critical.sb2[ok], pd.critical.sw2[ok], "k-", lw=2,
+                            label=r"$\chi_1 = 1$ (the grid's $q^*$)")
+  if pd.critical is not None and pd.critical.branch_reached is not None:
+    other = ~pd.critical.branch_reached & np.isfinite(pd.critical.branch_sw2)
+    if other.any():
+      sb2 = np.broadcast_to(pd.critical.sb2[:, None], other.shape)
+      handles += axes[0].plot(sb2[other], pd.critical.branch_sw2[other], "k.", ms=2,
+                              label=r"$\chi_1 = 1$ at an unstable $q^*$ (not reached)")
+  for ax in axes:
+    handles_here = _regime_overlay(ax, pd, style)
+  axes[0].legend(handles=handles + handles_here, loc="upper left", fontsize=7)
   finite_q = np.where(np.isfinite(pd.qstar) & (pd.qstar > 0), pd.qstar, np.nan)
   q_lo, q_hi = np.nanpercentile(finite_q, [2, 98]) if np.isfinite(finite_q).any() else (1, 10)
   q_lo = max(q_lo, 1e-4)
   im = axes[1].imshow(finite_q, cmap="viridis", norm=LogNorm(q_lo, max(q_hi, q_lo * 1.01)),
                       **style)
-  fig.colorbar(im, ax=axes[1], label=r"$q^*$ (white: $\infty$ or 0)")
+  fig.colorbar(im, ax=axes[1], label=r"$q^*$")
   axes[1].set_title(rf"{pd.norm}: variance fixed point $q^*$", fontsize=10)
   xi = np.where(np.isfinite(pd.xi_c) & (pd.xi_c > 0), pd.xi_c, np.nan)
   im = axes[2].imshow(xi, cmap="magma", norm=LogNorm(1.0, 1e3), **style)
-  fig.colorbar(im, ax=axes[2], label=r"$\xi_c$ (layers; white: $\infty$)")
+  fig.colorbar(im, ax=axes[2], label=r"$\xi_c$ (layers; white: $\infty$, critical)")
   axes[2].set_title(rf"{pd.norm}: correlation depth scale $\xi_c$", fontsize=10)
   for ax in axes:
     ax.set_xlabel(r"$\sigma_b^2$")
     ax.set_ylabel(r"$\sigma_w^2$")
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
+
+
+_ZERO = 3  # REGIMES index of "q* = 0"; then "q* = ∞" and "not converged"
+_REGIME_COLOURS = {3: ("0.82", r"$q^* = 0$ (variance collapses)"),
+                   4: ("0.35", r"$q^* = \infty$ (variance explodes)"),
+                   5: ("limegreen", "not converged")}
+
+
+def _regime_overlay(ax, pd, style):
+  """Cells whose regime is q* = 0, q* = ∞ or not converged, each in its own flat colour,
+  drawn over a panel; returns legend handles."""
+  from matplotlib.colors import ListedColormap
+  from matplotlib.patches import Patch
+  handles = []
+  for code, (colour, label) in _REGIME_COLOURS.items():
+    mask = pd.regime == code
+    if mask.any():
+      ax.imshow(np.where(mask, 1.0, np.nan), cmap=ListedColormap([colour]), vmin=0, vmax=1,
+                **style)
+      handles.append(Patch(color=colour, label=label))
+  return handles
 
 
 BATCHES = np.unique(np.round(np.geomspace(4, 4096, 40)).astype(int))

@@ -37,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
+from mimictheory._src.activations import Numerical
 from mimictheory._src.io import progress_bar
 from mimictheory._src.maps import BATCH_NORMS, Layer, make_layer
 from mimictheory._src.precision import f64, float64
@@ -292,6 +293,11 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
     return _layer_kernels_batch_norm(layer, f64(x), gain, same, depth,
                                      _nodes(layer, x, gain, same, False), jax.random.key(0),
                                      MC_SAMPLES)
+  if isinstance(layer.activation, Numerical) and norm in ("none", "weight_mean"):
+    first = np.asarray(_input_kernel(layer, f64(x), f64(x), gain)[0])
+    rest = _numerical_kernels(layer, x, x, gain, depth - 1, True, False,
+                              lambda k, ntk: k)[2]
+    return np.stack([first] + rest)
   return _layer_kernels(layer, f64(x), gain, depth)
 
 
@@ -465,6 +471,8 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
                     "only relu, leaky_relu and identity are exact; see batch_norm_kernels",
                     stacklevel=3)
     return Kernels(out.nngp, out.ntk)
+  if isinstance(layer.activation, Numerical) and mesh is None:
+    return _numerical_kernels(layer, x1, x2, gain, depth, x2 is x1, progress)[0]
   return _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress)
 
 
@@ -494,6 +502,149 @@ def _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress):
   if len(nngp) == 1:
     return Kernels(nngp[0], ntk[0])
   return Kernels(jnp.concatenate(nngp), jnp.concatenate(ntk))
+
+
+# ----------------------------------------------------------------------------------------------
+# Numerically integrated activations: Mehler's series on the whole Gram matrix.
+# ----------------------------------------------------------------------------------------------
+SERIES_TOL = 1e-11  # truncation bound accepted per entry, relative to √(E[·²] E[·²])
+
+
+_UNROLL = 8  # Horner steps fused per pass over the matrix
+
+
+@partial(jax.jit, static_argnames=("order",))
+def _dense_series(table, q1, q2, rho, order: int):
+  """E[φ(u)φ(v)] and E[φ'(u)φ'(v)] for every entry from Mehler's series Σ_k a_k(q1) a_k(q2)
+  ρ^k (and Stein's lemma, b_k = a_{k+1} √((k+1)/q), for φ'), with the coefficients used (for
+  the truncation bounds). Horner's rule runs _UNROLL terms per fused pass over the matrix:
+  O(N1 N2 K) time, O(N1 N2) memory. `order` + 1 must be a multiple of _UNROLL."""
+  a1, a2 = table(q1), table(q2)  # (N, order + 2)
+  scale = jnp.sqrt(jnp.arange(1.0, order + 2.0))
+  b1, b2 = a1[:, 1:] * scale / jnp.sqrt(q1[:, None]), a2[:, 1:] * scale / jnp.sqrt(q2[:, None])
+  a1, a2 = a1[:, :-1], a2[:, :-1]
+
+  def block(i, acc):
+    kernel, deriv = acc
+    for u in range(_UNROLL):  # terms order - i·_UNROLL - u, highest first
+      k = order - i * _UNROLL - u
+      col = lambda m: jax.lax.dynamic_index_in_dim(m, k, axis=1, keepdims=False)  # noqa: E731
+      kernel = kernel * rho + col(a1)[:, None] * col(a2)[None, :]
+      deriv = deriv * rho + col(b1)[:, None] * col(b2)[None, :]
+    return kernel, deriv
+
+  zero = jnp.zeros_like(rho)
+  kernel, deriv = jax.lax.fori_loop(0, (order + 1) // _UNROLL, block, (zero, zero))
+  return kernel, deriv, a1, a2, b1, b2
+
+
+@partial(jax.jit, static_argnames=("order",))
+def _row_coefficients(table, q, order: int):
+  """a_0..a_K and b_0..b_K (φ' by Stein's lemma) at every q."""
+  a = table(q)
+  b = a[:, 1:] * jnp.sqrt(jnp.arange(1.0, order + 2.0) / q[:, None])
+  return a[:, :-1], b[:, :-1]
+
+
+@jax.jit
+def _entry_series(a1, a2, b1, b2, i, j, rho):
+  """Mehler's series for the entries (i[n], j[n]) only, from per-row coefficients."""
+  def step(acc, k):
+    kernel, deriv = acc
+    return (kernel * rho + a1[i, k] * a2[j, k], deriv * rho + b1[i, k] * b2[j, k]), None
+
+  zero = jnp.zeros_like(rho)
+  order = a1.shape[1] - 1
+  return jax.lax.scan(step, (zero, zero), jnp.arange(order, -1, -1))[0]
+
+
+def _tails(moment, coeffs):
+  """Parseval tails E[f²] - Σ_{k<=K} c_k², relative to E[f²] (>= 0 up to rounding)."""
+  return np.maximum(moment - np.sum(coeffs**2, axis=-1), 0.0) / np.maximum(moment, 1e-300)
+
+
+def _series_layer(act, tabulated, q1, q2, rho, symmetric: bool):
+  """E[φφ] and E[φ'φ'] on the Gram matrix: Mehler's series where its truncation bound is
+  below SERIES_TOL, then a longer series on the remaining entries, then 2-D quadrature; on
+  the diagonal of a symmetric Gram matrix the 1-D moments. Returns (K, D, moments at q1 and
+  q2, number of entries by 2-D quadrature)."""
+  from mimictheory._src import tables
+  m1, m2 = (np.array(tables.moments_jit(tabulated.moment, f64(q))) for q in (q1, q2))
+  lo, hi = _q_range(q1, q2)
+  first, longer = tables.ORDERS
+  table = tables.coefficient_table(act, lo, hi, first)
+  kernel, deriv, a1, a2, b1, b2 = (np.array(v) for v in _dense_series(
+      table, f64(q1), f64(q2), f64(rho), first))
+  power = np.abs(rho) ** (first + 1.0)
+  todo = ((power * np.sqrt(np.outer(_tails(m1[:, 0], a1), _tails(m2[:, 0], a2))) > SERIES_TOL)
+          | (power * np.sqrt(np.outer(_tails(m1[:, 2], b1), _tails(m2[:, 2], b2))) > SERIES_TOL))
+  if symmetric:
+    np.fill_diagonal(todo, False)
+  i, j = np.nonzero(todo)
+  if i.size:  # the longer series on those entries
+    a1, b1 = (np.asarray(v) for v in _row_coefficients(
+        tables.coefficient_table(act, lo, hi, longer), f64(q1), longer))
+    a2, b2 = (a1, b1) if symmetric else (np.asarray(v) for v in _row_coefficients(
+        tables.coefficient_table(act, lo, hi, longer), f64(q2), longer))
+    n = i.size
+    pad = lambda v: np.pad(v, (0, (1 << max(n - 1, 0).bit_length()) - n), mode="edge")  # noqa: E731
+    k, d = (np.asarray(v)[:n] for v in _entry_series(
+        f64(a1), f64(a2), f64(b1), f64(b2), pad(i), pad(j), f64(pad(rho[i, j]))))
+    kernel[i, j], deriv[i, j] = k, d
+    power = np.abs(rho[i, j]) ** (longer + 1.0)
+    t_a1, t_a2 = _tails(m1[:, 0], a1), _tails(m2[:, 0], a2)
+    t_b1, t_b2 = _tails(m1[:, 2], b1), _tails(m2[:, 2], b2)
+    bad = ((power * np.sqrt(t_a1[i] * t_a2[j]) > SERIES_TOL)
+           | (power * np.sqrt(t_b1[i] * t_b2[j]) > SERIES_TOL))
+    i, j = i[bad], j[bad]
+  if i.size:  # 2-D quadrature entry by entry
+    q12 = rho[i, j] * np.sqrt(q1[i] * q2[j])
+    kernel[i, j] = np.asarray(act.kernel(q1[i], q2[j], q12))
+    deriv[i, j] = np.asarray(act.derivative_kernel(q1[i], q2[j], q12))
+  if symmetric:
+    np.fill_diagonal(kernel, m1[:, 0])
+    np.fill_diagonal(deriv, m1[:, 2])
+  return kernel, deriv, m1, m2, int(i.size)
+
+
+def _q_range(*qs):
+  lo = min(float(np.min(q)) for q in qs)
+  hi = max(float(np.max(q)) for q in qs)
+  lo = 10.0 ** math.floor(math.log10(max(lo, 1e-16)))
+  return lo, max(10.0 ** math.ceil(math.log10(hi) + 1e-12), 10 * lo)
+
+
+def _numerical_kernels(layer: Layer, x1, x2, gain, depth: int, symmetric: bool, progress,
+                       per_depth=None):
+  """NNGP and NTK of a numerically integrated activation, layer by layer (norm none or weight
+  mean): K' = σw² f (E[φφ] - centring) + σb², Θ' = K' + σw² f E[φ'φ'] Θ (eq 7).
+  Returns (Kernels, entries by 2-D quadrature, [per_depth(K, Θ) for every layer])."""
+  from mimictheory._src import tables
+  act = layer.activation
+  tabulated = tables.tabulated(act)
+  k, q1, q2 = (np.array(a) for a in _input_kernel(layer, f64(x1), f64(x2), gain))
+  if symmetric:
+    np.fill_diagonal(k, q1)
+  ntk = k.copy()
+  sw2, sb2, f = float(layer.sw2), float(layer.sb2), float(layer.factor)
+  fallback, collected = 0, []
+  for _ in progress_bar(range(depth), progress, f"kernel layers ({act.name})"):
+    rho = np.clip(k / np.sqrt(np.outer(q1, q2)), -1.0, 1.0)
+    kern, deriv, m1, m2, n = _series_layer(act, tabulated, q1, q2, rho, symmetric)
+    fallback += n
+    if layer.norm == "weight_mean":
+      kern = kern - np.outer(m1[:, 1], m2[:, 1])
+    k = sw2 * f * kern + sb2
+    ntk = k + sw2 * f * deriv * ntk
+    q1 = np.diagonal(k).copy() if symmetric else sw2 * f * _variance(m1, layer.norm) + sb2
+    q2 = q1 if symmetric else sw2 * f * _variance(m2, layer.norm) + sb2
+    if per_depth is not None:
+      collected.append(per_depth(k, ntk))
+  return Kernels(k, ntk), fallback, collected
+
+
+def _variance(m, norm):
+  return m[:, 0] - (m[:, 1] ** 2 if norm == "weight_mean" else 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,6 +712,9 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
       keys = jax.random.split(jax.random.key(0), MC_REPLICAS)
       eig = _spectrum_batch_norm_mc(layer, f64(x), gain, keys, depth, MC_SAMPLES)
     _check_finite_batch_norm(eig, layer, x.shape[0], depth)
+  elif isinstance(layer.activation, Numerical) and norm in ("none", "weight_mean"):
+    eig = np.stack(_numerical_kernels(layer, x, x, gain, depth, True, False,
+                                      lambda k, ntk: np.linalg.eigvalsh(0.5 * (ntk + ntk.T)))[2])
   else:
     eig = _spectrum(layer, f64(x), gain, depth)
   eig = np.asarray(eig)

@@ -9,7 +9,8 @@ package shares `timed` with it. neural-tangents' top-level import loads
 `neural_tangents.experimental`, which needs TensorFlow; nothing here uses it, so an empty module
 stands in for it and TensorFlow is never installed.
 
-The request holds `x` (N, d), `cases` (a JSON list of {activation, depth, sw2, sb2}),
+The request holds `x` (N, d), `cases` (a JSON list of {activation, depth, sw2, sb2} and
+optionally the Gauss–Hermite `degree`),
 `networks` (a JSON list of {activation, depth, width, sw2, sb2}) with their parameters as
 `net{i}_{name}` arrays, and `repeat` (timing repeats, 0 for none). The result holds, per case i,
 `nngp{i}`, `ntk{i}`, per network `entk{i}` (and `entk{i}_impl{k}` for every implementation k
@@ -35,8 +36,9 @@ def load_neural_tangents():
   return neural_tangents
 
 
-def activation_layer(name: str):
-  """The neural-tangents layer of an activation named as in mimictheory's registry."""
+def activation_layer(name: str, degree: int = GAUSS_HERMITE_DEGREE):
+  """The neural-tangents layer of an activation named as in mimictheory's registry (`degree`:
+  the Gauss–Hermite degree of `ElementwiseNumerical` where there is no closed form)."""
   from neural_tangents import stax
   closed = {
       "relu": stax.Relu, "erf": stax.Erf, "identity": stax.Identity,
@@ -46,13 +48,14 @@ def activation_layer(name: str):
   if name in closed:
     return closed[name]()
   numerical = {"tanh": jax.numpy.tanh, "swish": jax.nn.silu, "softplus": jax.nn.softplus}
-  return stax.ElementwiseNumerical(numerical[name], deg=GAUSS_HERMITE_DEGREE)
+  return stax.ElementwiseNumerical(numerical[name], deg=degree)
 
 
-def network(activation: str, depth: int, sw2: float, sb2: float, width: int = 1):
+def network(activation: str, depth: int, sw2: float, sb2: float, width: int = 1,
+            degree: int = GAUSS_HERMITE_DEGREE):
   from neural_tangents import stax
   dense = lambda n: stax.Dense(n, W_std=sw2**0.5, b_std=sb2**0.5)  # noqa: E731
-  return stax.serial(*[dense(width), activation_layer(activation)] * depth, dense(1))
+  return stax.serial(*[dense(width), activation_layer(activation, degree)] * depth, dense(1))
 
 
 def timed(fn, repeat):
@@ -84,7 +87,8 @@ def main(request_path, result_path):
   repeat = int(request["repeat"])
   result = {"jax_version": np.array(jax.__version__), "nt_version": np.array(nt.__version__)}
   for i, case in enumerate(json.loads(str(request["cases"]))):
-    _, _, kernel_fn = network(case["activation"], case["depth"], case["sw2"], case["sb2"])
+    _, _, kernel_fn = network(case["activation"], case["depth"], case["sw2"], case["sb2"],
+                              degree=case.get("degree", GAUSS_HERMITE_DEGREE))
     kernel_fn = jax.jit(kernel_fn, static_argnames="get")
     k, seconds = timed(lambda: kernel_fn(x, None, get=("nngp", "ntk")), repeat)
     result[f"nngp{i}"], result[f"ntk{i}"] = np.asarray(k.nngp), np.asarray(k.ntk)
