@@ -225,11 +225,11 @@ def test_gelu_weight_mean_line_is_consistent_with_the_grid():
 
 
 @pytest.mark.parametrize("name,norm", [("gelu", "none"), ("swish", "weight_mean"),
-                                       ("softplus", "none"), ("tanh", "weight_mean")])
+                                       ("softplus", "none")])
 def test_grid_cells_match_pointwise_quadrature(name, norm):
   """The table route (1-D tables, Mehler's series) against the pointwise solvers (direct 1-D
   quadrature and 2-D quadrature for c*), to 1e-8."""
-  sw2, sb2 = np.array([1.1, 2.3, 3.6]), np.array([0.03, 0.25])
+  sw2, sb2 = np.array([1.1, 3.6]), np.array([0.03, 0.25])
   pd = mt.phase_diagram(name, sw2=sw2, sb2=sb2, norm=norm)
   for i, w in enumerate(sw2):
     for j, b in enumerate(sb2):

@@ -76,10 +76,15 @@ def _input_kernel(layer: Layer, x1, x2, gain):
   return k, q1, q2
 
 
-def _dense_step(layer: Layer, q1, q2, k, ntk):
-  """Activation and the next dense layer: (K, Θ) -> (K', Θ') entrywise."""
-  k_new = layer.covariance(q1[:, None], q2[None, :], k)
-  return k_new, k_new + layer.slope(q1[:, None], q2[None, :], k) * ntk
+def _dense_step(layer: Layer, q1, q2, k, ntk, diagonal=None):
+  """Activation and the next dense layer: (K, Θ) -> (K', Θ') entrywise. On `diagonal`
+  entries both variances are the row's own, so that ρ = 1 exactly there whatever the block
+  shape (q computed from a row block and from the full x2 may differ in the last bit)."""
+  q1, q2 = q1[:, None], q2[None, :]
+  if diagonal is not None:
+    q2 = jnp.where(diagonal, q1, q2)
+  k_new = layer.covariance(q1, q2, k)
+  return k_new, k_new + layer.slope(q1, q2, k) * ntk
 
 
 def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None, diagonal=None):
@@ -96,7 +101,7 @@ def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None, diagonal=N
   def step(carry, _):
     k, ntk, q1, q2 = carry
     k = pin(k, q1)
-    k, ntk = _dense_step(layer, q1, q2, k, ntk)
+    k, ntk = _dense_step(layer, q1, q2, k, ntk, diagonal)
     q1, q2 = layer.variance(q1), layer.variance(q2)
     return (k, ntk, q1, q2), (None if per_depth is None else per_depth(k, ntk))
 
