@@ -50,6 +50,8 @@ memory: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/jupytext --to ipynb --update notebooks/*.py
 
+## Benchmarks (ratios against references timed in the same run); rewrites the table in
+## benchmarks/README.md with the machine and its load. Run it on a quiet machine.
 bench: $(STAMP) $(NT_STAMP)
 	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/run.py --markdown benchmarks/README.md
 

@@ -39,9 +39,23 @@ for norm, pd in pds.items():
 mt.plot_phase_diagrams(pds.values());
 
 # %% [markdown]
+# ## What each cell is
+# Every cell has a regime (`mt.REGIMES`): ordered, critical, chaotic, or one where the variance
+# itself has no finite positive fixed point (q* = 0: it collapses; q* = ∞: it explodes, as for
+# ReLU with σw² > 2, where χ1 > 1 but the correlation map is marginal). GELU shows all of them.
+
+# %%
+gelu = mt.phase_diagram("gelu", sw2=sw2, sb2=sb2)
+counts = np.bincount(gelu.regime.ravel(), minlength=len(mt.REGIMES))
+for name, count in zip(mt.REGIMES, counts):
+    print(f"{name:14s} {count:6d} cells")
+
+# %% [markdown]
 # ## The critical line, exactly
-# On the line, χ1 = 1 and V(q*) = q* give σw² and σb² as functions of q*; the line is traced by
-# bisection in q*, without a grid. For tanh it starts at σw² = 1 (tanh'(0) = 1).
+# On the line, χ1 = 1 and V(q*) = q* give σw² and σb² as functions of q*; the line is found by
+# scanning q* for every σb² and refining each sign change, without a grid. A branch counts only
+# if the variance map reaches its q* from q = 1 (`branch_reached`). For tanh it starts at
+# σw² = 1 (tanh'(0) = 1).
 
 # %%
 line = mt.critical_line("tanh", sb2=np.linspace(0, 0.3, 7))

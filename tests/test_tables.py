@@ -1,6 +1,5 @@
 """One-dimensional tables and Mehler's series (issue 10) against direct quadrature."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -634,6 +634,8 @@ def _numerical_kernels(layer: Layer, x1, x2, gain, depth: int, symmetric: bool, 
   sw2, sb2, f = float(layer.sw2), float(layer.sb2), float(layer.factor)
   fallback, collected = 0, []
   for _ in progress_bar(range(depth), progress, f"kernel layers ({act.name})"):
+    # A zero input row with σb² = 0 has q = 0: use q = 1e-16 (its limit to O(1e-16)).
+    q1, q2 = np.maximum(q1, 1e-16), np.maximum(q2, 1e-16)
     rho = np.clip(k / np.sqrt(np.outer(q1, q2)), -1.0, 1.0)
     kern, deriv, m1, m2, n = _series_layer(act, tabulated, q1, q2, rho, symmetric)
     fallback += n
