@@ -231,7 +231,7 @@ def main():
            "| benchmark | mimictheory (s) | reference (s) | speed-up | reference |",
            "|---|---:|---:|---:|---|"]
   for label, ours, ref, what in rows:
-    lines.append(f"| {label} | {ours:.3f} | {ref:.3f} | {ref / ours:.1f}x | {what} |")
+    lines.append(f"| {label} | {ours:.3f} | {ref:.3f} | {ref / ours:.3g}x | {what} |")
   table = "\n".join(lines)
   print(table)
   if args.markdown:
