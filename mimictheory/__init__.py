@@ -22,7 +22,8 @@ from mimictheory._src.kernels import (
     BatchNormKernels, Kernels, NTKSpectrum, batch_norm_kernels, kernels, layer_kernels,
     ntk_spectrum, row_mesh)
 from mimictheory._src.maps import (
-    BATCH_NORMS, NORMS, DepthScales, FixedPoints, Layer, chi1, correlation_map, correlation_slope,
+    BATCH_NORMS, NORMS, QSTAR_STATUS, DepthScales, FixedPoints, Layer, chi1, correlation_map,
+    correlation_slope,
     covariance_map, depth_scale, depth_scales, fixed_points, make_layer, qstar, stable_correlation,
     stable_sw2, variance_map)
 from mimictheory._src.phase import (
@@ -39,7 +40,8 @@ __all__ = [
     "row_mesh", "NORMS", "DepthScales", "FixedPoints", "Layer", "chi1", "correlation_map",
     "correlation_slope", "covariance_map", "depth_scale", "depth_scales", "fixed_points",
     "make_layer", "qstar", "stable_correlation", "stable_sw2", "variance_map", "PhaseDiagram",
-    "critical_line", "phase_diagram", "REGIMES", "CriticalLine", "Estimate", "FiniteNetwork", "MonteCarloKernels",
+    "critical_line", "phase_diagram", "REGIMES", "CriticalLine", "QSTAR_STATUS", "Estimate",
+    "FiniteNetwork", "MonteCarloKernels",
     "Params", "Signal", "finite_network", "monte_carlo_chi1", "monte_carlo_correlations",
     "monte_carlo_kernels", "sample_kernels", "BatchNormGap", "batch_norm_gap",
     "ResidualVariances", "residual_variances", "official_residual_scalar",

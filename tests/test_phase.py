@@ -139,6 +139,9 @@ def test_chi1_exactly_at_the_tanh_critical_point():
   assert float(mt.qstar("tanh", sw2=1.0, sb2=0.0)) == 0.0
   assert float(mt.chi1("tanh", sw2=1.0, sb2=0.0)) == pytest.approx(1.0, abs=1e-12)
   assert float(mt.chi1("tanh", sw2=1.0, sb2=0.0, norm="weight_mean")) == pytest.approx(1.0, abs=1e-12)
+  status = lambda *a: mt.QSTAR_STATUS[int(mt.depth_scales(*a).status)]  # noqa: E731
+  assert status("tanh", 1.0, 0.0) == "q* = 0" and status("relu", 3.0, 0.0) == "q* = ∞"
+  assert status("tanh", 1.5, 0.05) == "converged"
   # just above: a genuine small fixed point q* ≈ (1 - 1/σw²)/2
   assert float(mt.qstar("tanh", sw2=1 + 1e-6, sb2=0.0)) == pytest.approx(5e-7, rel=1e-5)
 

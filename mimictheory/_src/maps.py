@@ -36,7 +36,7 @@ from mimictheory._src.precision import f64, float64
 __all__ = [
     "NORMS", "Layer", "make_layer", "stable_sw2", "variance_map", "covariance_map", "qstar",
     "correlation_map", "correlation_slope", "chi1", "fixed_points", "FixedPoints", "depth_scales",
-    "DepthScales", "depth_scale", "stable_correlation", "BATCH_NORMS",
+    "DepthScales", "depth_scale", "stable_correlation", "BATCH_NORMS", "QSTAR_STATUS",
 ]
 
 NORMS = ("none", "weight_mean", "batch_norm", "batch_norm_paper")
@@ -465,6 +465,9 @@ class DepthScales:
   chi_c: np.ndarray  # T'(c*)
   xi_q: np.ndarray
   xi_c: np.ndarray
+  #: how the search for q* ended: index into QSTAR_STATUS (converged, q* = 0, q* = ∞,
+  #: not converged)
+  status: np.ndarray | None = None
 
 
 def depth_scale(chi):
@@ -476,12 +479,12 @@ def depth_scale(chi):
 
 
 @jax.jit
-def _depth_scales(layer: Layer):
-  q = _solve_qstar(layer)
+def _depth_scales_status(layer: Layer):
+  q, status = _solve_qstar_status(layer)
   c = _solve_cstar(layer, q)
   q_eval, layer_eval = _eval_point(layer, q)
   chi_q = jnp.where(jnp.isinf(q), jnp.inf, layer_eval.variance_slope(q_eval))
-  return q, c, chi_q, _slope_at_cstar(layer, q, c)
+  return q, c, chi_q, _slope_at_cstar(layer, q, c), status
 
 
 @float64
@@ -494,9 +497,9 @@ def depth_scales(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) 
   True
   """
   layer = make_layer(activation, sw2, sb2, norm, fan_in)
-  q, c, chi_q, chi_c = _depth_scales(layer)
+  q, c, chi_q, chi_c, status = _depth_scales_status(layer)
   return DepthScales(*(np.asarray(a) for a in
-                       (q, c, chi_q, chi_c, depth_scale(chi_q), depth_scale(chi_c))))
+                       (q, c, chi_q, chi_c, depth_scale(chi_q), depth_scale(chi_c), status)))
 
 
 # ----------------------------------------------------------------------------------------------
