@@ -89,16 +89,22 @@ def bench_neural_tangents(n_kernels, n_empirical, width):
   return rows
 
 
-def bench_phase(size, activation, loop_points=20):
-  sw2, sb2 = np.linspace(0.5, 4.0, size[0]), np.linspace(0.0, 0.3, size[1])
-  mt.phase_diagram(activation, sw2=sw2[:2], sb2=sb2[:2])  # compile
-  ours = _time(lambda: mt.phase_diagram(activation, sw2=sw2, sb2=sb2))
+def _per_point_grid(activation, size, loop_points):
+  """The scalar API called point by point (timed on `loop_points`), scaled to the grid."""
   pts = list(zip(np.linspace(0.6, 3.9, loop_points), np.linspace(0.01, 0.29, loop_points)))
   mt.depth_scales(activation, *pts[0])
   per_point = _time(lambda: [(mt.chi1(activation, w, b), mt.depth_scales(activation, w, b))
                              for w, b in pts]) / loop_points
+  return per_point * size[0] * size[1]
+
+
+def bench_phase(size, activation, loop_points=20):
+  sw2, sb2 = np.linspace(0.5, 4.0, size[0]), np.linspace(0.0, 0.3, size[1])
+  mt.phase_diagram(activation, sw2=sw2[:2], sb2=sb2[:2])  # compile
+  ours = _time(lambda: mt.phase_diagram(activation, sw2=sw2, sb2=sb2))
   label = f"phase {activation} {size[0]}x{size[1]}"
-  return [(label, ours, per_point * size[0] * size[1], "per-point loop (extrapolated)")]
+  return [(label, ours, _per_point_grid(activation, size, loop_points),
+           "per-point loop (extrapolated)")]
 
 
 def bench_phase_tables(size, activation, loop_points=5):
@@ -107,12 +113,8 @@ def bench_phase_tables(size, activation, loop_points=5):
   first = _time(lambda: mt.phase_diagram(activation, sw2=sw2, sb2=sb2))
   pd = mt.phase_diagram(activation, sw2=sw2, sb2=sb2)
   warm = _time(lambda: mt.phase_diagram(activation, sw2=sw2, sb2=sb2))
-  pts = list(zip(np.linspace(0.6, 3.9, loop_points), np.linspace(0.01, 0.29, loop_points)))
-  mt.depth_scales(activation, *pts[0])
-  per_point = _time(lambda: [(mt.chi1(activation, w, b), mt.depth_scales(activation, w, b))
-                             for w, b in pts]) / loop_points
+  ref = _per_point_grid(activation, size, loop_points)
   label = f"phase {activation} {size[0]}x{size[1]}"
-  ref = per_point * size[0] * size[1]
   return [(label + f" ({pd.fallback} cells 2-D)", warm, ref, "per-point loop (extrapolated)"),
           ("  (first call: tables, compilation)", first, ref, "per-point loop (extrapolated)")]
 
