@@ -24,6 +24,24 @@ def test_relu_dual_special_values():
     assert float(grad(-1.0)) == pytest.approx(0.0, abs=1e-16)
 
 
+def test_series_arcsin_and_arccos_match_numpy_to_a_few_ulp():
+  """The one-polynomial arcsin/arccos behind the ReLU and erf kernels, against NumPy's libm on
+  random points, both sides of the switch at |x| = 1/2, near ±1 (relative, where arccos is
+  small) and near 0 (relative, where arcsin is small)."""
+  from mimictheory._src.activations import _asin_acos
+  rng = np.random.default_rng(0)
+  tiny = np.logspace(-300, -1, 400)
+  x = np.concatenate([rng.uniform(-1, 1, 200_000), 1 - np.logspace(-16, -1, 400),
+                      -1 + np.logspace(-16, -1, 400), tiny, -tiny,
+                      np.nextafter(0.5, [0, 1]), np.nextafter(-0.5, [0, -1]), [0.0, 1.0, -1.0]])
+  with jax.enable_x64(True):
+    asin, acos = (np.asarray(v) for v in jax.jit(_asin_acos)(jnp.asarray(x)))
+  ulp_asin = np.abs(asin - np.arcsin(x)) / np.spacing(np.abs(np.arcsin(x)) + 1e-320)
+  ulp_acos = np.abs(acos - np.arccos(x)) / np.spacing(np.arccos(x))
+  assert ulp_asin.max() <= 4 and ulp_acos.max() <= 4, (ulp_asin.max(), ulp_acos.max())
+  assert acos[x == 1.0] == 0.0 and acos[x == -1.0] == np.pi and asin[x == 0] == 0
+
+
 def test_relu_dual_derivatives_at_the_boundary_are_exact_not_nan():
   with jax.enable_x64(True):
     relu = mt.ReLU()

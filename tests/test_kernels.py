@@ -66,6 +66,23 @@ def test_gram_matrices_symmetric_psd(name, rng):
     assert np.linalg.eigvalsh(m).min() >= -1e-10 * np.abs(m).max()
 
 
+@pytest.mark.parametrize("name,dual", [("relu", _relu_np), ("erf", _erf_np)])
+def test_upper_tiles_give_the_whole_symmetric_matrix(name, dual, rng):
+  """150 inputs: 3 x 3 tiles of 64 (the last padded), of which the 6 on and above the diagonal
+  are computed. Against the NumPy eq 7 recursion, and exactly symmetric."""
+  x = _data(rng, n=150)
+  nngp, ntk = _eq7_reference(x, 7, dual, 1.7, 0.1)
+  out = mt.kernels(x, depth=7, activation=name, sw2=1.7, sb2=0.1)
+  np.testing.assert_allclose(out.nngp, nngp, rtol=1e-12, atol=1e-13)
+  np.testing.assert_allclose(out.ntk, ntk, rtol=1e-12, atol=1e-13)
+  assert np.array_equal(out.ntk, out.ntk.T) and np.array_equal(out.nngp, out.nngp.T)
+  # The cross-kernel path (row blocks, no symmetry) on a copy agrees off the diagonal (on it,
+  # x·x from a matrix product and from a sum differ in the last bit, so ρ = 1 is not pinned).
+  cross = mt.kernels(x, x.copy(), depth=7, activation=name, sw2=1.7, sb2=0.1)
+  off = ~np.eye(len(x), dtype=bool)
+  np.testing.assert_allclose(cross.ntk[off], out.ntk[off], rtol=1e-12)
+
+
 def test_blocks_and_cross_kernels_agree(rng):
   x = _data(rng, n=23)
   full = mt.kernels(x, depth=5, activation="relu", sw2=None, norm="weight_mean")

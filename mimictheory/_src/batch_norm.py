@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mimictheory._src.activations import Activation, Identity, LeakyReLU, ReLU
+from mimictheory._src.activations import (
+    Activation, Identity, LeakyReLU, ReLU, relu_duals, root_one_minus_square)
 
 __all__ = ["homogeneous_coefficients", "exact_step", "nodes_for_batch", "monte_carlo_step",
            "symmetric_chi1", "sphere_chi1", "NODES", "MIN_BATCH_NTK"]
@@ -79,10 +80,10 @@ def _pair(sig, d_i, d_j):
 def _expectations(a, b, sig, d_i, d_j):
   """k = E[φᵢφⱼ], e = E[φ'ᵢφ'ⱼ], c = E[φ'ᵢ gᵢ φ''ⱼ] (the δ(gⱼ) term of Stein's lemma)."""
   rho, root = _pair(sig, d_i, d_j)
-  angle = jnp.arccos(rho)
-  sine = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
-  k = (a * a + a * b) * sig + b * b * root * (sine + (jnp.pi - angle) * rho) / _TWO_PI
-  e = a * a + a * b + b * b * (jnp.pi - angle) / _TWO_PI
+  value, slope = relu_duals(rho)
+  sine = root_one_minus_square(rho)
+  k = (a * a + a * b) * sig + b * b * root * value
+  e = a * a + a * b + b * b * slope
   # b² E[1(gᵢ>0) gᵢ δ(gⱼ)] = b² √(Σᵢᵢ (1-ρ²)) / (2π √Σⱼⱼ)
   c = b * b * jnp.where(d_j > 0, jnp.sqrt(d_i) * sine / (_TWO_PI * jnp.sqrt(
       jnp.where(d_j > 0, d_j, 1.0))), 0.0)

@@ -65,54 +65,51 @@ def row_mesh(devices=None, axis: str = "rows") -> Mesh:
 # Recursions.
 # ----------------------------------------------------------------------------------------------
 def _input_kernel(layer: Layer, x1, x2, gain):
-  """K¹ of the first dense layer (weight mean: inputs centred over their features)."""
+  """K¹ of the first dense layer (weight mean: inputs centred over their features); x1 (..., N1,
+  d) and x2 (..., N2, d), leading axes batch tiles."""
   if layer.norm == "weight_mean":
-    x1 = x1 - x1.mean(axis=1, keepdims=True)
-    x2 = x2 - x2.mean(axis=1, keepdims=True)
-  d = x1.shape[1]
-  k = layer.sw2 * gain * (x1 @ x2.T) / d + layer.sb2
-  q1 = layer.sw2 * gain * jnp.sum(x1 * x1, axis=1) / d + layer.sb2
-  q2 = layer.sw2 * gain * jnp.sum(x2 * x2, axis=1) / d + layer.sb2
+    x1 = x1 - x1.mean(axis=-1, keepdims=True)
+    x2 = x2 - x2.mean(axis=-1, keepdims=True)
+  d = x1.shape[-1]
+  k = layer.sw2 * gain * (x1 @ jnp.swapaxes(x2, -1, -2)) / d + layer.sb2
+  q1 = layer.sw2 * gain * jnp.sum(x1 * x1, axis=-1) / d + layer.sb2
+  q2 = layer.sw2 * gain * jnp.sum(x2 * x2, axis=-1) / d + layer.sb2
   return k, q1, q2
 
 
-def _dense_step(layer: Layer, q1, q2, k, ntk, diagonal=None):
-  """Activation and the next dense layer: (K, Θ) -> (K', Θ') entrywise. On `diagonal`
-  entries both variances are the row's own, so that ρ = 1 exactly there whatever the block
-  shape (q computed from a row block and from the full x2 may differ in the last bit)."""
-  q1, q2 = q1[:, None], q2[None, :]
-  if diagonal is not None:
-    q2 = jnp.where(diagonal, q1, q2)
-  k_new = layer.covariance(q1, q2, k)
-  return k_new, k_new + layer.slope(q1, q2, k) * ntk
+def _dense_step(layer: Layer, q1, q2, k, ntk):
+  """Activation and the next dense layer: (K, Θ) -> (K', Θ') entrywise; q1 indexes the rows,
+  q2 the columns (leading axes batch tiles)."""
+  k_new, slope = layer.covariance_and_slope(q1[..., :, None], q2[..., None, :], k)
+  return k_new, k_new + slope * ntk
 
 
-def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None, diagonal=None):
+def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None, diagonal=None,
+              shared=None):
   """Entrywise recursion (norm none / weight_mean). `per_depth(K, Θ)` collects per-depth output.
 
   `diagonal` marks the entries (i, i) of a symmetric Gram matrix: they are pinned to the
-  variance recursion so that ρ = 1 exactly there. A rounding excursion ρ = 1 - 1e-16 would cost
+  variance recursion, and `shared` (broadcast against the column variances) marks the columns
+  whose variance is the row's own, so that q12 = q1 = q2 there to the last bit and ρ = 1
+  exactly (`activations._correlation`). A rounding excursion ρ = 1 - 1e-16 would cost
   √(1 - ρ²) ~ 1e-8 in the arc-cosine kernel.
   """
   k, q1, q2 = _input_kernel(layer, x1, x2, gain)
+  same = (lambda q1, q2: q2) if shared is None else (lambda q1, q2: jnp.where(shared, q1, q2))
   pin = (lambda k, q: k) if diagonal is None else (
-      lambda k, q: jnp.where(diagonal, q[:, None], k))
+      lambda k, q: jnp.where(diagonal, q[..., :, None], k))
 
   def step(carry, _):
     k, ntk, q1, q2 = carry
+    q2 = same(q1, q2)
     k = pin(k, q1)
-    k, ntk = _dense_step(layer, q1, q2, k, ntk, diagonal)
+    k, ntk = _dense_step(layer, q1, q2, k, ntk)
     q1, q2 = layer.variance(q1), layer.variance(q2)
     return (k, ntk, q1, q2), (None if per_depth is None else per_depth(k, ntk))
 
   k = pin(k, q1)
   (k, ntk, q1, _), ys = jax.lax.scan(step, (k, k, q1, q2), None, length=depth)
   return pin(k, q1), ntk, ys
-
-
-def _diagonal_mask(rows: int, cols: int, offset):
-  """Entries (i, offset + i): the diagonal of a row block of a symmetric Gram matrix."""
-  return (jnp.arange(rows)[:, None] + offset) == jnp.arange(cols)[None, :]
 
 
 def _center(m):
@@ -145,10 +142,19 @@ def _batch_norm_paper(layer: Layer, x, gain, depth: int, per_depth=None):
   return k, ntk, ys
 
 
-@partial(jax.jit, static_argnames=("depth", "symmetric"))
-def _gram_block(layer, x1, x2, gain, offset, depth, symmetric):
-  diagonal = _diagonal_mask(x1.shape[0], x2.shape[0], offset) if symmetric else None
-  k, ntk, _ = _pairwise(layer, x1, x2, gain, depth, diagonal=diagonal)
+@partial(jax.jit, static_argnames=("depth",))
+def _gram_block(layer, x1, x2, gain, depth):
+  k, ntk, _ = _pairwise(layer, x1, x2, gain, depth)
+  return Kernels(k, ntk)
+
+
+@partial(jax.jit, static_argnames=("depth",))
+def _gram_tiles(layer, x_rows, x_cols, on_diagonal, gain, depth):
+  """NNGP and NTK of C square tiles (C, B, B) of a symmetric Gram matrix from their row and
+  column inputs (C, B, d); `on_diagonal` (C,) marks the tiles on the diagonal."""
+  diagonal = on_diagonal[:, None, None] & jnp.eye(x_rows.shape[1], dtype=bool)
+  k, ntk, _ = _pairwise(layer, x_rows, x_cols, gain, depth, diagonal=diagonal,
+                        shared=on_diagonal[:, None])
   return Kernels(k, ntk)
 
 
@@ -237,8 +243,8 @@ def _layer_kernels(layer, x, gain, depth):
     rest = _batch_norm_paper(layer, x, gain, depth - 1, record)[2]
     dense = jnp.concatenate([first[None], rest])
     return jax.vmap(lambda k: _normalise(k, k)[0])(dense)
-  diagonal = _diagonal_mask(x.shape[0], x.shape[0], 0)
-  rest = _pairwise(layer, x, x, gain, depth - 1, record, diagonal)[2]
+  diagonal = jnp.eye(x.shape[0], dtype=bool)
+  rest = _pairwise(layer, x, x, gain, depth - 1, record, diagonal, shared=True)[2]
   return jnp.concatenate([first[None], rest])
 
 
@@ -445,8 +451,11 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
       Monte Carlo with a warning for activations other than relu, leaky_relu, identity);
       `"batch_norm_paper"`: Theorem 2's approximation. Both refuse x2.
     input_gain: factor on x·x'/d in the first layer (the paper's eq 1 uses 1/2).
-    block_size: rows per block (norm none / weight_mean); default about 4M entries a block.
-    mesh: a one-axis `jax.sharding.Mesh` (see `row_mesh`); each block's rows are sharded over it.
+    block_size: (norm none / weight_mean) with x2 None, the edge of the square tiles of which
+      only those on and above the diagonal are computed (default 64); with x2, rows of x1 per
+      block (default about 4M entries a block).
+    mesh: a one-axis `jax.sharding.Mesh` (see `row_mesh`): tiles, or a block's rows, are
+      sharded over it.
     progress: show a progress bar over the blocks.
 
   Returns:
@@ -478,35 +487,80 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
     return Kernels(out.nngp, out.ntk)
   if isinstance(layer.activation, Numerical) and mesh is None:
     return _numerical_kernels(layer, x1, x2, gain, depth, x2 is x1, progress)[0]
+  if block_size is not None:
+    block_size = checks.check_int("block_size", block_size, minimum=1)
+  if x2 is x1:
+    return _symmetric(layer, x1, gain, depth, block_size, mesh, progress)
   return _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress)
 
 
 def _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress):
+  """Cross kernel K(x1, x2) in row blocks of x1, each block's rows sharded over `mesh`."""
   n1, n2 = x1.shape[0], x2.shape[0]
   if block_size is None:
     block_size = max(1, min(n1, (1 << 22) // max(n2, 1)))
-  block_size = checks.check_int("block_size", block_size, minimum=1)
   shards = 1 if mesh is None else mesh.devices.size
   block_size = -(-block_size // shards) * shards  # a multiple of the number of shards
-  starts = range(0, n1, block_size)
-  x2_dev = f64(x2)
-  row_sharding = None
-  if mesh is not None:
-    row_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0], None))
-    x2_dev = jax.device_put(x2_dev, NamedSharding(mesh, PartitionSpec()))
-  nngp, ntk = [], []
-  for start in progress_bar(starts, progress, "kernel blocks"):
-    block = x1[start:start + block_size]
-    rows = block.shape[0]
-    if rows < block_size:  # pad the last block: one compiled shape for all
-      block = np.concatenate([block, np.zeros((block_size - rows, block.shape[1]))])
-    block = f64(block) if row_sharding is None else jax.device_put(f64(block), row_sharding)
-    out = _gram_block(layer, block, x2_dev, gain, start, depth, x2 is x1)
-    nngp.append(out.nngp[:rows])
-    ntk.append(out.ntk[:rows])
-  if len(nngp) == 1:
-    return Kernels(nngp[0], ntk[0])
-  return Kernels(jnp.concatenate(nngp), jnp.concatenate(ntk))
+  x2_dev = f64(x2) if mesh is None else jax.device_put(f64(x2), _replicated(mesh))
+  nngp, ntk = np.empty((n1, n2)), np.empty((n1, n2))
+  for start in progress_bar(range(0, n1, block_size), progress, "kernel blocks"):
+    block = _padded(x1[start:start + block_size], block_size)
+    out = _gram_block(layer, _sharded(block, mesh), x2_dev, gain, depth)
+    rows = min(block_size, n1 - start)
+    nngp[start:start + rows], ntk[start:start + rows] = out.nngp[:rows], out.ntk[:rows]
+  return Kernels(nngp, ntk)
+
+
+_TILE = 64  # edge of the square tiles of a symmetric Gram matrix
+
+
+def _symmetric(layer, x, gain, depth, tile, mesh, progress):
+  """K(x, x) from the tiles on and above the diagonal (half the work), tiles batched about 4M
+  entries a call and sharded over `mesh`; the result is exactly symmetric."""
+  n = x.shape[0]
+  tile = min(n, _TILE if tile is None else tile)
+  blocks = -(-n // tile)
+  rows, cols = np.triu_indices(blocks)
+  shards = 1 if mesh is None else mesh.devices.size
+  per_call = min(len(rows), max(1, (1 << 22) // tile**2))
+  per_call = -(-per_call // shards) * shards
+  x_tiles = _padded(np.asarray(x), blocks * tile).reshape(blocks, tile, -1)
+  out = np.empty((2, blocks, tile, blocks, tile))
+  upper = np.triu(np.ones((tile, tile), dtype=bool))
+  for start in progress_bar(range(0, len(rows), per_call), progress, "kernel tiles"):
+    r, c = rows[start:start + per_call], cols[start:start + per_call]
+    pad = per_call - len(r)  # pad with tile (0, 0): one compiled shape for all calls
+    r_in, c_in = np.pad(r, (0, pad)), np.pad(c, (0, pad))
+    tiles = _gram_tiles(layer, _sharded(x_tiles[r_in], mesh), _sharded(x_tiles[c_in], mesh),
+                        _sharded(r_in == c_in, mesh), gain, depth)
+    diag = r == c
+    for m, values in enumerate((tiles.nngp, tiles.ntk)):
+      values = np.asarray(values)[:len(r)]
+      out[m, c, :, r, :] = np.swapaxes(values, 1, 2)
+      out[m, r, :, c, :] = values
+      # Diagonal tiles: their upper triangle mirrored, so that K is symmetric to the last bit.
+      on = values[diag]
+      out[m, r[diag], :, r[diag], :] = np.where(upper, on, np.swapaxes(on, 1, 2))
+  full = out.reshape(2, blocks * tile, blocks * tile)[:, :n, :n]
+  return Kernels(*(np.ascontiguousarray(m) for m in full))
+
+
+def _padded(x, rows: int):
+  """x with zero rows appended up to `rows`."""
+  return x if x.shape[0] == rows else np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:])])
+
+
+def _replicated(mesh):
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def _sharded(a, mesh):
+  """`a` as float64 (or bool) on the device(s), its leading axis split over `mesh`."""
+  a = jnp.asarray(a) if a.dtype == bool else f64(a)
+  if mesh is None:
+    return a
+  spec = PartitionSpec(mesh.axis_names[0], *([None] * (a.ndim - 1)))
+  return jax.device_put(a, NamedSharding(mesh, spec))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -689,8 +743,8 @@ def _spectrum(layer, x, gain, depth):
   eigenvalues = _eigenvalues
   if layer.norm == "batch_norm_paper":
     return _batch_norm_paper(layer, x, gain, depth, eigenvalues)[2]
-  diagonal = _diagonal_mask(x.shape[0], x.shape[0], 0)
-  return _pairwise(layer, x, x, gain, depth, eigenvalues, diagonal)[2]
+  diagonal = jnp.eye(x.shape[0], dtype=bool)
+  return _pairwise(layer, x, x, gain, depth, eigenvalues, diagonal, shared=True)[2]
 
 
 @float64

@@ -81,14 +81,20 @@ class Layer:
 
   def covariance(self, q1, q2, q12):
     """Covariance map q12' of the next layer's pre-activations (eq 3, eq 10, Theorem 2)."""
+    return self.covariance_and_slope(q1, q2, q12)[0]
+
+  def covariance_and_slope(self, q1, q2, q12):
+    """(q12', ∂q12'/∂q12) in one pass (`Activation.kernel_pair`): the NTK recursion's step."""
     act = self.activation
-    k = act.kernel(q1, q2, q12)
+    k, d = act.kernel_pair(q1, q2, q12)
     if self.norm == "none":
-      return self.sw2 * k + self.sb2
+      return self.sw2 * k + self.sb2, self.sw2 * d
     centred = k - act.mean(q1) * act.mean(q2)
     if self.norm == "weight_mean":
-      return self.sw2 * self.factor * centred + self.sb2
-    return centred / jnp.sqrt(act.variance(q1) * act.variance(q2))
+      gain = self.sw2 * self.factor
+      return gain * centred + self.sb2, gain * d
+    scale = 1.0 / jnp.sqrt(act.variance(q1) * act.variance(q2))
+    return centred * scale, d * scale
 
   def diagonal_slope(self, q):
     """∂q12'/∂q12 at q1 = q2 = q12 = q (ρ = 1): one-dimensional E[φ'(√q z)²] (χ1 at q*)."""
@@ -102,13 +108,7 @@ class Layer:
 
   def slope(self, q1, q2, q12):
     """∂q12'/∂q12 = σw² f E[φ'(u)φ'(v)] (for BN divided by the unit variances)."""
-    act = self.activation
-    d = act.derivative_kernel(q1, q2, q12)
-    if self.norm == "none":
-      return self.sw2 * d
-    if self.norm == "weight_mean":
-      return self.sw2 * self.factor * d
-    return d / jnp.sqrt(act.variance(q1) * act.variance(q2))
+    return self.covariance_and_slope(q1, q2, q12)[1]
 
 
 def _resolve(activation, sw2, sb2, norm, fan_in):
