@@ -10,7 +10,7 @@ from scipy import integrate
 
 import mimictheory as mt
 from mimictheory._src.precision import float64
-from conftest import relu_dual_np
+from conftest import gauss_expectation, relu_dual_np
 
 
 def test_relu_dual_special_values():
@@ -240,3 +240,32 @@ def test_a_jump_refuses_the_derivative_kernel():
                                                               abs=1e-12)
   with pytest.raises(ValueError, match="Dirac delta"):
     act.derivative_kernel(1.0, 1.0, 0.5)
+
+
+def test_gelu_smoothing_closed_form_matches_scipy():
+  """E[gelu(x + √v z)] and E[gelu'(x + √v z)]: the closed forms behind GELU's 1-D kernels."""
+  from mimictheory._src.activations import _gelu_smoothed
+  for x, v in [(0.0, 1.0), (1.3, 0.2), (-2.0, 5.0), (4.0, 1e-3)]:
+    g, dg = (float(a) for a in float64(_gelu_smoothed)(x, v))
+    s = math.sqrt(v)
+    assert g == pytest.approx(gauss_expectation(lambda z: GELU(x + s * z)), abs=1e-12)
+    assert dg == pytest.approx(gauss_expectation(lambda z: GELU_PRIME(x + s * z)), abs=1e-12)
+
+
+@pytest.mark.parametrize("log_q", [-6, 0, 2, 6])
+def test_gelu_one_dimensional_kernels_match_the_two_dimensional_rule(log_q):
+  """The smoothed 1-D route against the general 2-D quadrature (an independent rule), with
+  unequal variances and ρ up to ±1, relative to √(E[·²] E[·²])."""
+  import dataclasses
+  gelu = mt.get_activation("gelu")
+  plain = dataclasses.replace(gelu, smoothed=None)
+  q1 = 10.0**log_q
+  q2 = 0.3 * q1
+  rho = np.array([-1.0, -0.99999, -0.4, 0.0, 0.6, 0.995, 0.9999999, 1.0])
+  q12 = rho * math.sqrt(q1 * q2)
+  for name, moment in (("kernel", "second_moment"),
+                       ("derivative_kernel", "derivative_second_moment")):
+    ours = np.asarray(getattr(gelu, name)(q1, q2, q12))
+    ref = np.asarray(getattr(plain, name)(q1, q2, q12))
+    scale = math.sqrt(float(getattr(gelu, moment)(q1)) * float(getattr(gelu, moment)(q2)))
+    assert np.max(np.abs(ours - ref)) / scale < 1e-12, name

@@ -156,11 +156,14 @@ def _correlation(q1, q2, q12):
   ρ = 1 - 1e-16 would cost √(1 - ρ²) ~ 1e-8 in the arc-cosine kernel.
   """
   rho = q12 * _inverse_root(q1) * _inverse_root(q2)
+  norm = jnp.sqrt(q1) * jnp.sqrt(q2)
   edge = (q12 * q12 == q1 * q2) & (q12 != 0)
-  rho = jnp.where(edge, jnp.sign(q12) + (rho - jax.lax.stop_gradient(rho)), rho)
+  exact = lambda value, x: value + (x - jax.lax.stop_gradient(x))  # noqa: E731  value, x's gradient
+  rho = jnp.where(edge, exact(jnp.sign(q12), rho), rho)
+  norm = jnp.where(edge, exact(jnp.abs(q12), norm), norm)  # √(q q) = q to the last bit
   # Clamp rounding excursions past ±1. Not jnp.clip: its gradient is 1/2 at the boundary, which
   # would halve ∂K/∂q12 at ρ = ±1; `where` passes the full gradient through at ρ = ±1.
-  return jnp.where(rho > 1.0, 1.0, jnp.where(rho < -1.0, -1.0, rho)), jnp.sqrt(q1) * jnp.sqrt(q2)
+  return jnp.where(rho > 1.0, 1.0, jnp.where(rho < -1.0, -1.0, rho)), norm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,6 +359,10 @@ class Numerical(Activation):
   E[φ(u)φ(v)] the inner integral's breakpoints move with the outer node, and the outer rule is
   refined where the inner integral turns steep, so a kink costs no accuracy.
 
+  `smoothed(x, v)`, optional: φ smoothed by Gaussian noise in closed form, the pair
+  (E[φ(x + √v z)], E[φ'(x + √v z)]). With it E[φ(u)φ(v)] and E[φ'(u)φ'(v)] are exact
+  one-dimensional integrals (`_expect_smoothed`), about 100x cheaper than the 2-D rule (GELU).
+
   `derivative` defaults to `jax.grad(fn)`. `jumps` lists discontinuities of φ itself: the
   kernel is then still exact (they are breakpoints), but φ' has a Dirac delta there, so
   `derivative_kernel` (and the NTK) is refused. A callable passed to `get_activation` is
@@ -378,6 +385,7 @@ class Numerical(Activation):
   cutoff: float = 10.0
   #: evaluations of `kernel` per vectorised chunk (bounds memory: chunk × nodes² doubles)
   chunk: int = 64
+  smoothed: Callable | None = None
 
   def __post_init__(self):
     kinks = tuple(sorted(set(float(k) for k in tuple(self.kinks) + tuple(self.jumps))))
@@ -455,11 +463,37 @@ class Numerical(Activation):
 
     return jnp.sum(w1 * f(s1 * z1) * jax.vmap(inner)(z1))
 
-  def _map_2d(self, f, g, q1, q2, q12):
+  def _expect_smoothed(self, which: int, q1, q2, q12):
+    """E[f(u) f(v)] for scalar (q1, q2, q12), f = φ (which = 0) or φ' (1), as a 1-D integral.
+
+    Write u = α z + β z1, v = γ z + δ z2 with z, z1, z2 independent N(0, 1): αγ = q12,
+    α² = √(q1/q2) |q12|, β² = q1 - α², δ² = q2 - γ² (both ≥ 0 since q12² ≤ q1 q2). Then
+    E[f(u) f(v)] = E_z[F(α z; β²) F(γ z; δ²)], F(x; s) = E[f(x + √s z1)] = `smoothed(x, s)`.
+    F(·; β²) changes over a width √(scale² + β²) around φ's features, so the breakpoints in z
+    sit at those widths divided by α (and γ).
+    """
+    root = jnp.sqrt(q1) * jnp.sqrt(q2)
+    a2 = jnp.where(root > 0, q1 * jnp.abs(q12) / jnp.where(root > 0, root, 1.0), 0.0)
+    alpha = jnp.sqrt(a2)
+    gamma = jnp.where(alpha > 0, q12 / jnp.where(alpha > 0, alpha, 1.0), 0.0)
+    b2, d2 = jnp.maximum(q1 - a2, 0.0), jnp.maximum(q2 - gamma**2, 0.0)
+    features = jnp.asarray((0.0,) + self.kinks)[:, None]
+    steps = np.concatenate([-_GEOMETRIC[::-1], [0.0], _GEOMETRIC])
+    width = lambda var: jnp.sqrt(self.scale**2 + var)  # noqa: E731
+    extra = jnp.concatenate([self._at(features + steps * width(b2), alpha).reshape(-1),
+                             self._at(features + steps * width(d2), gamma).reshape(-1)])
+    z, w = self._panel_nodes(self._breaks(extra))
+    return jnp.sum(w * self.smoothed(alpha * z, b2)[which] * self.smoothed(gamma * z, d2)[which])
+
+  def _map_2d(self, f, g, q1, q2, q12, which=None):
     q1, q2, q12 = jnp.broadcast_arrays(*(jnp.asarray(a, dtype=float) for a in (q1, q2, q12)))
     shape = q1.shape
     flat = [a.reshape(-1) for a in (q1, q2, q12)]
-    out = jax.lax.map(lambda a: self._expect_2d(f, g, *a), flat, batch_size=self.chunk)
+    if self.smoothed is not None and which is not None:
+      out = jax.lax.map(lambda a: self._expect_smoothed(which, *a), flat,
+                        batch_size=16 * self.chunk)
+    else:
+      out = jax.lax.map(lambda a: self._expect_2d(f, g, *a), flat, batch_size=self.chunk)
     return out.reshape(shape)
 
   def _map_1d(self, f, q):
@@ -479,11 +513,11 @@ class Numerical(Activation):
     return self._map_1d(self.fn, q)
 
   def kernel(self, q1, q2, q12):
-    return self._map_2d(self.fn, self.fn, q1, q2, q12)
+    return self._map_2d(self.fn, self.fn, q1, q2, q12, which=0)
 
   def derivative_kernel(self, q1, q2, q12):
     self._check_derivative()
-    return self._map_2d(self.derivative, self.derivative, q1, q2, q12)
+    return self._map_2d(self.derivative, self.derivative, q1, q2, q12, which=1)
 
   def second_moment(self, q):
     return self._map_1d(lambda x: jnp.square(self.fn(x)), q)
@@ -566,12 +600,21 @@ def _gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
+def _gelu_smoothed(x, v):
+  """E[g(x + √v z)] and E[g'(x + √v z)] for g(x) = x Φ(x), with S = √(1 + v):
+  x Φ(x/S) + v ϕ(x/S)/S (Stein's lemma on the noise) and its x-derivative Φ(x/S) + x ϕ(x/S)/S³."""
+  s = jnp.sqrt(1.0 + v)
+  density = jnp.exp(-0.5 * jnp.square(x / s)) / math.sqrt(_TWO_PI)
+  return (x * jax.scipy.special.ndtr(x / s) + v * density / s,
+          jax.scipy.special.ndtr(x / s) + x * density / s**3)
+
+
 ACTIVATIONS: dict[str, Activation] = {
     "relu": ReLU(),
     "erf": Erf(),
     "identity": Identity(),
     "tanh": Numerical(jnp.tanh, name="tanh"),
-    "gelu": Numerical(_gelu, name="gelu"),
+    "gelu": Numerical(_gelu, name="gelu", smoothed=_gelu_smoothed),
     "swish": Numerical(jax.nn.silu, name="swish"),
     "softplus": Numerical(jax.nn.softplus, name="softplus"),
     "leaky_relu": LeakyReLU(),

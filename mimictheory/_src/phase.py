@@ -85,10 +85,16 @@ def _regime(status, chi1):
                     [ZERO, INFINITE, UNCONVERGED], by_chi)
 
 
-@jax.jit
-def _variance_fields(layer: Layer):
-  """q*, its status, χ1, χ_q = V'(q*) and T'(1), all from one-dimensional integrals."""
-  q, status = _solve_qstar_status(layer)
+# q* iterations for the whole grid; the few cells still moving (slow, linear convergence near
+# q* = 0 or near the divergence boundary) continue alone, so a chunk is not held up by them.
+_FIRST_PASS = 24
+
+
+@partial(jax.jit, static_argnames=("max_iter",))
+def _variance_fields(layer: Layer, q0=1.0, max_iter: int = 400):
+  """q*, its status, χ1, χ_q = V'(q*) and T'(1), all from one-dimensional integrals; q* by
+  the iteration from q0 (an iterate of the one from 1, when resumed)."""
+  q, status = _solve_qstar_status(layer, q0, max_iter)
   q_eval, lay = _eval_point(layer, q)
   chi1 = lay.diagonal_slope(q_eval)
   chi_q = jnp.where(jnp.isinf(q), jnp.inf, lay.variance_slope(q_eval))
@@ -212,8 +218,16 @@ def phase_diagram(activation="tanh", sw2=None, sb2=None, norm="none", fan_in=Non
   base = tables.tabulated(act) if numerical else act
   layer = lambda a, ws, bs: Layer(a, norm, f64(ws), f64(bs), f64(factor))  # noqa: E731
   desc = f"phase diagram ({act.name})"
-  q, status, chi1, chi_q, slope_one = _map_chunks(
-      lambda ws, bs: _variance_fields(layer(base, ws, bs)), [w, b], chunk, progress, desc)
+  fields = _map_chunks(lambda ws, bs: _variance_fields(layer(base, ws, bs), 1.0, _FIRST_PASS),
+                      [w, b], chunk, progress, desc)
+  slow = np.nonzero(fields[1] == NOT_CONVERGED)[0]
+  if slow.size:
+    resumed = _map_chunks(lambda ws, bs, qs: _variance_fields(layer(base, ws, bs), f64(qs)),
+                          [w[slow], b[slow], fields[0][slow]], min(chunk, slow.size), progress,
+                          desc + ", slow cells")
+    for field, values in zip(fields, resumed):
+      field[slow] = values
+  q, status, chi1, chi_q, slope_one = fields
   cstar, chi_c = np.ones_like(q), slope_one.copy()
   fallback = 0
   # c* < 1 only where T'(1) > 1 at a finite q*; elsewhere c* = 1 and χ_c = T'(1).
@@ -234,7 +248,7 @@ def phase_diagram(activation="tanh", sw2=None, sb2=None, norm="none", fan_in=Non
       c, s = _map_chunks(
           lambda ws, bs, qs, cs: _correlation_fields(layer(act, ws, bs), f64(qs), f64(cs), 3),
           [w[idx], b[idx], q[idx], cstar[idx]], min(chunk, 256, idx.size), progress,
-          desc + ", 2-D quadrature")
+          desc + ", pointwise kernels")
       cstar[idx], chi_c[idx] = c, s
     elif idx.size:  # closed forms
       c, s = _map_chunks(lambda ws, bs, qs: _correlation_fields(layer(act, ws, bs), f64(qs)),
