@@ -16,7 +16,8 @@ def main():
   parser.add_argument("--width", type=float, default=1.0)
   parser.add_argument("--models", default=",".join(MODELS))
   args = parser.parse_args()
-  print(f"batch {args.batch}, CIFAR-100, width x{args.width}; arguments + outputs + temporaries")
+  print(f"batch {args.batch}, CIFAR-100, width x{args.width}; arguments + outputs not aliased to "
+        "the donated state + temporaries (XLA's memory analysis of the compiled step)")
   print(format_table(compare(args.models.split(","), args.batch, args.width)))
 
 

@@ -104,16 +104,16 @@ def _crosscheck(args) -> int:
 
 def _train(args) -> int:
   from mimictheory._src.figures import plot_training
-  from mimictheory._src.io import ensure_dir
+  from pathlib import Path
   from mimictheory._src.train import TrainConfig, load_data, train
   config = TrainConfig(norm=args.norm, model=args.model, model_width=args.model_width,
                        augment=not args.no_augment, depth=args.depth, width=args.width, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                       milestones=args.milestones, seed=args.seed).validate()
-  data = load_data(args.data, args.data_path)  # fails before any folder is made
-  out = ensure_dir(args.out)
-  result = train(config, data, out, progress=not args.quiet)
+                       milestones=args.milestones, seed=args.seed, data=args.data).validate()
+  data = load_data(args.data, args.data_path)
+  out = Path(args.out)
+  result = train(config, data, out, progress=not args.quiet)  # writes only once all is valid
   plot_training(result.history, out / "curves.png",
                 title=f"{args.data}, {args.model}, norm {args.norm}, lr {args.lr}")
   last = result.history[-1] if result.history else {}
@@ -151,8 +151,8 @@ def _ablation(args) -> int:
 def _memory(args) -> int:
   from mimictheory._src.memory import compare, format_table
   rows = compare(args.models, args.batch, args.width, progress=not args.quiet)
-  print(f"compiled training-step memory, batch {args.batch}, width x{args.width} "
-        "(XLA memory analysis: arguments + outputs + temporaries)")
+  print(f"compiled training-step memory, batch {args.batch}, width x{args.width} (XLA memory "
+        "analysis: arguments + outputs not aliased to the donated state + temporaries)")
   print(format_table(rows))
   return 0
 
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  import warnings
+  warnings.formatwarning = _one_line_warning
   parser = build_parser()
   try:
     args = parser.parse_args(argv)
@@ -290,8 +292,13 @@ def main(argv=None) -> int:
     return exc.code if isinstance(exc.code, int) else 0
   except (ValueError, TypeError, OSError, RuntimeError) as err:
     return _fail(f"mimictheory: error: {err}")
-  except KeyboardInterrupt:
-    return _fail("mimictheory: interrupted")
+  except KeyboardInterrupt as err:
+    _fail(f"mimictheory: {err or 'interrupted'}")
+    return 130
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+  return f"mimictheory: warning: {str(message).splitlines()[0]}\n"
 
 
 if __name__ == "__main__":

@@ -66,6 +66,13 @@ def test_divergence_is_recorded_not_crashed(tmp_path):
   assert result.history[-1]["diverged"] is True
   assert len(result.history) < 5
 
+  def strict(token):
+    raise ValueError(f"not JSON: {token}")
+
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  last = json.loads(lines[-1], parse_constant=strict)  # NaN would be refused here
+  assert last["diverged"] is True and last["train_loss"] is None
+
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(norm="group"), "norm"), (dict(lr=0.0), "lr"), (dict(momentum=1.5), "momentum"),
@@ -75,10 +82,72 @@ def test_bad_config(kwargs, match, tmp_path):
     train(TrainConfig(**kwargs), synthetic_data(), tmp_path)
 
 
-def test_other_config_in_same_folder_is_refused(tmp_path):
+def test_other_config_or_other_data_in_same_folder_is_refused(tmp_path):
   train(TrainConfig(epochs=1, **SMALL), synthetic_data(), tmp_path)
-  with pytest.raises(ValueError, match="another configuration"):
-    train(TrainConfig(epochs=2, **SMALL), synthetic_data(), tmp_path)
+  with pytest.raises(ValueError, match="another configuration.*lr"):
+    train(TrainConfig(epochs=1, **dict(SMALL, lr=0.05)), synthetic_data(), tmp_path)
+  with pytest.raises(ValueError, match="other data.*data_fingerprint"):
+    train(TrainConfig(epochs=1, **SMALL), synthetic_data(seed=1), tmp_path)
+  with pytest.raises(ValueError, match="other data.*data"):
+    train(TrainConfig(epochs=1, data="digits", **SMALL), synthetic_data(), tmp_path)
+
+
+def test_raising_epochs_extends_a_finished_run_exactly(tmp_path):
+  data = synthetic_data()
+  straight = train(TrainConfig(epochs=3, **SMALL), data, tmp_path / "straight")
+  short = train(TrainConfig(epochs=2, **SMALL), data, tmp_path / "extended")
+  assert short.status == "finished" and len(short.history) == 2
+  longer = train(TrainConfig(epochs=3, **SMALL), data, tmp_path / "extended")
+  assert longer.history == straight.history
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(straight.model), _leaves(longer.model)))
+  with pytest.raises(ValueError, match="epochs must be >= 3"):
+    train(TrainConfig(epochs=1, **SMALL), data, tmp_path / "extended")
+
+
+def test_damaged_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+  """The latest checkpoint truncated: named in one warning, set aside, and the run resumes
+  from the one before, ending exactly where an undisturbed run ends."""
+  data = synthetic_data()
+  straight = train(TrainConfig(epochs=4, **SMALL), data, tmp_path / "straight")
+  out = tmp_path / "damaged"
+  train(TrainConfig(epochs=4, **SMALL), data, out, max_epochs=3)
+  files = sorted(p for p in (out / "checkpoints" / "3").rglob("*") if p.is_file())
+  for f in files:
+    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+  with pytest.warns(RuntimeWarning, match=r"checkpoints/3 is damaged") as record:
+    resumed = train(TrainConfig(epochs=4, **SMALL), data, out)
+  assert len([w for w in record if "damaged" in str(w.message)]) == 1
+  assert resumed.history == straight.history
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(straight.model), _leaves(resumed.model)))
+  assert (out / "damaged").exists() and sorted(p.name for p in (out / "checkpoints").iterdir()
+                                               if p.name.isdigit())[-1] == "4"
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+  import fcntl
+  tmp_path.mkdir(exist_ok=True)
+  with open(tmp_path / ".lock", "a") as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(RuntimeError, match="in use by another training run"):
+      train(TrainConfig(epochs=1, **SMALL), synthetic_data(), tmp_path)
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_digits_are_standardised_with_training_statistics_only():
+  (x, _), (xt, _) = digits_split()
+  assert np.abs(x.mean(axis=0)).max() < 1e-5 and abs(float(x.std()) - 1) < 1e-5
+  assert np.abs(xt.mean(axis=0)).max() > 1e-3  # the test set is not re-centred on itself
+
+
+def test_batched_evaluation_equals_one_batch():
+  from mimictheory._src.nn import MLP
+  from mimictheory._src.train import evaluate
+  (_, _), (x, y) = synthetic_data()
+  model = MLP(x.shape[1], 4, depth=3, width=32, norm="bn", rngs=nnx.Rngs(0))
+  model.eval()
+  whole = evaluate(model, x, y, batch=len(x))
+  for batch in (1, 7, 50):
+    np.testing.assert_allclose(evaluate(model, x, y, batch=batch), whole, rtol=1e-5)
 
 
 def test_cli_train_writes_metrics_and_plot(tmp_path, capsys):
@@ -105,6 +174,44 @@ def test_cli_train_bad_options(argv, needle, tmp_path, capsys):
   err = capsys.readouterr().err
   assert needle in err and len(err.strip().splitlines()) == 1
   assert not out.exists()
+
+
+def test_cli_nothing_is_written_before_validation(tmp_path, capsys):
+  """A model that cannot take the data fails before the folder exists (it used to leave a
+  config.json that blocked the corrected command)."""
+  from mimictheory.cli import main
+  out = tmp_path / "run"
+  assert main(["train", "--model", "resnet18", "--data", "digits", "--out", str(out),
+               "--quiet"]) == 2
+  assert "32x32x3" in capsys.readouterr().err and not out.exists()
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
+  """SIGINT mid-run: exit 130, one line on stderr (no traceback), the last complete checkpoint
+  intact; the same command then finishes the run."""
+  out = tmp_path / "run"
+  argv = [sys.executable, "-m", "mimictheory.cli", "train", "--data", "synthetic", "--epochs",
+          "60", "--depth", "3", "--width", "64", "--batch-size", "16", "--milestones", "50",
+          "--out", str(out), "--quiet"]
+  proc = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+  deadline = time.time() + 300
+  while not (out / "checkpoints" / "2").exists() and time.time() < deadline:
+    if proc.poll() is not None:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "epoch" in err
+  done = [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
+  lines = (out / "metrics.jsonl").read_text().splitlines()
+  assert max(done) == len(lines) >= 2  # the metrics and the newest checkpoint agree
+  target = str(max(done) + 1)  # the same run, extended by one epoch past the interruption
+  res = subprocess.run(argv[:7] + [target] + argv[8:], env=dict(os.environ, PYTHONPATH=REPO),
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+  assert res.returncode == 0, res.stderr
+  assert len((out / "metrics.jsonl").read_text().splitlines()) == max(done) + 1
 
 
 def test_cifar_pickle_copy(tmp_path):

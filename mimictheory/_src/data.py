@@ -10,20 +10,28 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["digits", "mnist", "load_images", "cifar"]
+__all__ = ["digits", "mnist", "load_images", "cifar", "standardise"]
 
 
-def _standardise(x):
-  x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-  x = x - x.mean(axis=0, keepdims=True)
-  return x / x.std()
+def standardise(reference, *others):
+  """Flattened float64 copies of `reference` and `others`, standardised with the statistics of
+  `reference` alone (its mean image subtracted, divided by its overall standard deviation):
+  pass the training set as `reference` so nothing of a test set leaks into the inputs.
+  Returns the reference alone, or a tuple when `others` are given."""
+  flat = [np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in (reference,) + others]
+  mean = flat[0].mean(axis=0, keepdims=True)
+  scale = (flat[0] - mean).std()
+  out = tuple((a - mean) / scale for a in flat)
+  return out if others else out[0]
 
 
-def digits():
-  """scikit-learn's bundled 8x8 digits (1797 images, d = 64), an offline stand-in for MNIST."""
+def digits(raw: bool = False):
+  """scikit-learn's bundled 8x8 digits (1797 images, d = 64), an offline stand-in for MNIST;
+  standardised over the whole set, or as stored (pixel values 0..16) with `raw=True`."""
   from sklearn.datasets import load_digits
   data = load_digits()
-  return _standardise(data.data), data.target.astype(np.int64)
+  x = data.data if raw else standardise(data.data)
+  return np.asarray(x, dtype=np.float64), data.target.astype(np.int64)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -52,13 +60,13 @@ def mnist(path):
     with np.load(path) as data:
       if "x_train" not in data.files:
         raise ValueError(f"mnist: {str(path)!r} has no x_train array")
-      return _standardise(data["x_train"]), np.asarray(data["y_train"], dtype=np.int64)
+      return standardise(data["x_train"]), np.asarray(data["y_train"], dtype=np.int64)
   folder = path if path.is_dir() else path.parent
   for suffix in ("", ".gz"):
     images = folder / f"train-images-idx3-ubyte{suffix}"
     labels = folder / f"train-labels-idx1-ubyte{suffix}"
     if images.exists() and labels.exists():
-      return _standardise(_read_idx(images)), _read_idx(labels).astype(np.int64)
+      return standardise(_read_idx(images)), _read_idx(labels).astype(np.int64)
   raise FileNotFoundError(f"mnist: no mnist.npz or train-images-idx3-ubyte[.gz] in {str(path)!r}")
 
 

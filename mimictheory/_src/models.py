@@ -321,20 +321,34 @@ class SqueezeNet(_Net):
     return self.classify(x)
 
 
+_MODE_ATTRIBUTES = ("deterministic", "use_running_average")
+
+
+def _modes(model: nnx.Module):
+  """(module, {attribute: value}) for the train/eval switches of every submodule."""
+  return [(m, {a: getattr(m, a) for a in _MODE_ATTRIBUTES if hasattr(m, a)})
+          for _, m in nnx.iter_modules(model)]
+
+
 def signals(model: nnx.Module, x) -> list[dict]:
   """Signal-propagation metrics of every conv output of `model` on the batch x (NHWC), in the
   order the convs run (NFNets' SPPs, with channels as units): `channel_mean` (average squared
   batch mean of a channel), `channel_variance` (average batch variance of a channel), `q`
   (per input, the mean squared activation) and `correlation` (every input pair, over all
-  positions and channels). Runs the model once in eval mode.
+  positions and channels). Runs the model once in eval mode, then restores each module's own
+  mode (so it can be called from a training loop's step callback).
   """
   outputs = []
   token = _RECORDING.set(outputs)
+  modes = _modes(model)
   try:
     model.eval()
     model(x)
   finally:
     _RECORDING.reset(token)
+    for module, attributes in modes:
+      for name, value in attributes.items():
+        setattr(module, name, value)
   metrics = []
   for y in outputs:
     channel_mean, channel_variance = unit_statistics(y.reshape(-1, y.shape[-1]))

@@ -6,7 +6,9 @@ their precision in any later arithmetic (a JAX float64 array would be truncated 
 the first operation outside the context). Jitted functions are cached per x64 state, so a
 float32 training loop in the same process is neither changed nor recompiled by the theory.
 Called on tracers (inside a user's or the library's own `jit`), the wrapped functions run
-unchanged and return tracers.
+unchanged and return tracers. Called on concrete values while some transformation is tracing
+(e.g. a model's initial σw² computed inside `nnx.eval_shape` or `nnx.jit`), they still compute
+eagerly (`jax.ensure_compile_time_eval`) and return NumPy values.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def float64(fn):
   def wrapper(*args, **kwargs):
     if _traced(args, kwargs):
       return fn(*args, **kwargs)
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
       return to_numpy(fn(*args, **kwargs))
 
   return wrapper

@@ -7,12 +7,25 @@ writes it under a temporary name and renames it) and one JSON line of metrics; a
 run started again with the same arguments resumes from the last checkpoint, and because the
 data order of every epoch derives from (seed, epoch) it ends exactly where an uninterrupted
 run ends. A NaN or infinite loss stops the run and is recorded as diverged.
+
+Robustness: everything is validated (configuration, data, model) before anything is written;
+a lock on the output folder refuses a second run into it; a damaged checkpoint is named, set
+aside, and the newest intact one is used; Ctrl-C stops at the next step boundary with the last
+complete checkpoint intact (`TrainingInterrupted`); the metrics are strict JSON (a non-finite
+loss is null); a finished run is extended by raising `epochs`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
+import shutil
+import signal
+import threading
+import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -25,8 +38,9 @@ from mimictheory._src import checks
 from mimictheory._src.io import atomic_path, progress_bar
 from mimictheory._src.nn import MLP, NORM_OPTIONS, project_weight_mean
 
-__all__ = ["TrainConfig", "TrainResult", "learning_rate_schedule", "train", "synthetic_data",
-           "digits_split", "load_data"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "learning_rate_schedule",
+           "optimizer", "train_step", "evaluate", "train", "synthetic_data", "digits_split",
+           "load_data"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,20 +62,35 @@ class TrainConfig:
   milestones: tuple = (80, 110, 135)
   decay: float = 0.1
   seed: int = 0
+  data: str = "custom"  # the data set's name (recorded; a run is resumed on the same data only)
+  eval_batch: int = 1000  # test images per evaluation batch (bounds evaluation memory)
 
   def validate(self) -> "TrainConfig":
     from mimictheory._src.models import MODELS
     checks.check_choice("norm", self.norm, NORM_OPTIONS)
     checks.check_choice("model", self.model, ("mlp",) + tuple(MODELS))
     checks.check_positive("model_width", self.model_width)
-    for name in ("depth", "width", "epochs", "batch_size"):
+    for name in ("depth", "width", "epochs", "batch_size", "eval_batch"):
       checks.check_int(name, getattr(self, name), minimum=1)
     checks.check_positive("lr", self.lr)
     checks.check_interval("momentum", self.momentum, 0.0, 1.0)
     checks.check_nonnegative("weight_decay", self.weight_decay)
     checks.check_nonnegative("warmup_epochs", self.warmup_epochs)
     checks.check_int("seed", self.seed, minimum=0)
+    for m in self.milestones:
+      checks.check_positive("milestones", m)
+    if not isinstance(self.data, str) or not self.data:
+      raise ValueError(f"data must be a non-empty name, got {self.data!r}")
     return self
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C during `train`: the run stopped at a step boundary; `epochs` are checkpointed."""
+
+  def __init__(self, out, epochs: int):
+    super().__init__(f"interrupted; {out} keeps its last complete checkpoint (epoch {epochs}); "
+                     "run the same command again to resume")
+    self.epochs = epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +122,15 @@ def synthetic_data(n: int = 512, d: int = 16, classes: int = 4, seed: int = 0):
 
 
 def digits_split(seed: int = 0):
-  """scikit-learn's bundled digits, standardised, 80/20 split (train, test)."""
-  from mimictheory._src.data import digits
-  x, y = digits()
+  """scikit-learn's bundled digits, 80/20 split (train, test), then standardised with the
+  training images' statistics only (nothing of the test set leaks into the inputs)."""
+  from mimictheory._src.data import digits, standardise
+  x, y = digits(raw=True)
   order = np.random.default_rng(seed).permutation(len(x))
-  x, y = x[order].astype(np.float32), y[order]
+  x, y = x[order], y[order]
   cut = len(x) * 4 // 5
-  return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+  train_x, test_x = standardise(x[:cut], x[cut:])
+  return (train_x.astype(np.float32), y[:cut]), (test_x.astype(np.float32), y[cut:])
 
 
 DATASETS = ("digits", "synthetic", "synthetic_images", "cifar10", "cifar100")
@@ -167,6 +198,56 @@ def augment(x, rng: np.random.Generator, rotation: float = 15.0):
   return out
 
 
+def optimizer(model: nnx.Module, learning_rate, momentum: float = 0.9,
+              weight_decay: float = 5e-4) -> nnx.Optimizer:
+  """The paper's optimiser: SGD with momentum and weight decay (a rate or an Optax schedule)."""
+  tx = optax.chain(optax.add_decayed_weights(weight_decay),
+                   optax.sgd(learning_rate, momentum=momentum))
+  return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def train_step(model: nnx.Module, opt: nnx.Optimizer, x, y):
+  """One optimiser step on the batch (x, y), then the weight-mean projection; the loss.
+
+  The one training step of the project: `train` runs it under `nnx.jit`, and
+  `memory.train_step_memory` compiles the same function to measure it."""
+  def loss_fn(model):
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+  loss, grads = nnx.value_and_grad(loss_fn)(model)
+  opt.update(model, grads)
+  project_weight_mean(model)
+  return loss
+
+
+_jit_train_step = nnx.jit(train_step)
+
+
+@nnx.jit
+def _eval_sums(model, x, y, valid):
+  """Summed loss and correct predictions over the rows marked `valid` (padding excluded)."""
+  logits = model(x)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  correct = jnp.argmax(logits, -1) == y
+  return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid & correct)
+
+
+def evaluate(model: nnx.Module, x, y, batch: int = 1000):
+  """(mean loss, accuracy) of `model` in its current mode on (x, y), `batch` rows at a time
+  (the last batch padded to the same shape: one compilation)."""
+  batch = min(checks.check_int("batch", batch, minimum=1), len(x))
+  loss = correct = 0.0
+  for start in range(0, len(x), batch):
+    xb, yb = x[start:start + batch], y[start:start + batch]
+    valid = np.arange(batch) < len(xb)
+    if len(xb) < batch:
+      xb = np.concatenate([xb, np.zeros((batch - len(xb),) + xb.shape[1:], xb.dtype)])
+      yb = np.concatenate([yb, np.zeros(batch - len(yb), yb.dtype)])
+    sums = _eval_sums(model, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(valid))
+    loss, correct = loss + float(sums[0]), correct + float(sums[1])
+  return loss / len(x), correct / len(x)
+
+
 def _build(config: TrainConfig, shape, classes: int, steps_per_epoch: int):
   if config.model == "mlp":
     if len(shape) != 1:
@@ -179,28 +260,8 @@ def _build(config: TrainConfig, shape, classes: int, steps_per_epoch: int):
     from mimictheory._src.models import make_model
     model = make_model(config.model, classes=classes, norm=config.norm, seed=config.seed,
                        width=config.model_width)
-  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                   optax.sgd(learning_rate_schedule(config, steps_per_epoch),
-                             momentum=config.momentum))
-  return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-
-@nnx.jit
-def _train_step(model, optimizer, x, y):
-  def loss_fn(model):
-    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-  loss, grads = nnx.value_and_grad(loss_fn)(model)
-  optimizer.update(model, grads)
-  project_weight_mean(model)
-  return loss
-
-
-@nnx.jit
-def _eval_step(model, x, y):
-  logits = model(x)
-  return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-          jnp.mean(jnp.argmax(logits, -1) == y))
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  return model, optimizer(model, schedule, config.momentum, config.weight_decay)
 
 
 def _last_bn_variance(model):
@@ -210,19 +271,122 @@ def _last_bn_variance(model):
 def _checkpointer(out: Path):
   import orbax.checkpoint as ocp
   return ocp.CheckpointManager(out.resolve() / "checkpoints",
-                               options=ocp.CheckpointManagerOptions(max_to_keep=2))
+                               options=ocp.CheckpointManagerOptions(max_to_keep=3))
+
+
+def _fingerprint(data) -> dict:
+  """Shapes and a SHA-256 of the arrays: a resumed run must see the same data."""
+  digest = hashlib.sha256()
+  for a in (a for split in data for a in split):
+    digest.update(np.ascontiguousarray(a).tobytes())
+  return {"shapes": [list(np.shape(a)) for split in data for a in split],
+          "sha256": digest.hexdigest()}
+
+
+@contextlib.contextmanager
+def _lock(out: Path):
+  """Hold an exclusive lock on out/.lock for the run (released by the OS if the process dies)."""
+  try:
+    import fcntl
+  except ImportError:  # not POSIX: no lock
+    yield
+    return
+  with open(out / ".lock", "a") as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      raise RuntimeError(f"out {str(out)!r} is in use by another training run; wait for it to "
+                         "finish or choose another folder") from None
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+  """While training, Ctrl-C (SIGINT) sets a flag instead of raising, so that no step or
+  checkpoint is cut in half; the loop stops at the next step boundary. A second Ctrl-C has its
+  usual effect. Only in the main thread (where Python delivers signals)."""
+  hit = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield hit
+    return
+  previous = signal.getsignal(signal.SIGINT)
+
+  def handler(signum, frame):
+    hit.set()
+    signal.signal(signal.SIGINT, previous)
+
+  signal.signal(signal.SIGINT, handler)
+  try:
+    yield hit
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def _start_config(out: Path, config: TrainConfig, fingerprint: dict) -> None:
+  """Refuse another configuration or other data in `out`; allow a larger `epochs`; write
+  config.json (atomically)."""
+  path = out / "config.json"
+  current = json.loads(json.dumps(dict(dataclasses.asdict(config), data_fingerprint=fingerprint)))
+  if path.exists():
+    saved = json.loads(path.read_text())
+    mine = {k: v for k, v in current.items() if k != "epochs"}
+    theirs = {k: v for k, v in saved.items() if k != "epochs"}
+    if mine != theirs:
+      what = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+      raise ValueError(f"out {str(out)!r} holds a run with another configuration or other data "
+                       f"(differs in {', '.join(what)}); use a new folder")
+  with atomic_path(path) as tmp:
+    tmp.write_text(json.dumps(current, sort_keys=True))
+
+
+def _restore(out: Path, model, opt):
+  """(manager, epochs): the newest intact checkpoint restored into model and optimiser. A
+  checkpoint that cannot be read is named in a warning and moved to out/damaged/."""
+  import orbax.checkpoint as ocp
+  folder = out / "checkpoints"
+  for tmp in folder.glob("*.orbax-checkpoint-tmp*") if folder.exists() else ():
+    shutil.rmtree(tmp, ignore_errors=True)  # a save cut short (we hold the lock)
+  manager = _checkpointer(out)
+  target = {"model": nnx.state(model), "optimizer": nnx.state(opt)}
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as err:  # Orbax raises many kinds for a damaged checkpoint
+      manager.close()
+      aside = out / "damaged" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+      aside.parent.mkdir(exist_ok=True)
+      shutil.move(str(folder / str(step)), aside)
+      warnings.warn(f"checkpoint {folder / str(step)} is damaged ({type(err).__name__}); moved "
+                    f"to {aside}, resuming from the one before", RuntimeWarning, stacklevel=3)
+      manager = _checkpointer(out)
+      continue
+    nnx.update(model, restored["model"])
+    nnx.update(opt, restored["optimizer"])
+    return manager, step
+  return manager, 0
+
+
+def _json_line(record: dict) -> str:
+  """Strict JSON: non-finite numbers become null."""
+  clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+           for k, v in record.items()}
+  return json.dumps(clean, allow_nan=False)
 
 
 def train(config: TrainConfig, data, out, max_epochs: int | None = None,
           progress: bool = False, on_step=None) -> TrainResult:
   """Train (or resume) `config` on `data` = ((x_train, y_train), (x_test, y_test)) in `out`.
 
-  Writes `out/config.json`, `out/metrics.jsonl` (one line per epoch) and Orbax checkpoints in
-  `out/checkpoints`. `max_epochs` stops after that many epochs in total (an interruption you
-  choose); calling again resumes. A different config in an existing `out` is an error.
-  `on_step(step, model, loss)` is called after every optimiser step (for per-step logging).
+  Writes `out/config.json` (with a fingerprint of the data), `out/metrics.jsonl` (one strict
+  JSON line per epoch) and Orbax checkpoints in `out/checkpoints`, each epoch's metrics line
+  before its checkpoint. `max_epochs` stops after that many epochs in total; calling again
+  resumes. Another configuration or other data in `out` is an error, except a larger `epochs`,
+  which extends a run. `on_step(step, model, loss)` is called after every optimiser step.
+  Raises `TrainingInterrupted` on Ctrl-C (after the last complete checkpoint).
   """
-  import orbax.checkpoint as ocp
   config = config.validate()
   (x_train, y_train), (x_test, y_test) = data
   if config.model == "mlp" and x_train.ndim > 2:  # images into an MLP: flattened
@@ -231,57 +395,63 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   steps_per_epoch = len(x_train) // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size must be <= the training set size ({len(x_train)})")
+  model, opt = _build(config, x_train.shape[1:], classes, steps_per_epoch)  # validates shapes
+  fingerprint = _fingerprint(data)
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  saved = out / "config.json"
-  as_json = json.dumps(dataclasses.asdict(config), sort_keys=True)
-  if saved.exists() and saved.read_text() != as_json:
-    raise ValueError(f"out {str(out)!r} holds a run with another configuration; use a new folder")
-  with atomic_path(saved) as tmp:
-    tmp.write_text(as_json)
-  model, optimizer = _build(config, x_train.shape[1:], classes, steps_per_epoch)
-  manager = _checkpointer(out)
-  start = 0
-  if manager.latest_step() is not None:
-    start = manager.latest_step()
-    target = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
-    restored = manager.restore(start, args=ocp.args.StandardRestore(target))
-    nnx.update(model, restored["model"])
-    nnx.update(optimizer, restored["optimizer"])
+  with _lock(out):
+    _start_config(out, config, fingerprint)
+    manager, start = _restore(out, model, opt)
+    try:
+      if start > config.epochs:
+        raise ValueError(f"epochs must be >= {start}, the epochs this run in {str(out)!r} has "
+                         f"completed, got {config.epochs}")
+      return _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch,
+                     (x_train, y_train), (x_test, y_test), progress, on_step)
+    finally:
+      manager.close()
+
+
+def _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch, train_set,
+            test_set, progress, on_step):
+  import orbax.checkpoint as ocp
+  (x_train, y_train), (x_test, y_test) = train_set, test_set
   history = _read_history(out / "metrics.jsonl", start)
   end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
   status = "finished" if end == config.epochs else "stopped"
-  for epoch in progress_bar(range(start, end), progress, "epochs"):
-    rng = np.random.default_rng([config.seed, epoch])  # data order and augmentation
-    order = rng.permutation(len(x_train))
-    images = config.augment and x_train.ndim == 4
-    model.train()
-    losses = []
-    for i in range(steps_per_epoch):
-      idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-      batch = augment(x_train[idx], rng) if images else x_train[idx]
-      losses.append(_train_step(model, optimizer, jnp.asarray(batch),
-                                jnp.asarray(y_train[idx])))
-      if on_step is not None:
-        on_step(epoch * steps_per_epoch + i + 1, model, losses[-1])
-    train_loss = float(np.mean(jax.device_get(losses)))
-    model.eval()
-    test_loss, test_acc = (float(v) for v in _eval_step(model, jnp.asarray(x_test),
-                                                         jnp.asarray(y_test)))
-    record = dict(epoch=epoch + 1, train_loss=train_loss, test_loss=test_loss,
-                  test_accuracy=test_acc, last_bn_variance=_last_bn_variance(model))
-    if not math.isfinite(train_loss):
-      record["diverged"] = True
+  with _deferred_interrupt() as interrupted:
+    for epoch in progress_bar(range(start, end), progress, "epochs"):
+      rng = np.random.default_rng([config.seed, epoch])  # data order and augmentation
+      order = rng.permutation(len(x_train))
+      images = config.augment and x_train.ndim == 4
+      model.train()
+      losses = []
+      for i in range(steps_per_epoch):
+        if interrupted.is_set():
+          raise TrainingInterrupted(out, epoch)
+        idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+        batch = augment(x_train[idx], rng) if images else x_train[idx]
+        losses.append(_jit_train_step(model, opt, jnp.asarray(batch), jnp.asarray(y_train[idx])))
+        if on_step is not None:
+          on_step(epoch * steps_per_epoch + i + 1, model, losses[-1])
+      train_loss = float(np.mean(jax.device_get(losses)))
+      model.eval()
+      test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch)
+      record = dict(epoch=epoch + 1, train_loss=train_loss, test_loss=test_loss,
+                    test_accuracy=test_acc, last_bn_variance=_last_bn_variance(model))
+      if not math.isfinite(train_loss):
+        record["diverged"] = True
+        history.append(record)
+        _append(out / "metrics.jsonl", history)
+        status = "diverged"
+        break
       history.append(record)
+      # The metrics line first, then the checkpoint: a run killed in between resumes from the
+      # previous checkpoint and drops the line (`_read_history`), so the two never disagree.
       _append(out / "metrics.jsonl", history)
-      status = "diverged"
-      break
-    history.append(record)
-    manager.save(epoch + 1, args=ocp.args.StandardSave(
-        {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}))
-    manager.wait_until_finished()
-    _append(out / "metrics.jsonl", history)
-  manager.close()
+      manager.save(epoch + 1, args=ocp.args.StandardSave(
+          {"model": nnx.state(model), "optimizer": nnx.state(opt)}))
+      manager.wait_until_finished()
   return TrainResult(history, status, model)
 
 
@@ -295,4 +465,4 @@ def _read_history(path: Path, epochs: int) -> list:
 
 def _append(path: Path, history: list) -> None:
   with atomic_path(path) as tmp:
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    tmp.write_text("".join(_json_line(r) + "\n" for r in history))
