@@ -234,15 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_crosscheck)
   p = sub.add_parser("train", help="train a MimicNorm (or baseline) network; resumes in --out")
-  p.add_argument("--data", default="digits", choices=["digits", "synthetic", "synthetic_images",
-                                                      "cifar10", "cifar100"])
+  p.add_argument("--data", default="digits", choices=["digits", "digits_images", "synthetic",
+                                                      "synthetic_images", "cifar10", "cifar100"])
   p.add_argument("--model", default="mlp", help="mlp, vgg11, vgg16, resnet18, resnet50, "
                  "shufflenetv2 or squeezenet (the CIFAR models need 32x32x3 images)")
   p.add_argument("--model-width", type=float, default=1.0, help="channel multiplier")
   p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
   p.add_argument("--data-path", default=None, help="folder of a local CIFAR copy (python pickle)")
   p.add_argument("--norm", default="mimic", choices=["bn", "none", "weight_mean", "last_bn",
-                                                     "mimic"])
+                                                     "mimic", "fixup", "skipinit"],
+                 help="fixup and skipinit: the normalisation-free baselines (resnet18/50 only)")
   p.add_argument("--depth", type=int, default=8)
   p.add_argument("--width", type=int, default=256)
   p.add_argument("--epochs", type=int, default=150)

@@ -126,3 +126,37 @@ def test_models_build_abstractly_and_under_jit(name="resnet18"):
   for a, b in zip(jax.tree_util.tree_leaves(nnx.state(built)),
                   jax.tree_util.tree_leaves(nnx.state(eager))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("norm", ["fixup", "skipinit"])
+def test_fixup_and_skipinit_blocks_are_the_identity_at_init(norm):
+  """Fixup: zero last conv per branch and zero classifier; SkipInit: branch scalar 0. Either
+  way every identity-shortcut block returns its (non-negative) input unchanged."""
+  model = make_model("resnet18", classes=10, norm=norm, width=0.125)
+  x = jnp.abs(X[:, :, :, :1] * jnp.ones((1, 1, 1, model.blocks[0].convs[0].kernel.shape[2])))
+  for block in model.blocks[:2]:  # stage 1: no projection
+    np.testing.assert_array_equal(np.asarray(block(x)), np.asarray(x))
+  if norm == "fixup":
+    assert all(float(jnp.abs(b.convs[-1].kernel[...]).max()) == 0.0 for b in model.blocks)
+    assert float(jnp.abs(model.classifier.kernel[...]).max()) == 0.0
+    assert float(model.blocks[0].scale.scale[...]) == 1.0
+  else:
+    assert all(float(b.scale.scale[...]) == 0.0 for b in model.blocks)
+  assert not jax.tree_util.tree_leaves(nnx.state(model, nnx.BatchStat))
+
+
+def test_fixup_rescales_the_other_branch_convs_by_l_to_the_minus_one_over_2m_minus_2():
+  """ResNet50: L = 16 bottleneck branches of m = 3 convs: He's std times 16^(-1/4); ResNet18:
+  L = 8, m = 2: times 8^(-1/2). Checked on the kernels' sample variances."""
+  for name, factor in (("resnet18", 8.0**-0.5), ("resnet50", 16.0**-0.25)):
+    model = make_model(name, classes=10, norm="fixup", width=0.25)
+    for block in model.blocks[-2:]:
+      kernel = np.asarray(block.convs[0].kernel[...])
+      fan_in = int(np.prod(kernel.shape[:-1]))
+      expected = 2.0 / fan_in * factor**2
+      assert kernel.var() == pytest.approx(expected, rel=5 * np.sqrt(2 / kernel.size))
+
+
+def test_baselines_are_for_residual_models_only():
+  with pytest.raises(ValueError, match="norm"):
+    make_model("vgg11", classes=10, norm="fixup", width=0.125)

@@ -270,3 +270,19 @@ def test_augmentation_is_a_crop_and_flip():
   padded = np.pad(x[0], ((4, 4), (4, 4), (0, 0)))
   windows = [padded[i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
   assert any(np.array_equal(a[0], w) or np.array_equal(a[0], w[:, ::-1]) for w in windows)
+
+
+@pytest.mark.parametrize("norm,data", [("fixup", "digits_images"), ("skipinit", "synthetic_images")])
+def test_fixup_and_skipinit_resnets_train(norm, data, tmp_path):
+  """The paper's normalisation-free baselines learn: the training loss falls well below chance
+  level (ln classes) within three short epochs (Fixup starts as the identity with a zero
+  classifier, so its first epoch barely moves: 2.29, 2.21, 1.66 on the digits)."""
+  from mimictheory._src.train import load_data
+  train_set, test_set = load_data(data)
+  cfg = TrainConfig(model="resnet18", norm=norm, model_width=0.125, epochs=3, batch_size=64,
+                    lr=0.1, warmup_epochs=0.5, milestones=(), augment=False, data=data)
+  result = train(cfg, (train_set, test_set), tmp_path)
+  classes = int(train_set[1].max()) + 1
+  losses = [h["train_loss"] for h in result.history]
+  assert result.status == "finished" and losses[-1] < losses[0]
+  assert losses[-1] < 0.85 * np.log(classes)

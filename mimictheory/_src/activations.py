@@ -158,7 +158,8 @@ def _correlation(q1, q2, q12):
   rho = q12 * _inverse_root(q1) * _inverse_root(q2)
   norm = jnp.sqrt(q1) * jnp.sqrt(q2)
   edge = (q12 * q12 == q1 * q2) & (q12 != 0)
-  exact = lambda value, x: value + (x - jax.lax.stop_gradient(x))  # noqa: E731  value, x's gradient
+  sg = jax.lax.stop_gradient
+  exact = lambda value, x: sg(value) + (x - sg(x))  # noqa: E731  the value, x's gradient
   rho = jnp.where(edge, exact(jnp.sign(q12), rho), rho)
   norm = jnp.where(edge, exact(jnp.abs(q12), norm), norm)  # √(q q) = q to the last bit
   # Clamp rounding excursions past ±1. Not jnp.clip: its gradient is 1/2 at the boundary, which

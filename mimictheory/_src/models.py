@@ -8,6 +8,12 @@ into the scalar as in the official code; all other covered kernels start at Theo
 The scalar multiplies the branch's last conv (kernel and bias), which saves memory; in
 ShuffleNetV2 that conv is followed by a ReLU, so this equals scaling the branch output while
 the scalar stays positive.
+The residual models also take the normalisation-free baselines the paper compares with:
+`norm="fixup"` (Zhang et al. 2019: the last conv of every branch and the classifier start at
+zero, the other branch convs at He's scale times L^(-1/(2m-2)) for L branches of m convs, a
+scalar multiplier (1) per branch and scalar biases (0) before every conv, activation and the
+classifier) and `norm="skipinit"` (De & Smith 2020: He's scale, every branch times a learnable
+scalar that starts at 0). At initialisation both make every residual block the identity.
 Inputs are NHWC.
 """
 from __future__ import annotations
@@ -22,8 +28,8 @@ from flax import nnx
 from mimictheory._src import checks
 from mimictheory._src.finite import pair_statistics, unit_statistics
 from mimictheory._src.nn import (
-    MIN_FAN_IN, NORM_OPTIONS, CentredKernel, Dense, LastBatchNorm, ResidualScalar, centre_kernel,
-    init_sw2)
+    MIN_FAN_IN, NORM_OPTIONS, RESIDUAL_BASELINES, CentredKernel, Dense, LastBatchNorm,
+    ResidualScalar, centre_kernel, init_sw2)
 
 __all__ = ["Conv", "VGG", "ResNet", "ShuffleNetV2", "SqueezeNet", "MODELS", "make_model",
            "signals"]
@@ -68,8 +74,9 @@ class Conv(nnx.Module):
 class _Net(nnx.Module):
   """Shared pieces: the norm switch, conv(+BN) units, the classifier and the last BN."""
 
-  def _setup(self, norm: str, rngs: nnx.Rngs, residual_init="official"):
-    checks.check_choice("norm", norm, NORM_OPTIONS)
+  def _setup(self, norm: str, rngs: nnx.Rngs, residual_init="official",
+              baselines: tuple = ()):
+    checks.check_choice("norm", norm, NORM_OPTIONS + baselines)
     if not (residual_init == "official" or callable(residual_init)):
       checks.check_nonnegative("residual_init", residual_init)
     self.residual_init = residual_init
@@ -85,8 +92,10 @@ class _Net(nnx.Module):
     return nnx.BatchNorm(channels, momentum=0.9, rngs=self.rngs) if self.norm == "bn" else None
 
   def head(self, features, classes):
+    fixup = self.norm == "fixup"
     self.classifier = Dense(features, classes, weight_mean=self.weight_mean, rngs=self.rngs,
-                            sw2=1.0)
+                            sw2=0.0 if fixup else 1.0)
+    self.classifier_bias = nnx.Param(jnp.zeros(())) if fixup else None  # Fixup's scalar bias
     self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
                     if self.norm in ("last_bn", "mimic") else None)
     del self.rngs, self.residual_init  # construction is over (head comes last)
@@ -96,16 +105,28 @@ class _Net(nnx.Module):
     "official" (1.2^k / l), a constant, or a callable (block, convs) -> initial value."""
     if self.norm == "bn":
       return None
+    if self.norm in RESIDUAL_BASELINES:  # Fixup's multiplier starts at 1, SkipInit's at 0
+      return ResidualScalar(1.0 if self.norm == "fixup" else 0.0)
     init = self.residual_init
     value = (ResidualScalar.official(block, convs) if init == "official" else
              init(block, convs) if callable(init) else float(init))
     return ResidualScalar(value)
 
-  def branch_sw2(self):
-    return None if self.norm == "bn" else 2.0  # He, the 1.2 per conv lives in the scalar
+  def branch_sw2(self, convs: int, branches: int):
+    """σw² of each conv in a residual branch: None (Theorem 3 / BN's default) with BN, He's
+    2 otherwise (the official 1.2 per conv lives in the scalar); Fixup: 2·L^(-1/(m-1)) (He's
+    std times L^(-1/(2m-2))) and 0 for the branch's last conv."""
+    if self.norm == "bn":
+      return [None] * convs
+    if self.norm == "fixup":
+      return [2.0 * branches ** (-1.0 / (convs - 1))] * (convs - 1) + [0.0]
+    return [2.0] * convs
 
   def classify(self, x):
-    logits = self.classifier(jnp.mean(x, axis=(1, 2)))
+    features = jnp.mean(x, axis=(1, 2))
+    if self.classifier_bias is not None:
+      features = features + self.classifier_bias[...]
+    logits = self.classifier(features)
     return logits if self.last_bn is None else self.last_bn(logits)
 
 
@@ -152,54 +173,67 @@ class VGG(_Net):
 # ResNet (CIFAR stem: one 3x3 conv, no max pool).
 # ----------------------------------------------------------------------------------------------
 class _Block(nnx.Module):
-  def __init__(self, net: _Net, cin, cout, stride, block_index, bottleneck: bool):
+  def __init__(self, net: _Net, cin, cout, stride, block_index, bottleneck: bool, branches: int):
     mid = cout // 4 if bottleneck else cout
-    sw2 = net.branch_sw2()
     if bottleneck:
       shapes = [(cin, mid, 1, 1), (mid, mid, 3, stride), (mid, cout, 1, 1)]
     else:
       shapes = [(cin, mid, 3, stride), (mid, cout, 3, 1)]
-    self.convs = nnx.List([net.conv(a, b, size, s, sw2=sw2) for a, b, size, s in shapes])
+    sw2 = net.branch_sw2(len(shapes), branches)
+    self.convs = nnx.List([net.conv(a, b, size, s, sw2=w)
+                           for (a, b, size, s), w in zip(shapes, sw2)])
     self.bns = nnx.List([net.bn(b) for _, b, _, _ in shapes]) if net.norm == "bn" else None
     self.scale = net.scalar(block_index, len(shapes))
+    # Fixup's scalar biases: before every conv, and after every conv (before its activation;
+    # after the multiplier for the last).
+    self.biases = (nnx.List([nnx.Param(jnp.zeros(())) for _ in range(2 * len(shapes))])
+                   if net.norm == "fixup" else None)
     needs_proj = stride != 1 or cin != cout
     self.shortcut = net.conv(cin, cout, 1, stride) if needs_proj else None
     self.shortcut_bn = net.bn(cout) if needs_proj else None
+
+  def _bias(self, i):
+    return 0.0 if self.biases is None else self.biases[i][...]
 
   def __call__(self, x):
     h = x
     last = len(self.convs) - 1
     for i, conv in enumerate(self.convs):
-      h = conv(h, self.scale.scale[...] if i == last and self.scale is not None else None)
+      h = conv(h + self._bias(2 * i),
+               self.scale.scale[...] if i == last and self.scale is not None else None)
+      h = h + self._bias(2 * i + 1)
       if self.bns is not None:
         h = self.bns[i](h)
       if i < last:
         h = jax.nn.relu(h)
-    skip = x if self.shortcut is None else _apply(self.shortcut_bn, self.shortcut(x))
+    skip = x if self.shortcut is None else _apply(self.shortcut_bn,
+                                                  self.shortcut(x + self._bias(0)))
     return jax.nn.relu(h + skip)
 
 
 class ResNet(_Net):
   def __init__(self, depth: int = 18, classes: int = 100, *, norm: str = "mimic",
                rngs: nnx.Rngs, width: float = 1.0, residual_init="official"):
-    self._setup(norm, rngs, residual_init)
+    self._setup(norm, rngs, residual_init, baselines=RESIDUAL_BASELINES)
     bottleneck = depth == 50
     counts = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
     base = max(1, int(64 * width))
     self.stem = self.conv(3, base)
     self.stem_bn = self.bn(base)
+    self.stem_bias = nnx.Param(jnp.zeros(())) if norm == "fixup" else None
     blocks, cin, index = [], base, 1
     for stage, count in enumerate(counts):
       cout = base * 2**stage * (4 if bottleneck else 1)
       for i in range(count):
         stride = 2 if stage > 0 and i == 0 else 1
-        blocks.append(_Block(self, cin, cout, stride, index, bottleneck))
+        blocks.append(_Block(self, cin, cout, stride, index, bottleneck, sum(counts)))
         cin, index = cout, index + 1
     self.blocks = nnx.List(blocks)
     self.head(cin, classes)
 
   def __call__(self, x):
-    x = jax.nn.relu(_apply(self.stem_bn, self.stem(x)))
+    x = _apply(self.stem_bn, self.stem(x))
+    x = jax.nn.relu(x if self.stem_bias is None else x + self.stem_bias[...])
     for block in self.blocks:
       x = block(x)
     return self.classify(x)

@@ -22,12 +22,15 @@ from mimictheory._src.finite import Signal, centre_kernel, signal_metrics
 from mimictheory._src.maps import stable_sw2
 
 __all__ = [
-    "CentredKernel", "MIN_FAN_IN", "NORM_OPTIONS", "centre_kernel", "per_channel_fan_in",
+    "CentredKernel", "MIN_FAN_IN", "NORM_OPTIONS", "RESIDUAL_BASELINES", "centre_kernel", "per_channel_fan_in",
     "project_weight_mean", "init_sw2", "Dense", "LastBatchNorm", "ResidualScalar", "MLP",
 ]
 
 MIN_FAN_IN = 50
 NORM_OPTIONS = ("bn", "none", "weight_mean", "last_bn", "mimic")
+#: Normalisation-free baselines of the residual models (ResNet18/50), as the paper compares them:
+#: Fixup (Zhang et al. 2019) and SkipInit (De & Smith 2020).
+RESIDUAL_BASELINES = ("fixup", "skipinit")
 
 
 class CentredKernel(nnx.Param):

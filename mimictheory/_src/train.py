@@ -36,7 +36,7 @@ from flax import nnx
 
 from mimictheory._src import checks
 from mimictheory._src.io import atomic_path, progress_bar
-from mimictheory._src.nn import MLP, NORM_OPTIONS, project_weight_mean
+from mimictheory._src.nn import MLP, NORM_OPTIONS, RESIDUAL_BASELINES, project_weight_mean
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "learning_rate_schedule",
            "optimizer", "train_step", "evaluate", "train", "synthetic_data", "digits_split",
@@ -67,8 +67,11 @@ class TrainConfig:
 
   def validate(self) -> "TrainConfig":
     from mimictheory._src.models import MODELS
-    checks.check_choice("norm", self.norm, NORM_OPTIONS)
+    checks.check_choice("norm", self.norm, NORM_OPTIONS + RESIDUAL_BASELINES)
     checks.check_choice("model", self.model, ("mlp",) + tuple(MODELS))
+    if self.norm in RESIDUAL_BASELINES and self.model not in ("resnet18", "resnet50"):
+      raise ValueError(f"norm {self.norm!r} is a baseline of the residual models: model must be "
+                       f"resnet18 or resnet50, got {self.model!r}")
     checks.check_positive("model_width", self.model_width)
     for name in ("depth", "width", "epochs", "batch_size", "eval_batch"):
       checks.check_int(name, getattr(self, name), minimum=1)
@@ -133,16 +136,30 @@ def digits_split(seed: int = 0):
   return (train_x.astype(np.float32), y[:cut]), (test_x.astype(np.float32), y[cut:])
 
 
-DATASETS = ("digits", "synthetic", "synthetic_images", "cifar10", "cifar100")
+DATASETS = ("digits", "digits_images", "synthetic", "synthetic_images", "cifar10", "cifar100")
+
+
+def digits_images(seed: int = 0):
+  """The digits as 32x32x3 images (each pixel a 4x4 block, grey in three channels): an honest
+  offline stand-in for CIFAR-shaped data, for the CIFAR models."""
+  (x, y), (xt, yt) = digits_split(seed)
+
+  def image(a):
+    a = np.kron(a.reshape(-1, 8, 8), np.ones((1, 4, 4), a.dtype))
+    return np.repeat(a[..., None], 3, axis=-1)
+
+  return (image(x), y), (image(xt), yt)
 
 
 def load_data(name: str, path=None):
-  """((x_train, y_train), (x_test, y_test)) for `name` in digits | synthetic |
+  """((x_train, y_train), (x_test, y_test)) for `name` in digits | digits_images | synthetic |
   synthetic_images | cifar10 | cifar100 (CIFAR from a local copy in the python-pickle format,
   NHWC; nothing is downloaded). An MLP flattens images itself."""
   checks.check_choice("data", name, DATASETS)
   if name == "digits":
     return digits_split()
+  if name == "digits_images":
+    return digits_images()
   if name == "synthetic":
     return synthetic_data()
   if name == "synthetic_images":
