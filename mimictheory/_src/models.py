@@ -252,7 +252,7 @@ class _ShuffleUnit(nnx.Module):
     self.stride = stride
     branch_in = cin if stride == 2 else cin // 2
     mid = cout // 2
-    sw2 = net.branch_sw2()
+    sw2 = net.branch_sw2(3, 0)[0]  # (Fixup and SkipInit are for the ResNets only)
     self.pw1 = net.conv(branch_in, mid, 1, sw2=sw2)
     self.dw = net.conv(mid, mid, 3, stride, groups=mid, sw2=sw2)  # depthwise: skipped by WM
     self.pw2 = net.conv(mid, mid, 1, sw2=sw2)
