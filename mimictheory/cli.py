@@ -105,7 +105,7 @@ def _crosscheck(args) -> int:
 def _train(args) -> int:
   from mimictheory._src.figures import plot_training
   from pathlib import Path
-  from mimictheory._src.train import TrainConfig, load_data, train
+  from mimictheory._src.train import TrainConfig, data_mesh, load_data, train
   config = TrainConfig(norm=args.norm, model=args.model, model_width=args.model_width,
                        augment=not args.no_augment, depth=args.depth, width=args.width, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
@@ -113,7 +113,8 @@ def _train(args) -> int:
                        milestones=args.milestones, seed=args.seed, data=args.data).validate()
   data = load_data(args.data, args.data_path)
   out = Path(args.out)
-  result = train(config, data, out, progress=not args.quiet)  # writes only once all is valid
+  mesh = data_mesh() if args.data_parallel else None
+  result = train(config, data, out, progress=not args.quiet, mesh=mesh)  # writes once valid
   plot_training(result.history, out / "curves.png",
                 title=f"{args.data}, {args.model}, norm {args.norm}, lr {args.lr}")
   last = result.history[-1] if result.history else {}
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--norm", default="mimic", choices=["bn", "none", "weight_mean", "last_bn",
                                                      "mimic", "fixup", "skipinit"],
                  help="fixup and skipinit: the normalisation-free baselines (resnet18/50 only)")
+  p.add_argument("--data-parallel", action="store_true",
+                 help="split every batch over all devices (jax.sharding; multi-host after "
+                 "jax.distributed.initialize)")
   p.add_argument("--depth", type=int, default=8)
   p.add_argument("--width", type=int, default=256)
   p.add_argument("--epochs", type=int, default=150)

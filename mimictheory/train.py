@@ -1,6 +1,8 @@
 """Training MimicNorm models with Optax and Orbax (public API; see `mimictheory._src.train`)."""
 from mimictheory._src.train import (  # noqa: F401
-    TrainConfig, TrainResult, digits_split, learning_rate_schedule, synthetic_data, train)
+    TrainConfig, TrainResult, TrainingInterrupted, data_mesh, digits_split, evaluate,
+    learning_rate_schedule, load_data, optimizer, synthetic_data, train, train_step)
 
-__all__ = ["TrainConfig", "TrainResult", "digits_split", "learning_rate_schedule",
-           "synthetic_data", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "data_mesh", "digits_split",
+           "evaluate", "learning_rate_schedule", "load_data", "optimizer", "synthetic_data",
+           "train", "train_step"]

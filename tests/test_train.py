@@ -286,3 +286,49 @@ def test_fixup_and_skipinit_resnets_train(norm, data, tmp_path):
   losses = [h["train_loss"] for h in result.history]
   assert result.status == "finished" and losses[-1] < losses[0]
   assert losses[-1] < 0.85 * np.log(classes)
+
+
+def test_data_parallel_training_on_four_devices_matches_one_device(tmp_path):
+  """jax.sharding over 4 forced CPU devices (a subprocess: the device count is fixed when JAX
+  starts): batches split, state replicated; losses equal one device's within float32
+  summation order, BN and MimicNorm (whose last BN needs the whole batch's statistics), and
+  resume stays exact under sharding."""
+  script = '''
+import json, tempfile, numpy as np, jax
+from flax import nnx
+from mimictheory.train import TrainConfig, train, synthetic_data, data_mesh
+data = synthetic_data(n=1024, d=32, classes=4)
+out = {}
+for norm in ("bn", "mimic"):
+  cfg = TrainConfig(norm=norm, epochs=3, depth=4, width=64, batch_size=64, warmup_epochs=1,
+                    milestones=(2,))
+  one = train(cfg, data, tempfile.mkdtemp())
+  mesh = data_mesh()
+  many = train(cfg, data, tempfile.mkdtemp(), mesh=mesh)
+  d = tempfile.mkdtemp()
+  train(cfg, data, d, mesh=mesh, max_epochs=1)
+  resumed = train(cfg, data, d, mesh=mesh)
+  leaves = lambda r: [np.asarray(a) for a in jax.tree_util.tree_leaves(nnx.state(r.model))]
+  out[norm] = dict(
+      one=[h["train_loss"] for h in one.history], many=[h["train_loss"] for h in many.history],
+      devices=[len(a.sharding.device_set) for a in jax.tree_util.tree_leaves(nnx.state(many.model))],
+      resumed=resumed.history == many.history and all(
+          np.array_equal(a, b) for a, b in zip(leaves(resumed), leaves(many))))
+try:
+  train(TrainConfig(epochs=1, depth=3, width=32, batch_size=62), data, tempfile.mkdtemp(),
+        mesh=data_mesh())
+except ValueError as err:
+  out["error"] = str(err)
+print(json.dumps(out))
+'''
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path)
+  assert res.returncode == 0, res.stderr[-2000:]
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  for norm in ("bn", "mimic"):
+    assert set(out[norm]["devices"]) == {4}  # every parameter lives on all four devices
+    np.testing.assert_allclose(out[norm]["many"], out[norm]["one"], rtol=2e-5, atol=1e-6)
+    assert out[norm]["resumed"]
+  assert "batch_size must be a multiple of the 4 devices" in out["error"]

@@ -39,7 +39,7 @@ from mimictheory._src.io import atomic_path, progress_bar
 from mimictheory._src.nn import MLP, NORM_OPTIONS, RESIDUAL_BASELINES, project_weight_mean
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "learning_rate_schedule",
-           "optimizer", "train_step", "evaluate", "train", "synthetic_data", "digits_split",
+           "optimizer", "train_step", "evaluate", "data_mesh", "train", "synthetic_data", "digits_split",
            "load_data"]
 
 
@@ -249,10 +249,13 @@ def _eval_sums(model, x, y, valid):
   return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid & correct)
 
 
-def evaluate(model: nnx.Module, x, y, batch: int = 1000):
+def evaluate(model: nnx.Module, x, y, batch: int = 1000, mesh=None):
   """(mean loss, accuracy) of `model` in its current mode on (x, y), `batch` rows at a time
-  (the last batch padded to the same shape: one compilation)."""
+  (the last batch padded to the same shape: one compilation), each batch split over `mesh`."""
   batch = min(checks.check_int("batch", batch, minimum=1), len(x))
+  if mesh is not None:
+    batch = -(-batch // mesh.devices.size) * mesh.devices.size
+  put = _batch_placement(mesh)
   loss = correct = 0.0
   for start in range(0, len(x), batch):
     xb, yb = x[start:start + batch], y[start:start + batch]
@@ -260,9 +263,31 @@ def evaluate(model: nnx.Module, x, y, batch: int = 1000):
     if len(xb) < batch:
       xb = np.concatenate([xb, np.zeros((batch - len(xb),) + xb.shape[1:], xb.dtype)])
       yb = np.concatenate([yb, np.zeros(batch - len(yb), yb.dtype)])
-    sums = _eval_sums(model, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(valid))
+    sums = _eval_sums(model, put(xb), put(yb), put(valid))
     loss, correct = loss + float(sums[0]), correct + float(sums[1])
   return loss / len(x), correct / len(x)
+
+
+def data_mesh(devices=None, axis: str = "data"):
+  """A one-axis `jax.sharding.Mesh` over `devices` (default: all devices of the process, or of
+  every process after `jax.distributed.initialize()`) for data-parallel training."""
+  from jax.sharding import Mesh
+  return Mesh(np.asarray(jax.devices() if devices is None else list(devices)), (axis,))
+
+
+def _batch_placement(mesh):
+  """Puts a batch on the device(s): its leading axis split over `mesh` (data parallel)."""
+  if mesh is None:
+    return jnp.asarray
+  from jax.sharding import NamedSharding, PartitionSpec
+  sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+  return lambda a: jax.device_put(np.asarray(a), sharding)
+
+
+def _replicate(tree, mesh):
+  """`tree`'s arrays replicated on every device of `mesh` (parameters, optimiser state)."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def _build(config: TrainConfig, shape, classes: int, steps_per_epoch: int):
@@ -394,7 +419,7 @@ def _json_line(record: dict) -> str:
 
 
 def train(config: TrainConfig, data, out, max_epochs: int | None = None,
-          progress: bool = False, on_step=None) -> TrainResult:
+          progress: bool = False, on_step=None, mesh=None) -> TrainResult:
   """Train (or resume) `config` on `data` = ((x_train, y_train), (x_test, y_test)) in `out`.
 
   Writes `out/config.json` (with a fingerprint of the data), `out/metrics.jsonl` (one strict
@@ -403,6 +428,13 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   resumes. Another configuration or other data in `out` is an error, except a larger `epochs`,
   which extends a run. `on_step(step, model, loss)` is called after every optimiser step.
   Raises `TrainingInterrupted` on Ctrl-C (after the last complete checkpoint).
+
+  `mesh` (see `data_mesh`): data-parallel training, each batch split over the mesh's devices,
+  parameters and optimiser state replicated. XLA inserts the gradient all-reduce, and BN's
+  batch statistics (the last BN's too) are over the whole batch, so a step is the
+  single-device step up to float32 summation order; the weight-mean projection acts on the
+  replicated kernels. Multi-host: call `jax.distributed.initialize()` first in every process,
+  then pass `data_mesh()` (all processes' devices).
   """
   config = config.validate()
   (x_train, y_train), (x_test, y_test) = data
@@ -412,7 +444,12 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   steps_per_epoch = len(x_train) // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size must be <= the training set size ({len(x_train)})")
+  if mesh is not None and config.batch_size % mesh.devices.size:
+    raise ValueError(f"batch_size must be a multiple of the {mesh.devices.size} devices of the "
+                     f"mesh, got {config.batch_size}")
   model, opt = _build(config, x_train.shape[1:], classes, steps_per_epoch)  # validates shapes
+  if mesh is not None:
+    nnx.update((model, opt), _replicate(nnx.state((model, opt)), mesh))
   fingerprint = _fingerprint(data)
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -424,18 +461,19 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
         raise ValueError(f"epochs must be >= {start}, the epochs this run in {str(out)!r} has "
                          f"completed, got {config.epochs}")
       return _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch,
-                     (x_train, y_train), (x_test, y_test), progress, on_step)
+                     (x_train, y_train), (x_test, y_test), progress, on_step, mesh)
     finally:
       manager.close()
 
 
 def _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch, train_set,
-            test_set, progress, on_step):
+            test_set, progress, on_step, mesh):
   import orbax.checkpoint as ocp
   (x_train, y_train), (x_test, y_test) = train_set, test_set
   history = _read_history(out / "metrics.jsonl", start)
   end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
   status = "finished" if end == config.epochs else "stopped"
+  put = _batch_placement(mesh)
   with _deferred_interrupt() as interrupted:
     for epoch in progress_bar(range(start, end), progress, "epochs"):
       rng = np.random.default_rng([config.seed, epoch])  # data order and augmentation
@@ -448,12 +486,12 @@ def _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch
           raise TrainingInterrupted(out, epoch)
         idx = order[i * config.batch_size:(i + 1) * config.batch_size]
         batch = augment(x_train[idx], rng) if images else x_train[idx]
-        losses.append(_jit_train_step(model, opt, jnp.asarray(batch), jnp.asarray(y_train[idx])))
+        losses.append(_jit_train_step(model, opt, put(batch), put(y_train[idx])))
         if on_step is not None:
           on_step(epoch * steps_per_epoch + i + 1, model, losses[-1])
       train_loss = float(np.mean(jax.device_get(losses)))
       model.eval()
-      test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch)
+      test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch, mesh)
       record = dict(epoch=epoch + 1, train_loss=train_loss, test_loss=test_loss,
                     test_accuracy=test_acc, last_bn_variance=_last_bn_variance(model))
       if not math.isfinite(train_loss):
