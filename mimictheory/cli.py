@@ -283,7 +283,35 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(run=_memory)
+  p = sub.add_parser("reproduce", help="the paper's Tables 1-2, Figures 6-7 and supplementary "
+                     "Figure 3 as resumable grids of runs")
+  p.add_argument("experiment", choices=["table1", "table2", "fig6", "fig7", "supp3"])
+  p.add_argument("--data-path", default=None, help="a local CIFAR-100 copy (python pickle): the "
+                 "paper's settings; without it, a small version on the bundled digits")
+  p.add_argument("--data", default=None, choices=["digits", "digits_images", "synthetic",
+                                                  "synthetic_images", "cifar10", "cifar100"],
+                 help="override the data set")
+  p.add_argument("--epochs", type=int, default=None, help="override the epochs of every run")
+  p.add_argument("--model-width", type=float, default=None, help="override the channel width")
+  p.add_argument("--models", type=_names, default=None, help="restrict the grid (comma list)")
+  p.add_argument("--norms", type=_names, default=None, help="restrict the grid (comma list)")
+  p.add_argument("--lrs", type=_floats, default=None, help="learning rates (comma list)")
+  p.add_argument("--seeds", type=int, default=1)
+  p.add_argument("--out", default="runs/reproduce")
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(run=_reproduce)
   return parser
+
+
+def _reproduce(args) -> int:
+  from mimictheory._src.reproduce import reproduce
+  out = reproduce(args.experiment, f"{args.out}/{args.experiment}", args.data_path, args.data,
+                  args.epochs, args.model_width, args.models, args.norms, args.lrs, args.seeds,
+                  progress=not args.quiet)
+  scale = "the paper's settings" if out["full"] else "a small version (no --data-path)"
+  print(f"{args.experiment}: {scale}; {out['trained']} run(s) trained; wrote "
+        + ", ".join(str(p) for p in out["outputs"]))
+  return 0
 
 
 def main(argv=None) -> int:

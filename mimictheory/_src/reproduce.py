@@ -1,0 +1,249 @@
+"""The paper's experiments as resumable grids of training runs: Tables 1–2, Figures 6–7 and
+supplementary Figure 3 (Fei et al., AAAI 2021, section 5).
+
+Each experiment is a grid of runs (model × norm × learning rate × seed), each one `train` run in
+its own folder, so rerunning the command resumes unfinished runs and skips finished ones; the
+table (Markdown + JSON) or the curves (PNG + PDF) are then rendered from the runs' metrics.
+With `data_path` (a local CIFAR-100 copy) the paper's settings are used (150 epochs, width 1,
+batch 256, 128 for ResNet50; Table 2: 10 epochs per rate). Without it, a small honest version
+runs on the bundled digits as 32x32x3 images (channel width x1/8, a few epochs), and every
+output says so: its numbers are not the paper's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from mimictheory._src import checks
+from mimictheory._src.io import atomic_path, progress_bar
+
+__all__ = ["EXPERIMENTS", "Run", "plan", "reproduce"]
+
+PAPER_TABLE1 = {  # CIFAR-100 accuracy (%), THEORY.md section 8
+    ("vgg11", "bn"): 67.90, ("vgg11", "mimic"): 67.87, ("vgg11", "none"): 65.33,
+    ("vgg16", "bn"): 72.28, ("vgg16", "mimic"): 72.47, ("vgg16", "none"): 68.97,
+    ("resnet18", "bn"): 74.72, ("resnet18", "fixup"): 70.48, ("resnet18", "mimic"): 74.96,
+    ("resnet50", "bn"): 78.53, ("resnet50", "fixup"): 72.81, ("resnet50", "mimic"): 77.91,
+    ("squeezenet", "bn"): 70.88, ("squeezenet", "mimic"): 71.15,
+    ("shufflenetv2", "bn"): 71.10, ("shufflenetv2", "mimic"): 70.93,
+}
+TABLE2_LRS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+# experiment -> (models, norms per model, learning rates, what is rendered)
+EXPERIMENTS = {
+    "table1": dict(grid=[(m, n) for (m, n) in PAPER_TABLE1], lrs=(0.1,), render="table"),
+    "table2": dict(grid=[("vgg16", n) for n in ("none", "weight_mean", "mimic", "bn")],
+                   lrs=TABLE2_LRS, render="lr_table"),
+    "fig6": dict(grid=[("vgg16", n) for n in ("none", "weight_mean", "last_bn", "mimic", "bn")],
+                 lrs=(0.1,), render="curves"),
+    "fig7": dict(grid=[(m, n) for m in ("resnet18", "resnet50")
+                       for n in ("bn", "mimic", "fixup", "skipinit")], lrs=(0.1,),
+                 render="curves"),
+    "supp3": dict(grid=[("mlp", n) for n in ("last_bn", "mimic")], lrs=(0.1,),
+                  render="variance"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One cell of an experiment's grid."""
+  model: str
+  norm: str
+  lr: float
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return f"{self.model}-{self.norm}-lr{self.lr:g}-seed{self.seed}"
+
+
+def plan(experiment: str, models=None, norms=None, lrs=None, seeds: int = 1) -> list[Run]:
+  """The runs of `experiment`, optionally restricted to some models, norms and rates."""
+  spec = EXPERIMENTS[checks.check_choice("experiment", experiment, tuple(EXPERIMENTS))]
+  checks.check_int("seeds", seeds, minimum=1)
+  runs = [Run(m, n, float(lr), s) for m, n in spec["grid"] for lr in (lrs or spec["lrs"])
+          for s in range(seeds)
+          if (models is None or m in models) and (norms is None or n in norms)]
+  if not runs:
+    raise ValueError(f"models/norms select no run of {experiment} (its grid: "
+                     f"{', '.join(f'{m}/{n}' for m, n in spec['grid'])})")
+  return runs
+
+
+def _settings(experiment: str, run: Run, full: bool, epochs, model_width):
+  """TrainConfig keywords: the paper's with real data, the small version's without."""
+  mlp = run.model == "mlp"
+  if full:
+    kw = dict(epochs=10 if experiment == "table2" else 150, model_width=1.0,
+              batch_size=128 if run.model == "resnet50" else 256, warmup_epochs=2.0,
+              milestones=(80, 110, 135))
+  else:
+    kw = dict(epochs=2 if experiment == "table2" else 4, model_width=0.125, batch_size=64,
+              warmup_epochs=0.5, milestones=(3,), augment=False)
+  if experiment == "supp3":  # the first ~800 steps of a depth-16 MLP (batch 16 on the digits)
+    kw.update(epochs=9, batch_size=16, depth=16, width=256, warmup_epochs=0.0, milestones=())
+  if experiment == "table2":
+    kw.update(warmup_epochs=0.0, milestones=())
+  if epochs is not None:
+    kw["epochs"] = epochs
+  if model_width is not None and not mlp:
+    kw["model_width"] = model_width
+  return kw
+
+
+def reproduce(experiment: str, out, data_path=None, data: str | None = None, epochs=None,
+              model_width=None, models=None, norms=None, lrs=None, seeds: int = 1,
+              progress: bool = False) -> dict:
+  """Run (or resume) the grid of `experiment` in `out/runs/<run>` and render its outputs.
+
+  Returns {"outputs": [paths], "trained": number of runs that trained, "full": bool}.
+  """
+  from mimictheory._src.train import TrainConfig, load_data, train
+  runs = plan(experiment, models, norms, lrs, seeds)
+  full = data_path is not None
+  name = data or ("cifar100" if full else "digits" if experiment == "supp3" else
+                  "digits_images")
+  dataset = load_data(name, data_path)
+  out = Path(out)
+  results, trained, steps = {}, 0, {}
+  for run in progress_bar(runs, progress, f"reproduce {experiment}"):
+    kw = _settings(experiment, run, full, epochs, model_width)
+    config = TrainConfig(model=run.model, norm=run.norm, lr=run.lr, seed=run.seed, data=name,
+                         **kw).validate()
+    record = []
+    on_step = (lambda step, model, loss: record.append(
+        (step, np.asarray(model.last_bn.var[...]).tolist()))) if experiment == "supp3" else None
+    counter = []
+    result = train(config, dataset, out / "runs" / run.name,
+                   on_step=lambda *a: (counter.append(1), on_step and on_step(*a)))
+    trained += bool(counter)
+    results[run] = result.history
+    if experiment == "supp3":
+      steps[run] = _step_log(out / "runs" / run.name / "last_bn_steps.json", record)
+  render = EXPERIMENTS[experiment]["render"]
+  note = ("CIFAR-100, the paper's settings" if full else
+          f"small version on {name} (not CIFAR-100): {kw['epochs']} epochs, width x"
+          f"{kw.get('model_width', 1):g}; compare shapes, not numbers, with the paper")
+  outputs = {"table": _table, "lr_table": _lr_table, "curves": _curves,
+             "variance": _variance}[render](experiment, results, steps, out, note)
+  return {"outputs": outputs, "trained": trained, "full": full}
+
+
+def _step_log(path: Path, record):
+  """Per-step last-BN variances of a run (kept across resumes: a resumed run appends)."""
+  old = json.loads(path.read_text()) if path.exists() else []
+  last = old[-1][0] if old else 0
+  merged = old + [r for r in record if r[0] > last]
+  with atomic_path(path) as tmp:
+    tmp.write_text(json.dumps(merged))
+  return merged
+
+
+def _final(history, key="test_accuracy"):
+  values = [h.get(key) for h in history]
+  return values[-1] if values and values[-1] is not None else float("nan")
+
+
+def _write(out: Path, stem: str, rows: list[str], payload: dict) -> list[Path]:
+  out.mkdir(parents=True, exist_ok=True)
+  paths = [out / f"{stem}.md", out / f"{stem}.json"]
+  with atomic_path(paths[0]) as tmp:
+    tmp.write_text("\n".join(rows) + "\n")
+  with atomic_path(paths[1]) as tmp:
+    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
+  return paths
+
+
+def _clean(x):
+  return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def _table(experiment, results, steps, out, note):
+  """Table 1: final test accuracy per (model, norm), mean over seeds, beside the paper's."""
+  cells = {}
+  for run, history in results.items():
+    cells.setdefault((run.model, run.norm), []).append(_final(history))
+  rows = [f"Table 1 ({note}): final test accuracy (%)", "",
+          "| model | norm | accuracy | seeds | paper |", "|---|---|---:|---:|---:|"]
+  payload = {"note": note, "rows": []}
+  for (model, norm), accs in cells.items():
+    acc = 100 * float(np.mean(accs))
+    rows.append(f"| {model} | {norm} | {acc:.2f} | {len(accs)} | "
+                f"{PAPER_TABLE1.get((model, norm), float('nan')):.2f} |")
+    payload["rows"].append(dict(model=model, norm=norm, accuracy=_clean(acc), seeds=len(accs),
+                                paper=PAPER_TABLE1.get((model, norm))))
+  return _write(out, experiment, rows, payload)
+
+
+def _lr_table(experiment, results, steps, out, note):
+  """Table 2: best test accuracy within the run per (norm, learning rate)."""
+  norms = list(dict.fromkeys(run.norm for run in results))
+  lrs = sorted({run.lr for run in results})
+  best = {(run.norm, run.lr): 100 * max([h["test_accuracy"] for h in history
+                                         if h.get("test_accuracy") is not None] or [float("nan")])
+          for run, history in results.items()}
+  rows = [f"Table 2 ({note}): best test accuracy (%) per learning rate", "",
+          "| norm | " + " | ".join(f"{lr:g}" for lr in lrs) + " |",
+          "|---|" + "---:|" * len(lrs)]
+  for n in norms:
+    rows.append(f"| {n} | " + " | ".join(f"{best.get((n, lr), float('nan')):.2f}"
+                                         for lr in lrs) + " |")
+  payload = {"note": note, "lrs": lrs, "norms": norms,
+             "best_accuracy": [[_clean(best.get((n, lr))) for lr in lrs] for n in norms]}
+  return _write(out, experiment, rows, payload)
+
+
+def _figure(width, height):
+  from matplotlib.figure import Figure
+  return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+  out.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for ext in ("png", "pdf"):
+    path = out / f"{stem}.{ext}"
+    with atomic_path(path) as tmp:
+      fig.savefig(tmp, format=ext, dpi=150)
+    paths.append(path)
+  return paths
+
+
+def _curves(experiment, results, steps, out, note):
+  from matplotlib.ticker import MaxNLocator
+  """Figures 6 and 7: test accuracy per epoch, one panel per model."""
+  models = list(dict.fromkeys(run.model for run in results))
+  fig = _figure(4.2 * len(models), 3.4)
+  axes = fig.subplots(1, len(models), squeeze=False)[0]
+  for ax, model in zip(axes, models):
+    for run, history in results.items():
+      if run.model == model:
+        acc = [100 * (h["test_accuracy"] if h.get("test_accuracy") is not None else np.nan)
+               for h in history]
+        ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3,
+                label=f"{run.norm}" + (f" (seed {run.seed})" if run.seed else ""))
+    ax.set(title=model, xlabel="epoch", ylabel="test accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+  title = f"{'Figure 6' if experiment == 'fig6' else 'Figure 7'}: {note}"
+  fig.suptitle(textwrap.fill(title, 55 * len(models)), fontsize=9)
+  return _save(fig, out, experiment)
+
+
+def _variance(experiment, results, steps, out, note):
+  """Supplementary Figure 3: the last BN's running variance (mean over classes) per step."""
+  fig = _figure(6.0, 3.6)
+  ax = fig.subplots()
+  for run, record in steps.items():
+    if record:
+      step = [r[0] for r in record]
+      ax.semilogy(step, [float(np.mean(r[1])) for r in record], label=run.norm)
+  ax.set(xlabel="step", ylabel="last BN running variance (mean over classes)")
+  ax.legend(fontsize=8)
+  fig.suptitle(textwrap.fill(f"Supplementary Figure 3: {note}", 75), fontsize=9)
+  return _save(fig, out, experiment)
