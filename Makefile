@@ -32,7 +32,7 @@ figures: $(STAMP)
 ## fails if no test runs.
 test: $(STAMP) $(NT_STAMP)
 	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python MIMICTHEORY_REQUIRE_NT=1 \
-	  $(BIN)/python -m pytest -n 2 -q
+	  $(BIN)/python -m pytest -n 2 -q -rs --durations=10
 
 ## Compare kernels with neural-tangents; writes benchmarks/crosscheck/crosscheck.{md,json}.
 crosscheck: $(STAMP) $(NT_STAMP)
