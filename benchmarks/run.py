@@ -120,12 +120,16 @@ def bench_phase_tables(size, activation, loop_points=5):
 
 
 def _quadrature_entries(activation, x1, x2, depth, sw2, sb2):
-  """The old route, 2-D quadrature for every entry (for timing and errors)."""
+  """The old route, the general 2-D quadrature for every entry (for timing and errors; GELU's
+  own pointwise route, a 1-D integral of its closed-form smoothing, is switched off)."""
+  import dataclasses
   from mimictheory._src import kernels as K
   from mimictheory._src.maps import make_layer
   import jax
   with jax.enable_x64(True):
     layer = make_layer(activation, sw2, sb2, "none")
+    layer = dataclasses.replace(layer, activation=dataclasses.replace(layer.activation,
+                                                                      smoothed=None))
     out = K._blocked(layer, x1, x2, 1.0, depth, None, None, False)
   return np.asarray(out.nngp), np.asarray(out.ntk)
 
