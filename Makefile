@@ -8,12 +8,14 @@ STAMP  := $(VENV)/.installed
 NT_VENV  := .nt-env
 NT_STAMP := $(NT_VENV)/.installed
 
-.PHONY: figures test test-fast bench memory phase crosscheck notebooks nt-env clean
+.PHONY: figures test lint docs bench bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
 
-$(STAMP): pyproject.toml
+## The main environment, installed from the exact versions in constraints.txt (pyproject.toml
+## keeps the ranges; `make lock` refreshes the pins).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 ## The neural-tangents reference environment (its own pinned JAX; no tensorflow).
@@ -28,11 +30,24 @@ $(NT_STAMP): requirements-nt.txt
 figures: $(STAMP)
 	$(BIN)/mimictheory figures --out figures
 
-## Run the whole test suite (doctests included, the neural-tangents cross-check among them);
-## fails if no test runs.
-test: $(STAMP) $(NT_STAMP)
+## The whole check: lint, the API reference (warnings are errors), then the test suite
+## (doctests and notebooks in a Jupyter kernel included, the neural-tangents cross-check among
+## them); fails if no test runs.
+test: lint docs $(STAMP) $(NT_STAMP)
 	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python MIMICTHEORY_REQUIRE_NT=1 \
 	  $(BIN)/python -m pytest -n 2 -q -rs --durations=10
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## The API reference (Sphinx, autodoc + napoleon + MyST) into docs/_build/html.
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
+
+## Pin the main environment's current versions into constraints.txt.
+lock: $(STAMP)
+	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^mimictheory'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 ## Compare kernels with neural-tangents; writes benchmarks/crosscheck/crosscheck.{md,json}.
 crosscheck: $(STAMP) $(NT_STAMP)
@@ -46,14 +61,24 @@ phase: $(STAMP)
 memory: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 
-## The .ipynb notebooks, generated from the jupytext scripts in notebooks/ (the source).
+## Execute the notebooks (jupytext scripts in notebooks/, the source) in a Jupyter kernel at
+## full size and write the .ipynb files with their outputs.
 notebooks: $(STAMP)
-	$(BIN)/jupytext --to ipynb --update notebooks/*.py
+	$(BIN)/python notebooks/_execute.py
+
+## JupyterLab in the project's environment, opened on notebooks/.
+lab: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[lab]"
+	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 ## Benchmarks (ratios against references timed in the same run); rewrites the table in
 ## benchmarks/README.md with the machine and its load. Run it on a quiet machine.
 bench: $(STAMP) $(NT_STAMP)
 	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/run.py --markdown benchmarks/README.md
 
+## Step time, images/s and device peak of BN against MimicNorm, kernels at N = 20,000 (GPU).
+bench-gpu: $(STAMP)
+	bash benchmarks/gpu.sh
+
 clean:
-	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis docs/_build

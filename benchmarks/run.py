@@ -9,7 +9,8 @@
             empirical-NTK implementations.
   phase:    1000 x 1000 phase diagrams (ReLU, erf closed forms; tanh from 1-D tables and
             Mehler's series; GELU's cells near the divergence boundary, where c* is near 1,
-            need its pointwise kernels, an exact 1-D integral), against the scalar per-point API called in a Python loop (timed
+            need its pointwise kernels, an exact 1-D integral), against the scalar per-point API
+            called in a Python loop (timed
             on a few points and scaled); first call (tables, compilation) and warm call.
   numerical kernels: tanh and GELU NNGP + NTK by Mehler's series, N = 1000 and 4000, depth
             10, against the 2-D quadrature it replaces (timed on a subset of entries and

@@ -103,14 +103,26 @@ def _crosscheck(args) -> int:
 
 
 def _train(args) -> int:
-  from mimictheory._src.figures import plot_training
+  from mimictheory._src.plotting import plot_training
   from pathlib import Path
   from mimictheory._src.train import TrainConfig, data_mesh, load_data, train
-  config = TrainConfig(norm=args.norm, model=args.model, model_width=args.model_width,
-                       augment=not args.no_augment, depth=args.depth, width=args.width, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                       milestones=args.milestones, seed=args.seed, data=args.data).validate()
+  config = TrainConfig(
+    norm=args.norm,
+    model=args.model,
+    model_width=args.model_width,
+    augment=not args.no_augment,
+    depth=args.depth,
+    width=args.width,
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    lr=args.lr,
+    momentum=args.momentum,
+    weight_decay=args.weight_decay,
+    warmup_epochs=args.warmup_epochs,
+    milestones=args.milestones,
+    seed=args.seed,
+    data=args.data,
+  ).validate()
   data = load_data(args.data, args.data_path)
   out = Path(args.out)
   mesh = data_mesh() if args.data_parallel else None
@@ -155,6 +167,12 @@ def _memory(args) -> int:
   print(f"compiled training-step memory, batch {args.batch}, width x{args.width} (XLA memory "
         "analysis: arguments + outputs not aliased to the donated state + temporaries)")
   print(format_table(rows))
+  if args.throughput:
+    from mimictheory._src.memory import compare_speed, format_speed_table
+    print(f"\nsteady-state training step, batch {args.batch} (median of 3 rounds of 10 steps, "
+          "after compilation and warm-up)")
+    print(format_speed_table(compare_speed(args.models, args.batch, args.width,
+                                           progress=not args.quiet)))
   return 0
 
 
@@ -281,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "shufflenetv2", "squeezenet"))
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+  p.add_argument("--throughput", action="store_true",
+                 help="also time the step in steady state (ms/step and images/s)")
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(run=_memory)
   p = sub.add_parser("reproduce", help="the paper's Tables 1-2, Figures 6-7 and supplementary "

@@ -1,11 +1,40 @@
 """MimicNorm layers and models in Flax NNX (public API; see `mimictheory._src.nn`)."""
 from mimictheory._src.nn import (  # noqa: F401
-    MIN_FAN_IN, MLP, NORM_OPTIONS, RESIDUAL_BASELINES, CentredKernel, Dense, LastBatchNorm, ResidualScalar,
-    centre_kernel, init_sw2, per_channel_fan_in, project_weight_mean)
+  MIN_FAN_IN,
+  MLP,
+  NORM_OPTIONS,
+  RESIDUAL_BASELINES,
+  CentredKernel,
+  Dense,
+  LastBatchNorm,
+  ResidualScalar,
+  centre_kernel,
+  init_sw2,
+  per_channel_fan_in,
+  project_weight_mean,
+)
 from mimictheory._src.models import (  # noqa: F401
     MODELS, VGG, Conv, ResNet, ShuffleNetV2, SqueezeNet, make_model, signals)
 
-__all__ = ["MIN_FAN_IN", "MLP", "NORM_OPTIONS", "RESIDUAL_BASELINES", "CentredKernel", "Dense", "LastBatchNorm",
-           "ResidualScalar", "centre_kernel", "init_sw2", "per_channel_fan_in",
-           "project_weight_mean", "MODELS", "VGG", "Conv", "ResNet", "ShuffleNetV2",
-           "SqueezeNet", "make_model", "signals"]
+__all__ = [
+  "MIN_FAN_IN",
+  "MLP",
+  "NORM_OPTIONS",
+  "RESIDUAL_BASELINES",
+  "CentredKernel",
+  "Dense",
+  "LastBatchNorm",
+  "ResidualScalar",
+  "centre_kernel",
+  "init_sw2",
+  "per_channel_fan_in",
+  "project_weight_mean",
+  "MODELS",
+  "VGG",
+  "Conv",
+  "ResNet",
+  "ShuffleNetV2",
+  "SqueezeNet",
+  "make_model",
+  "signals",
+]

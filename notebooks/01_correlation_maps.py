@@ -26,7 +26,9 @@ mean = mt.correlation_map(rho, "relu", sw2=None, norm="weight_mean")      # T̄(
 bn = mt.correlation_map(rho, "relu", norm="batch_norm_paper")  # BN, Theorem 2 (batch → ∞)
 
 # %%
-print("Theorem 3 stable sigma_w^2 (n = 300):", mt.stable_sw2("relu", norm="weight_mean", fan_in=300))
+print(
+  "Theorem 3 stable sigma_w^2 (n = 300):", mt.stable_sw2("relu", norm="weight_mean", fan_in=300)
+)
 for name, kw in {"plain": dict(sw2=2.0), "weight mean": dict(sw2=None, norm="weight_mean"),
                  "batch norm": dict(norm="batch_norm_paper")}.items():
     print(f"{name:12s}", mt.fixed_points("relu", **kw))

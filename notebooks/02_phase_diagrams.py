@@ -36,7 +36,7 @@ for norm, pd in pds.items():
           f"chi1 range [{pd.chi1.min():.3f}, {pd.chi1.max():.3f}]")
 
 # %%
-mt.plot_phase_diagrams(pds.values());
+mt.plot_phase_diagrams(pds.values())  # a Figure: shown as the cell's value
 
 # %% [markdown]
 # ## What each cell is

@@ -91,7 +91,9 @@ def _scipy_expectation(f, g, q1, q2, rho):
 
 
 GELU = lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2)))
-GELU_PRIME = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2))) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+GELU_PRIME = lambda x: (
+  0.5 * (1 + math.erf(x / math.sqrt(2))) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+)
 
 
 @pytest.mark.parametrize("name,f,fprime", [

@@ -27,8 +27,10 @@ def _max_abs(z):
 # ----------------------------------------------------------------------------------------------
 # One network: the layer-by-layer NTK is the Jacobian contraction.
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("activation,norm,outputs", [
-    ("relu", "none", 1), ("erf", "weight_mean", 3), ("tanh", "none", 2), ("gelu", "weight_mean", 1)])
+@pytest.mark.parametrize(
+  "activation,norm,outputs",
+  [("relu", "none", 1), ("erf", "weight_mean", 3), ("tanh", "none", 2), ("gelu", "weight_mean", 1)],
+)
 def test_layerwise_ntk_equals_jacobian_contraction(activation, norm, outputs, x):
   net = mt.finite_network(activation, depth=3, width=48, sw2=1.7, sb2=0.2, norm=norm,
                           outputs=outputs)

@@ -146,14 +146,21 @@ def test_ntk_spectrum_matches_kernels_and_shows_the_phases(rng):
   assert chaotic.condition[-1] < ordered.condition[-1] / 10
 
 
-@pytest.mark.parametrize("call,exc,match", [
+@pytest.mark.parametrize(
+  "call,exc,match",
+  [
     (lambda x: mt.kernels(x, depth=0), ValueError, "depth must be an integer >= 1"),
     (lambda x: mt.kernels(x[0]), ValueError, r"x1 must have 2 dimensions"),
     (lambda x: mt.kernels(x, x[:, :3]), ValueError, "x2 must have the same number of features"),
-    (lambda x: mt.kernels(np.where(np.eye(*x.shape) > 0, np.nan, x)), ValueError, "x1 contains NaN"),
+    (
+      lambda x: mt.kernels(np.where(np.eye(*x.shape) > 0, np.nan, x)),
+      ValueError,
+      "x1 contains NaN",
+    ),
     (lambda x: mt.kernels(x, depth=2.5), TypeError, "depth must be an integer"),
     (lambda x: mt.kernels(x, input_gain=0.0), ValueError, "input_gain must be > 0"),
-])
+  ],
+)
 def test_kernel_errors(call, exc, match, rng):
   with pytest.raises(exc, match=match):
     call(_data(rng))

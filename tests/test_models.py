@@ -72,7 +72,10 @@ def test_step_memory_counts_the_donated_state_once_and_mimicnorm_needs_less():
     batch = 32 * 32 * 32 * 3 * 4 + 32 * 4
     assert step.argument_bytes == state + batch
     assert step.alias_bytes >= state - 4096  # every updated buffer reuses its input
-    assert step.total_bytes == step.argument_bytes + step.output_bytes - step.alias_bytes + step.temp_bytes
+    assert (
+      step.total_bytes
+      == step.argument_bytes + step.output_bytes - step.alias_bytes + step.temp_bytes
+    )
   assert steps["mimic"].total_bytes < 0.9 * steps["bn"].total_bytes
 
 

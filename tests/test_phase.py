@@ -138,7 +138,9 @@ def test_chi1_exactly_at_the_tanh_critical_point():
   """tanh at (1, 0): q* = 0 and χ1 = tanh'(0)² = 1 (the solver used to stop at q = 3.8e-8)."""
   assert float(mt.qstar("tanh", sw2=1.0, sb2=0.0)) == 0.0
   assert float(mt.chi1("tanh", sw2=1.0, sb2=0.0)) == pytest.approx(1.0, abs=1e-12)
-  assert float(mt.chi1("tanh", sw2=1.0, sb2=0.0, norm="weight_mean")) == pytest.approx(1.0, abs=1e-12)
+  assert float(mt.chi1("tanh", sw2=1.0, sb2=0.0, norm="weight_mean")) == pytest.approx(
+    1.0, abs=1e-12
+  )
   status = lambda *a: mt.QSTAR_STATUS[int(mt.depth_scales(*a).status)]  # noqa: E731
   assert status("tanh", 1.0, 0.0) == "q* = 0" and status("relu", 3.0, 0.0) == "q* = ∞"
   assert status("tanh", 1.5, 0.05) == "converged"

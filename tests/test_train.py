@@ -272,7 +272,9 @@ def test_augmentation_is_a_crop_and_flip():
   assert any(np.array_equal(a[0], w) or np.array_equal(a[0], w[:, ::-1]) for w in windows)
 
 
-@pytest.mark.parametrize("norm,data", [("fixup", "digits_images"), ("skipinit", "synthetic_images")])
+@pytest.mark.parametrize(
+  "norm,data", [("fixup", "digits_images"), ("skipinit", "synthetic_images")]
+)
 def test_fixup_and_skipinit_resnets_train(norm, data, tmp_path):
   """The paper's normalisation-free baselines learn: the training loss falls well below chance
   level (ln classes) within three short epochs (Fixup starts as the identity with a zero
@@ -311,7 +313,8 @@ for norm in ("bn", "mimic"):
   leaves = lambda r: [np.asarray(a) for a in jax.tree_util.tree_leaves(nnx.state(r.model))]
   out[norm] = dict(
       one=[h["train_loss"] for h in one.history], many=[h["train_loss"] for h in many.history],
-      devices=[len(a.sharding.device_set) for a in jax.tree_util.tree_leaves(nnx.state(many.model))],
+      devices=[len(a.sharding.device_set)
+               for a in jax.tree_util.tree_leaves(nnx.state(many.model))],
       resumed=resumed.history == many.history and all(
           np.array_equal(a, b) for a, b in zip(leaves(resumed), leaves(many))))
 try:

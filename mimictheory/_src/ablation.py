@@ -71,7 +71,8 @@ def lr_sweep(data, out, methods=METHODS, lrs=LEARNING_RATES, epochs: int = 5, de
 
 
 def _write(sweep: LrSweep, out: Path) -> None:
-  from mimictheory._src.figures import _pyplot, save_figure
+  from mimictheory._src.plotting import new_figure, save_figure, STYLE
+  import matplotlib
   payload = dict(methods=sweep.methods, lrs=sweep.lrs, epochs=sweep.epochs, data=sweep.data,
                  best_accuracy=[[None if np.isnan(a) else float(a) for a in row]
                                 for row in sweep.best_accuracy],
@@ -81,8 +82,13 @@ def _write(sweep: LrSweep, out: Path) -> None:
   with atomic_path(out / "lr_sweep.md") as tmp:
     tmp.write_text(f"Best test accuracy (%) in the first {sweep.epochs} epochs, {sweep.data}\n\n"
                    + sweep.markdown() + "\n")
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+  with matplotlib.rc_context(STYLE):
+    fig, ax = new_figure(5.5, 3.8)
+    _draw_sweep(ax, sweep)
+    save_figure(fig, out / "lr_sweep.png")
+
+
+def _draw_sweep(ax, sweep: LrSweep) -> None:
   for i, method in enumerate(sweep.methods):
     ax.semilogx(sweep.lrs, 100 * sweep.best_accuracy[i], "o-", label=method)
     bad = sweep.diverged[i]
@@ -91,5 +97,3 @@ def _write(sweep: LrSweep, out: Path) -> None:
   ax.set_ylabel(f"best test accuracy (%), first {sweep.epochs} epochs")
   ax.set_title(f"Learning-rate sweep ({sweep.data}; x: diverged)")
   ax.legend()
-  save_figure(fig, out / "lr_sweep.png")
-  plt.close(fig)

@@ -285,7 +285,8 @@ class LeakyReLU(Activation):
 
 @dataclasses.dataclass(frozen=True)
 class Erf(Activation):
-  """φ(x) = erf(x), closed form (Williams 1997): E[φ(u)φ(v)] = (2/π) arcsin(2 q12 / √((1+2q1)(1+2q2)))."""
+  """φ(x) = erf(x), closed form (Williams 1997):
+  E[φ(u)φ(v)] = (2/π) arcsin(2 q12 / √((1+2q1)(1+2q2)))."""
 
   name: str = "erf"
 
@@ -331,7 +332,10 @@ class Identity(Activation):
     return jnp.zeros_like(jnp.asarray(q, dtype=float))
 
   def kernel(self, q1, q2, q12):
-    return jnp.broadcast_to(q12, jnp.broadcast_shapes(jnp.shape(q1), jnp.shape(q2), jnp.shape(q12))) * 1.0
+    return (
+      jnp.broadcast_to(q12, jnp.broadcast_shapes(jnp.shape(q1), jnp.shape(q2), jnp.shape(q12)))
+      * 1.0
+    )
 
   def derivative_kernel(self, q1, q2, q12):
     return jnp.ones(jnp.broadcast_shapes(jnp.shape(q1), jnp.shape(q2), jnp.shape(q12)))
@@ -353,7 +357,7 @@ class Numerical(Activation):
   `scale` of 0 or of a kink. Then every expectation is accurate to about 1e-12 relative for
   any variance q in [1e-8, 1e8] (tested against scipy).
 
-  The Gaussian integrals are truncated to |z| <= `cutoff` (the neglected mass is below
+  The Gaussian integrals are truncated to abs(z) <= `cutoff` (the neglected mass is below
   e^(-cutoff²/2), 2e-22 by default) and split into `panels` equal panels of `order` nodes, plus
   breakpoints that scale with √q: at every kink, and geometrically spaced (`scale`·2^j, j = -4
   .. 6) around 0 and around every kink, where φ(√q z) changes over a width scale/√q in z. For
@@ -393,7 +397,9 @@ class Numerical(Activation):
     object.__setattr__(self, "kinks", kinks)
     object.__setattr__(self, "jumps", tuple(float(k) for k in self.jumps))
     if not self.scale > 0:
-      raise ValueError(f"scale must be > 0 (the width of φ's transition region), got {self.scale!r}")
+      raise ValueError(
+        f"scale must be > 0 (the width of φ's transition region), got {self.scale!r}"
+      )
 
   def __call__(self, x):
     return self.fn(x)

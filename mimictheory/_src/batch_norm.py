@@ -154,7 +154,8 @@ def exact_step(a, b, k, theta, sw2, sb2, same=None, nodes: int = NODES):
 
   `k`, `theta` are the pre-BN NNGP kernel and NTK of a batch, (B, B); `theta=None` computes
   the NNGP only. `same` (B, B, bool) marks pairs of identical inputs (the diagonal at least):
-  their correlation is pinned to 1, where rounding would cost √(1-ρ²) ~ 1e-8. The errors are the relative differences to the coarse (every-other-node)
+  their correlation is pinned to 1, where rounding would cost √(1-ρ²) ~ 1e-8. The errors are the
+  relative differences to the coarse (every-other-node)
   rule, max |fine - coarse| / max |fine|, for K' and Θ' (a bound for the fine rule's error).
   """
   size = k.shape[0]
@@ -333,7 +334,8 @@ def _sphere_rule(size: int, order: int):
   ∝ (1 - |y|²)^((m-4)/2) on the unit disk: t = |y|² is Beta(1, b), b = (m-2)/2, integrated
   by Gauss–Jacobi up to B = 1024 and beyond (where its weights overflow) through u = -b ln(1-t),
   which is Exp(1), by Gauss–Laguerre (the angular average of a smooth f is analytic in t); the
-  angle by the trapezoidal rule (periodic, exponentially accurate). (ĝ₀, ĝ₁) = (|Ge₀| y₁, c₁ y₁ + c₂ y₂) in an orthonormal basis of span{Ge₀, Ge₁}.
+  angle by the trapezoidal rule (periodic, exponentially accurate). (ĝ₀, ĝ₁) = (‖Ge₀‖ y₁,
+  c₁ y₁ + c₂ y₂) in an orthonormal basis of span{Ge₀, Ge₁}.
   """
   from scipy.special import roots_jacobi, roots_laguerre
   b = 0.5 * (size - 3.0)

@@ -116,7 +116,11 @@ def _run_reference(python: Path, request: dict, timeout: float) -> dict:
     proc = subprocess.run([str(python), str(SCRIPT), str(req), str(res)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 or not res.exists():
-      lines = [l for l in proc.stderr.strip().splitlines() if l.strip() and not l.startswith(("For simplicity", "----"))]
+      lines = [
+        l
+        for l in proc.stderr.strip().splitlines()
+        if l.strip() and not l.startswith(("For simplicity", "----"))
+      ]
       last = (lines or ["(no output)"])[-1]
       raise ReferenceUnavailable(f"the neural-tangents reference failed: {last}")
     with np.load(res) as data:
@@ -198,9 +202,21 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
                              diag_tol, seconds, float(reference[f"time_kernels{i}"])))
   for i, (net, (theta, seconds)) in enumerate(zip(nets, ours_entk)):
     nt_seconds = [float(reference[k]) for k in reference if k.startswith(f"time_entk{i}_impl")]
-    rows.append(Comparison("empirical ntk", net.activation.name, net.depth, net.sw2, net.sb2,
-                           net.width, *_diff(theta, reference[f"entk{i}"]), EMPIRICAL_TOL,
-                           EMPIRICAL_TOL, seconds, float(np.nanmin(nt_seconds)) if repeat > 0 else np.nan))
+    rows.append(
+      Comparison(
+        "empirical ntk",
+        net.activation.name,
+        net.depth,
+        net.sw2,
+        net.sb2,
+        net.width,
+        *_diff(theta, reference[f"entk{i}"]),
+        EMPIRICAL_TOL,
+        EMPIRICAL_TOL,
+        seconds,
+        float(np.nanmin(nt_seconds)) if repeat > 0 else np.nan,
+      )
+    )
   versions = dict(jax=jax.__version__, reference_jax=str(reference["jax_version"]),
                   neural_tangents=str(reference["nt_version"]), python=sys.version.split()[0])
   return CrossCheck(tuple(rows), versions)
@@ -225,15 +241,19 @@ def _markdown(result: CrossCheck) -> str:
     lines.append(f"| {c.quantity} | {c.activation} | {c.depth} | {c.sw2:g} | {c.sb2:g} | "
                  f"{c.width or '∞'} | {c.max_abs:.1e} | {c.max_rel:.1e} | "
                  f"{c.max_rel_diagonal:.1e} | {tol} | {'yes' if c.ok else '**NO**'} |")
-  lines += ["", f"{sum(c.ok for c in result.comparisons)} of {len(result.comparisons)} agree.",
-            "tanh: neural-tangents integrates it by Gauss–Hermite quadrature (degree 200), "
-            "whose error sets the looser tolerance; GELU compares mimictheory's quadrature with "
-            "neural-tangents' closed form; ReLU, leaky ReLU and erf are closed forms on both "
-            "sides.",
-            "ReLU's and leaky ReLU's NTK diagonal: neural-tangents computes the angle at ρ = 1 as "
-            "arctan2(√(q1q2 − q12²), q12), so a one-ulp rounding of q12 costs ~1e-8 in the "
-            "angle and ~3e-9 per layer in the NTK; mimictheory pins ρ = 1 on the diagonal (its value "
-            "matches the exact closed form, see tests/test_crosscheck.py).", ""]
+  lines += [
+    "",
+    f"{sum(c.ok for c in result.comparisons)} of {len(result.comparisons)} agree.",
+    "tanh: neural-tangents integrates it by Gauss–Hermite quadrature (degree 200), "
+    "whose error sets the looser tolerance; GELU compares mimictheory's quadrature with "
+    "neural-tangents' closed form; ReLU, leaky ReLU and erf are closed forms on both "
+    "sides.",
+    "ReLU's and leaky ReLU's NTK diagonal: neural-tangents computes the angle at ρ = 1 as "
+    "arctan2(√(q1q2 − q12²), q12), so a one-ulp rounding of q12 costs ~1e-8 in the "
+    "angle and ~3e-9 per layer in the NTK; mimictheory pins ρ = 1 on the diagonal (its value "
+    "matches the exact closed form, see tests/test_crosscheck.py).",
+    "",
+  ]
   return "\n".join(lines)
 
 

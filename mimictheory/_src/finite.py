@@ -91,8 +91,8 @@ class Signal:
   """Signal-propagation metrics of the pre-activations of every hidden layer (NFNets' SPPs).
 
   mean: (L,) average over units of the squared batch mean of a unit; variance: (L,) average
-  over units of its batch variance; q: (L, N) the second moment (1/n)|hˡ(x)|² of each input;
-  correlation: (L, N, N) the correlation of every input pair, hˡ(x)·hˡ(x') / |hˡ(x)||hˡ(x')|.
+  over units of its batch variance; q: (L, N) the second moment (1/n)‖hˡ(x)‖² of each input;
+  correlation: (L, N, N) the correlation of every input pair, hˡ(x)·hˡ(x') / (‖hˡ(x)‖ ‖hˡ(x')‖).
   """
 
   mean: jax.Array
@@ -529,7 +529,7 @@ class BatchNormGap:
   Theorem 2; nngp_gap, ntk_gap: ‖MC mean − exact‖_F /
   ‖exact‖_F; paper_nngp_gap, paper_ntk_gap: the same distance to Theorem 2's kernels; noise:
   ‖MC standard error of the NTK‖_F / ‖exact‖_F. At batch 4 and 5 the NTK and χ1 of a single
-  unit have infinite variance (E[1/|Gh|⁴] = ∞): their Monte Carlo means converge slowly and
+  unit have infinite variance (E[1/‖Gh‖⁴] = ∞): their Monte Carlo means converge slowly and
   their standard errors are not reliable there.
   """
 

@@ -480,10 +480,12 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
     out = _batch_norm_kernels(layer, x1, gain, depth, True, None, MC_SAMPLES, MC_REPLICAS, 0,
                               "x1")
     if out.method == "monte_carlo":
-      warnings.warn(f"kernels(norm='batch_norm', activation={layer.activation.name!r}): Monte "
-                    f"Carlo estimate (relative standard error {max(out.nngp_error, out.ntk_error):.1e}); "
-                    "only relu, leaky_relu and identity are exact; see batch_norm_kernels",
-                    stacklevel=3)
+      warnings.warn(
+        f"kernels(norm='batch_norm', activation={layer.activation.name!r}): Monte "
+        f"Carlo estimate (relative standard error {max(out.nngp_error, out.ntk_error):.1e}); "
+        "only relu, leaky_relu and identity are exact; see batch_norm_kernels",
+        stacklevel=3,
+      )
     return Kernels(out.nngp, out.ntk)
   if isinstance(layer.activation, Numerical) and mesh is None:
     return _numerical_kernels(layer, x1, x2, gain, depth, x2 is x1, progress)[0]
@@ -547,7 +549,9 @@ def _symmetric(layer, x, gain, depth, tile, mesh, progress):
 
 def _padded(x, rows: int):
   """x with zero rows appended up to `rows`."""
-  return x if x.shape[0] == rows else np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:])])
+  return (
+    x if x.shape[0] == rows else np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:])])
+  )
 
 
 def _replicated(mesh):

@@ -543,7 +543,7 @@ def fixed_points(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None,
 
   Sign changes of T(ρ) - ρ on a grid are refined by bisection; ρ = 1 is always a fixed point
   (T(1) = 1 at q*). A fixed point is stable when nearby correlations in [-1, 1] flow to it
-  (|T'| < 1, or |T'| = 1 with the flow pointing inwards, as at ρ* = 1 for ReLU at (2, 0)).
+  (abs(T') < 1, or abs(T') = 1 with the flow pointing inwards, as at ρ* = 1 for ReLU at (2, 0)).
 
   >>> import mimictheory as mt
   >>> fp = mt.fixed_points("relu", sw2=None, norm="weight_mean")  # Figure 4, orange
@@ -568,8 +568,12 @@ def fixed_points(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None,
   slopes = np.asarray(_correlation_slope(layer, q, f64(points)))
   # Flow direction just inside [-1, 1] on each side decides the marginal cases.
   h = 1e-6
-  left = np.asarray(_correlation_map(layer, q, f64(np.maximum(points - h, -1.0)))) - np.maximum(points - h, -1.0)
-  right = np.asarray(_correlation_map(layer, q, f64(np.minimum(points + h, 1.0)))) - np.minimum(points + h, 1.0)
+  left = np.asarray(_correlation_map(layer, q, f64(np.maximum(points - h, -1.0)))) - np.maximum(
+    points - h, -1.0
+  )
+  right = np.asarray(_correlation_map(layer, q, f64(np.minimum(points + h, 1.0)))) - np.minimum(
+    points + h, 1.0
+  )
   attract_left = (points <= -1.0) | (left > 0)
   attract_right = (points >= 1.0) | (right < 0)
   stable = np.where(np.abs(slopes) < 1 - 1e-9, True,

@@ -22,7 +22,8 @@ from flax import nnx
 
 from mimictheory._src.models import make_model
 
-__all__ = ["StepMemory", "train_step_memory", "device_peak", "compare", "format_table"]
+__all__ = ["StepMemory", "StepTime", "train_step_memory", "step_time", "device_peak", "compare",
+           "format_table", "compare_speed", "format_speed_table"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,57 @@ def train_step_memory(model: str, norm: str, batch: int = 128, classes: int = 10
                     int(a.temp_size_in_bytes), int(getattr(a, "peak_memory_in_bytes", 0) or 0))
 
 
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+  """Steady-state cost of one compiled training step (after compilation and warm-up)."""
+  model: str
+  norm: str
+  batch: int
+  seconds: float  # the median over timed rounds of the mean step time in each round
+  device: str
+
+  @property
+  def images_per_second(self) -> float:
+    return self.batch / self.seconds
+
+
+def step_time(model: str, norm: str, batch: int = 128, steps: int = 10, rounds: int = 3,
+              warmup: int = 2, classes: int = 100, width: float = 1.0) -> StepTime:
+  """Time the project's training step (the one `train` runs) on random images in steady state.
+
+  The step is compiled once and run `warmup` times untimed; then `rounds` rounds of `steps`
+  steps are timed, each ending with `block_until_ready`, and the median round's mean step time
+  is reported, so compilation and dispatch start-up are excluded.
+
+  >>> t = step_time("vgg11", "mimic", batch=4, steps=1, rounds=1, warmup=1, classes=10,
+  ...               width=0.125)
+  >>> t.images_per_second > 0
+  True
+  """
+  import statistics
+  import time
+  from mimictheory._src import checks
+  for name, value in (("batch", batch), ("steps", steps), ("rounds", rounds)):
+    checks.check_int(name, value)
+  checks.check_int("warmup", warmup, minimum=0)
+  compiled, state, x, y = _compiled_step(model, norm, batch, classes, width)
+  keys = jax.random.split(jax.random.key(0))
+  images = jax.random.normal(keys[0], x.shape, x.dtype)
+  labels = jax.random.randint(keys[1], y.shape, 0, classes, y.dtype)
+  state = jax.tree.map(jnp.copy, state)  # the step donates its state
+  for _ in range(warmup):
+    state, loss = compiled(state, images, labels)
+  jax.block_until_ready(state)
+  means = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, loss = compiled(state, images, labels)
+    jax.block_until_ready((state, loss))
+    means.append((time.perf_counter() - start) / steps)
+  return StepTime(model, norm, batch, statistics.median(means), jax.devices()[0].device_kind)
+
+
 def _run_once(model, norm, batch, classes, width):
   """In a fresh process: one step, then the device's peak bytes (None off GPU)."""
   compiled, state, x, y = _compiled_step(model, norm, batch, classes, width)
@@ -115,4 +167,28 @@ def format_table(rows) -> str:
             f"{bn.peak_bytes / 2**20:.0f} / {mimic.peak_bytes / 2**20:.0f}")
     lines.append(f"| {bn.model} | {bn.total_bytes / 2**20:.0f} | {mimic.total_bytes / 2**20:.0f}"
                  f" | {100 * (1 - mimic.total_bytes / bn.total_bytes):.1f}% | {peak} |")
+  return "\n".join(lines)
+
+
+def compare_speed(models, batch: int = 128, width: float = 1.0, classes: int = 100, steps: int = 10,
+                  rounds: int = 3, progress=False):
+  """[(BN StepTime, MimicNorm StepTime)] for each model name, timed in this process, the two
+  norms of a model one after the other (so both see the same machine load)."""
+  from mimictheory._src import checks
+  from mimictheory._src.io import progress_bar
+  from mimictheory._src.models import MODELS
+  models = [checks.check_choice("model", m, tuple(MODELS)) for m in models]
+  return [tuple(step_time(m, norm, batch, steps, rounds, classes=classes, width=width)
+                for norm in ("bn", "mimic"))
+          for m in progress_bar(models, progress, "models")]
+
+
+def format_speed_table(rows) -> str:
+  """A markdown table of `compare_speed`'s rows: ms per step, images/s and MimicNorm's speed-up."""
+  lines = ["| model | device | BN ms/step | MimicNorm ms/step | BN images/s | MimicNorm images/s |"
+           " MimicNorm / BN throughput |", "|---|---|---|---|---|---|---|"]
+  for bn, mimic in rows:
+    lines.append(f"| {bn.model} | {bn.device} | {1e3 * bn.seconds:.1f} | {1e3 * mimic.seconds:.1f}"
+                 f" | {bn.images_per_second:.0f} | {mimic.images_per_second:.0f}"
+                 f" | {mimic.images_per_second / bn.images_per_second:.2f}x |")
   return "\n".join(lines)

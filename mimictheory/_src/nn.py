@@ -22,8 +22,18 @@ from mimictheory._src.finite import Signal, centre_kernel, signal_metrics
 from mimictheory._src.maps import stable_sw2
 
 __all__ = [
-    "CentredKernel", "MIN_FAN_IN", "NORM_OPTIONS", "RESIDUAL_BASELINES", "centre_kernel", "per_channel_fan_in",
-    "project_weight_mean", "init_sw2", "Dense", "LastBatchNorm", "ResidualScalar", "MLP",
+  "CentredKernel",
+  "MIN_FAN_IN",
+  "NORM_OPTIONS",
+  "RESIDUAL_BASELINES",
+  "centre_kernel",
+  "per_channel_fan_in",
+  "project_weight_mean",
+  "init_sw2",
+  "Dense",
+  "LastBatchNorm",
+  "ResidualScalar",
+  "MLP",
 ]
 
 MIN_FAN_IN = 50

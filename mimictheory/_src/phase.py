@@ -189,7 +189,7 @@ def phase_diagram(activation="tanh", sw2=None, sb2=None, norm="none", fan_in=Non
                   chunk: int | None = None, progress: bool = False) -> PhaseDiagram:
   """χ1, q*, c*, ξ_c, ξ_q and the regime over the grid `sw2` × `sb2`, and the critical line.
 
-  Regimes (`REGIMES`): ordered (χ1 < 1), critical (|χ1 - 1| <= 1e-10), chaotic (χ1 > 1), q* = 0
+  Regimes (`REGIMES`): ordered (χ1 < 1), critical (abs(χ1 - 1) <= 1e-10), chaotic (χ1 > 1), q* = 0
   (the variance collapses: σb² = 0 with φ(0) = 0 or weight mean, and V'(0) <= 1), q* = ∞ (it
   diverges past 1e12: ReLU with σw² > 2), not converged. q* is the fixed point the variance
   map reaches from q = 1. Numerically integrated activations run on one-dimensional tables

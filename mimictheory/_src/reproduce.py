@@ -21,6 +21,7 @@ import numpy as np
 
 from mimictheory._src import checks
 from mimictheory._src.io import atomic_path, progress_bar
+from mimictheory._src.plotting import NORM_TITLES, styled
 
 __all__ = ["EXPERIMENTS", "Run", "plan", "reproduce"]
 
@@ -199,26 +200,22 @@ def _lr_table(experiment, results, steps, out, note):
 
 
 def _figure(width, height):
-  from matplotlib.figure import Figure
-  return Figure(figsize=(width, height), layout="constrained")
+  from mimictheory._src.plotting import new_figure
+  return new_figure(width, height)[0]
 
 
 def _save(fig, out: Path, stem: str) -> list[Path]:
+  from mimictheory._src.plotting import save_figure
   out.mkdir(parents=True, exist_ok=True)
-  paths = []
-  for ext in ("png", "pdf"):
-    path = out / f"{stem}.{ext}"
-    with atomic_path(path) as tmp:
-      fig.savefig(tmp, format=ext, dpi=150)
-    paths.append(path)
-  return paths
+  return [save_figure(fig, out / f"{stem}.{ext}") for ext in ("png", "pdf")]
 
 
+@styled
 def _curves(experiment, results, steps, out, note):
-  from matplotlib.ticker import MaxNLocator
   """Figures 6 and 7: test accuracy per epoch, one panel per model."""
+  from matplotlib.ticker import MaxNLocator
   models = list(dict.fromkeys(run.model for run in results))
-  fig = _figure(4.2 * len(models), 3.4)
+  fig = _figure(min(8.0, 4.0 * len(models)), 3.4)
   axes = fig.subplots(1, len(models), squeeze=False)[0]
   for ax, model in zip(axes, models):
     for run, history in results.items():
@@ -226,7 +223,8 @@ def _curves(experiment, results, steps, out, note):
         acc = [100 * (h["test_accuracy"] if h.get("test_accuracy") is not None else np.nan)
                for h in history]
         ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3,
-                label=f"{run.norm}" + (f" (seed {run.seed})" if run.seed else ""))
+                label=NORM_TITLES.get(run.norm, run.norm)
+                + (f" (seed {run.seed})" if run.seed else ""))
     ax.set(title=model, xlabel="epoch", ylabel="test accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
@@ -235,6 +233,7 @@ def _curves(experiment, results, steps, out, note):
   return _save(fig, out, experiment)
 
 
+@styled
 def _variance(experiment, results, steps, out, note):
   """Supplementary Figure 3: the last BN's running variance (mean over classes) per step."""
   fig = _figure(6.0, 3.6)
@@ -242,7 +241,8 @@ def _variance(experiment, results, steps, out, note):
   for run, record in steps.items():
     if record:
       step = [r[0] for r in record]
-      ax.semilogy(step, [float(np.mean(r[1])) for r in record], label=run.norm)
+      ax.semilogy(step, [float(np.mean(r[1])) for r in record],
+                  label=NORM_TITLES.get(run.norm, run.norm))
   ax.set(xlabel="step", ylabel="last BN running variance (mean over classes)")
   ax.legend(fontsize=8)
   fig.suptitle(textwrap.fill(f"Supplementary Figure 3: {note}", 75), fontsize=9)

@@ -107,7 +107,8 @@ def hermite_coefficients(act: Numerical, q, order: int):
 
 
 def _coefficients(act: Numerical, q, order: int):
-  """a_0 .. a_order at scalar q: the orthonormal recurrence h_{k+1} = (z h_k - √k h_{k-1})/√(k+1)."""
+  """a_0 .. a_order at scalar q, by the orthonormal recurrence
+  h_{k+1} = (z h_k - √k h_{k-1})/√(k+1)."""
   panels, nodes = (_PANELS, _NODES) if order <= 128 else (2 * _PANELS, 16)  # resolve h_k's zeros
   z, w = act.nodes_1d(q, cutoff=_CUTOFF, panels=panels, order=nodes)
   fw = w * act.fn(jnp.sqrt(q) * z)

@@ -38,9 +38,20 @@ from mimictheory._src import checks
 from mimictheory._src.io import atomic_path, progress_bar
 from mimictheory._src.nn import MLP, NORM_OPTIONS, RESIDUAL_BASELINES, project_weight_mean
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "learning_rate_schedule",
-           "optimizer", "train_step", "evaluate", "data_mesh", "train", "synthetic_data", "digits_split",
-           "load_data"]
+__all__ = [
+  "TrainConfig",
+  "TrainResult",
+  "TrainingInterrupted",
+  "learning_rate_schedule",
+  "optimizer",
+  "train_step",
+  "evaluate",
+  "data_mesh",
+  "train",
+  "synthetic_data",
+  "digits_split",
+  "load_data",
+]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,303 @@
+"""Plotting: phase diagrams and training curves, and the house style of every figure.
+
+Figures are `matplotlib.figure.Figure` objects made directly, never through `pyplot`, so the
+library neither selects nor changes the user's matplotlib backend and keeps no global figure
+state: in Jupyter, display a returned figure by leaving it as a cell's last expression (or with
+`IPython.display.display(fig)`); elsewhere save it with `save_figure`.
+
+The style is set for where the figures are read: at most 8 inches wide, 9–10 pt text, so that
+a figure shown at the full width of a README or a notebook (about 900 px) keeps text of about
+13 px.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from mimictheory._src.io import atomic_path
+
+__all__ = ["STYLE", "NORM_TITLES", "new_figure", "save_figure", "write_figure",
+           "plot_phase_diagram", "plot_phase_diagrams", "plot_training", "batch_chi1_curve"]
+
+STYLE = {
+    "font.size": 9.5, "axes.titlesize": 10, "axes.labelsize": 9.5, "legend.fontsize": 8.5,
+    "xtick.labelsize": 8.5, "ytick.labelsize": 8.5, "figure.titlesize": 10.5,
+    "legend.framealpha": 0.9, "axes.spines.top": False, "axes.spines.right": False,
+    "savefig.dpi": 150, "figure.dpi": 100, "lines.linewidth": 1.6,
+}
+
+# Plain-language names of the norms, for titles and legends.
+NORM_TITLES = {"none": "no normalisation", "weight_mean": "weight mean",
+               "batch_norm": "batch norm", "batch_norm_paper": "batch norm (Theorem 2)",
+               "mimic": "MimicNorm", "bn": "batch norm", "last_bn": "plain + last batch norm"}
+
+
+def styled(fn):
+  """Run a plotting function under the house style (`STYLE`), leaving rcParams as they were."""
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    import matplotlib
+    with matplotlib.rc_context(STYLE):
+      return fn(*args, **kwargs)
+  return wrapper
+
+
+def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **subplots):
+  """A constrained-layout `Figure` (no pyplot, no backend change) and its axes.
+
+  >>> fig, axes = new_figure(6, 3, cols=2, sharey=True)
+  >>> len(axes), type(fig).__name__
+  (2, 'Figure')
+  """
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(width, height), layout="constrained")
+  return fig, fig.subplots(rows, cols, **subplots)
+
+
+def save_figure(fig, path) -> Path:
+  """Save `fig` to `path` (format from the suffix) through a temporary file."""
+  path = Path(path)
+  fmt = path.suffix.lstrip(".")
+  metadata = {"CreationDate": None} if fmt == "pdf" else None  # same run, same bytes
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=metadata)
+  return path
+
+
+def _save_npz(path, **arrays):
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as fh:
+      np.savez_compressed(fh, **arrays)
+
+
+def write_figure(fig, out, stem, **data) -> list[Path]:
+  """`fig` as `stem`.png and .pdf, and `data` as `stem`.npz, each written atomically.
+  Float arrays are stored as float32 (what a plot needs) unless they hold values beyond
+  float32's range."""
+  out = Path(out)
+  paths = [save_figure(fig, out / f"{stem}.png"), save_figure(fig, out / f"{stem}.pdf")]
+  _save_npz(out / f"{stem}.npz", **{k: _compact(v) for k, v in data.items()})
+  return paths + [out / f"{stem}.npz"]
+
+
+def _compact(value):
+  arr = np.asarray(value)
+  if arr.dtype == np.float64:
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0 or np.abs(finite).max() < 1e38:
+      return arr.astype(np.float32)
+  return arr
+
+
+# ------------------------------------------------------------------------------------------
+# Phase diagrams.
+# ------------------------------------------------------------------------------------------
+_ZERO = 3  # REGIMES index of "q* = 0"; then "q* = ∞" and "not converged"
+_REGIME_COLOURS = {3: ("0.80", r"$q^* = 0$ (signal dies)"),
+                   4: ("0.30", r"$q^* = \infty$ (signal explodes)"),
+                   5: ("limegreen", "not converged")}
+_XI_INFINITE = "deepskyblue"  # ξ_c = ∞: exactly critical cells, in neither colour map
+
+
+def _regime_overlay(ax, pd, style):
+  """Cells whose regime is q* = 0, q* = ∞ or not converged, each in its own flat colour,
+  drawn over a panel; returns legend handles."""
+  from matplotlib.colors import ListedColormap
+  from matplotlib.patches import Patch
+  handles = []
+  for code, (colour, label) in _REGIME_COLOURS.items():
+    mask = pd.regime == code
+    if mask.any():
+      ax.imshow(np.where(mask, 1.0, np.nan), cmap=ListedColormap([colour]), vmin=0, vmax=1,
+                **style)
+      handles.append(Patch(color=colour, label=label))
+  return handles
+
+
+def _colorbar(fig, image, ax, title, extend="neither"):
+  """A colour bar titled on top (not beside, where it would read as the next panel's label),
+  with plain tick labels (1, 2, 0.5, not 10⁰, 2×10⁰)."""
+  from matplotlib.colors import LogNorm
+  from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+  bar = fig.colorbar(image, ax=ax, shrink=0.9, extend=extend)
+  bar.ax.set_title(title, fontsize=9)
+  if isinstance(image.norm, LogNorm):
+    decades = np.log10(image.norm.vmax / image.norm.vmin)
+    bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0,) if decades > 2 else (1.0, 2.0, 5.0)))
+    bar.ax.yaxis.set_minor_formatter(NullFormatter())
+  bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+  return bar
+
+
+def _phase_row(fig, axes, pd):
+  """χ1 with the critical line, q* and ξ_c of one `PhaseDiagram` on three axes."""
+  import matplotlib
+  from matplotlib.colors import LogNorm, TwoSlopeNorm
+  from matplotlib.patches import Patch
+  extent = [pd.sb2[0], pd.sb2[-1], pd.sw2[0], pd.sw2[-1]]
+  style = dict(origin="lower", aspect="auto", extent=extent, interpolation="nearest")
+  special = pd.regime >= _ZERO
+  name = NORM_TITLES.get(pd.norm, pd.norm)
+  chi = np.where(special, np.nan, pd.chi1)
+  lo, hi = (np.nanmin(chi), np.nanmax(chi)) if np.isfinite(chi).any() else (0.5, 1.5)
+  im = axes[0].imshow(chi, cmap="RdBu_r", norm=TwoSlopeNorm(1.0, min(lo, 0.999), max(hi, 1.001)),
+                      **style)
+  _colorbar(fig, im, axes[0], r"$\chi_1$")
+  axes[0].set_title(f"{name}: " + r"$\chi_1$ (blue ordered, red chaotic)")
+  handles = []
+  if pd.critical is not None and pd.critical.exists.any():
+    ok = pd.critical.exists
+    handles += axes[0].plot(pd.critical.sb2[ok], pd.critical.sw2[ok], "k-", lw=2,
+                            label=r"critical line $\chi_1 = 1$")
+  if pd.critical is not None and pd.critical.branch_reached is not None:
+    other = ~pd.critical.branch_reached & np.isfinite(pd.critical.branch_sw2)
+    if other.any():
+      sb2 = np.broadcast_to(pd.critical.sb2[:, None], other.shape)
+      handles += axes[0].plot(sb2[other], pd.critical.branch_sw2[other], "k.", ms=2,
+                              label=r"$\chi_1 = 1$ at an unstable $q^*$ (not reached)")
+  for ax in axes:
+    regime_handles = _regime_overlay(ax, pd, style)
+  finite_q = np.where(np.isfinite(pd.qstar) & (pd.qstar > 0), pd.qstar, np.nan)
+  q_lo, q_hi = np.nanpercentile(finite_q, [2, 98]) if np.isfinite(finite_q).any() else (1, 10)
+  q_lo = max(q_lo, 1e-4)
+  im = axes[1].imshow(finite_q, cmap="viridis", norm=LogNorm(q_lo, max(q_hi, q_lo * 1.01)),
+                      **style)
+  _colorbar(fig, im, axes[1], r"$q^*$", extend="both")
+  axes[1].set_title(f"{name}: " + r"variance fixed point $q^*$")
+  # magma without its near-white top, so that white never reads as a value
+  magma = matplotlib.colormaps["magma"].resampled(256)
+  xi_map = matplotlib.colors.ListedColormap(magma(np.linspace(0.0, 0.85, 256)))
+  xi = np.where(np.isfinite(pd.xi_c) & (pd.xi_c > 0), pd.xi_c, np.nan)
+  im = axes[2].imshow(xi, cmap=xi_map, norm=LogNorm(1.0, 1e3), **style)
+  _colorbar(fig, im, axes[2], r"$\xi_c$", extend="max")
+  infinite = np.isinf(pd.xi_c) & ~special
+  if infinite.any():
+    from matplotlib.colors import ListedColormap
+    axes[2].imshow(np.where(infinite, 1.0, np.nan), cmap=ListedColormap([_XI_INFINITE]),
+                   vmin=0, vmax=1, **style)
+    regime_handles = regime_handles + [Patch(color=_XI_INFINITE,
+                                             label=r"$\xi_c = \infty$ (exactly critical)")]
+  axes[2].set_title(f"{name}: " + r"correlation depth $\xi_c$")
+  for ax in axes:
+    ax.set_xlabel(r"$\sigma_b^2$")
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+  axes[0].set_ylabel(r"$\sigma_w^2$")
+  if handles:
+    axes[0].legend(handles=handles, loc="upper left", fontsize=7.5)
+  return regime_handles
+
+
+BATCHES = np.unique(np.round(np.geomspace(4, 4096, 40)).astype(int))
+
+
+def batch_chi1_curve(activation, batches=BATCHES):
+  """(batches, χ1(B), Theorem 2's χ1): the exact finite-batch BN χ1 against the batch size.
+
+  >>> b, chi, limit = batch_chi1_curve("relu", batches=[4, 4096])
+  >>> bool(chi[0] > chi[1] > limit > 1)
+  True
+  """
+  import mimictheory as mt
+  batches = np.asarray(batches)
+  return (batches, np.asarray(mt.chi1(activation, norm="batch_norm", batch=batches)),
+          float(mt.chi1(activation, norm="batch_norm_paper")))
+
+
+def _batch_norm_row(fig, axes, pd):
+  """BN: σw², σb² drop out, so the row shows χ1 against the batch size instead of a grid."""
+  batches, chi, limit = batch_chi1_curve(pd.activation)
+  for ax in axes:
+    ax.remove()
+  spec = axes[0].get_subplotspec()
+  ax = fig.add_subplot(spec.get_gridspec()[spec.rowspan.start, :2])
+  ax.semilogx(batches, chi, "o-", ms=3, color="tab:red", label="exact batch norm at batch B")
+  ax.axhline(limit, color="k", ls="--", lw=1, label=f"Theorem 2 (B → ∞): {limit:.4f}")
+  ax.axhline(1.0, color="0.5", ls=":", lw=1, label=r"critical $\chi_1 = 1$")
+  ax.set_xlabel("batch size B")
+  ax.set_ylabel(r"$\chi_1$")
+  ax.set_title(r"batch norm: $\chi_1$ against the batch size (σw², σb² drop out)")
+  ax.legend(loc="upper right")
+  note = fig.add_subplot(axes[2].get_subplotspec())
+  note.axis("off")
+  note.text(0.0, 0.5, "With batch norm every unit is\nnormalised by its batch statistics,\n"
+            "so σw² and σb² drop out and χ1\ndepends only on the batch size.\n"
+            f"χ1 > 1 at every B: batch-norm\nnetworks are chaotic\n(χ1 = {chi[0]:.2f} at B = 4).",
+            va="center", transform=note.transAxes)
+
+
+@styled
+def plot_phase_diagrams(pds, path=None):
+  """One row per `PhaseDiagram` (e.g. norm none, weight_mean, batch_norm): χ1 with the critical
+  line χ1 = 1, q* and ξ_c side by side. Returns the `Figure`; saves it when `path` is given.
+
+  >>> import mimictheory as mt, numpy as np
+  >>> pd = mt.phase_diagram("erf", sw2=np.linspace(0.5, 3, 8), sb2=np.linspace(0, 0.2, 6))
+  >>> fig = mt.plot_phase_diagrams([pd])
+  >>> len(fig.axes)   # three panels and their colour bars
+  6
+  """
+  pds = list(pds)
+  if not pds:
+    raise ValueError("pds must hold at least one PhaseDiagram")
+  fig, axes = new_figure(10.5, 3.0 * len(pds) + 0.5, len(pds), 3, squeeze=False)
+  regime_handles = {}
+  for row, pd in zip(axes, pds):
+    if pd.norm == "batch_norm":
+      _batch_norm_row(fig, row, pd)
+    else:
+      for h in _phase_row(fig, row, pd):
+        regime_handles.setdefault(h.get_label(), h)
+  fig.suptitle(f"Mean-field phase diagrams, activation {pds[0].activation}, infinite width")
+  if regime_handles:
+    fig.legend(handles=list(regime_handles.values()), loc="outside lower center",
+               ncols=len(regime_handles), frameon=False)
+  if path is not None:
+    save_figure(fig, path)
+  return fig
+
+
+def plot_phase_diagram(pd, path=None):
+  """χ1 with the critical line χ1 = 1, q* and ξ_c of one `PhaseDiagram`, side by side
+  (`plot_phase_diagrams` with one row)."""
+  return plot_phase_diagrams([pd], path)
+
+
+# ------------------------------------------------------------------------------------------
+# Training curves.
+# ------------------------------------------------------------------------------------------
+@styled
+def plot_training(history, path=None, title: str = ""):
+  """Train/test loss and test accuracy per epoch, and the last BN's running variance per class
+  when the model has one (the paper's supplementary Figure 3). Returns the `Figure`.
+
+  >>> fig = plot_training([{"epoch": 1, "train_loss": 2.0, "test_loss": 2.1,
+  ...                       "test_accuracy": 0.3}])
+  >>> len(fig.axes)
+  2
+  """
+  history = list(history)
+  epochs = [r["epoch"] for r in history]
+  variance = [r.get("last_bn_variance") for r in history]
+  has_bn = bool(history) and all(v is not None for v in variance)
+  fig, axes = new_figure(10.5 if has_bn else 7.5, 3.2, cols=3 if has_bn else 2)
+  axes[0].plot(epochs, [r["train_loss"] for r in history], "o-", ms=3, label="train")
+  axes[0].plot(epochs, [r["test_loss"] for r in history], "s--", ms=3, label="test")
+  axes[0].set_yscale("log")
+  axes[0].set_ylabel("cross-entropy")
+  axes[0].legend()
+  axes[1].plot(epochs, [r["test_accuracy"] for r in history], "o-", ms=3)
+  axes[1].set_ylabel("test accuracy")
+  if has_bn:
+    axes[2].plot(epochs, np.asarray(variance), lw=1)
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("last BN running variance\n(one line per class)")
+  for ax in axes:
+    ax.set_xlabel("epoch")
+  if title:
+    fig.suptitle(title)
+  if path is not None:
+    save_figure(fig, path)
+  return fig
