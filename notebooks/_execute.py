@@ -53,6 +53,7 @@ def execute(path, small: bool = False, extra_cells=(), timeout: int = 1800):
   with _environment(small):
     NotebookClient(nb, timeout=timeout, kernel_name=KERNEL["name"],
                    resources={"metadata": {"path": str(pathlib.Path(path).parent)}}).execute()
+  nb.metadata.pop("widgets", None)  # live widgets need a kernel; the static plots stay
   return nb
 
 
@@ -66,7 +67,7 @@ def write(nb, path) -> pathlib.Path:
   """Write `nb` as the .ipynb paired with `path`, through a temporary file."""
   import jupytext
   target = pathlib.Path(path).with_suffix(".ipynb")
-  tmp = target.with_name(f".{target.name}.tmp")
+  tmp = target.with_name(f".{target.stem}.tmp.ipynb")
   jupytext.write(nb, tmp, fmt="ipynb")
   os.replace(tmp, target)
   return target

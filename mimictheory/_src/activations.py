@@ -132,7 +132,12 @@ def _relu_dual(rho):
 
 
 def _relu_dual_derivative(rho):
-  """φ̂'(ρ) = (π - arccos ρ) / (2π)."""
+  """φ̂'(ρ) = (π - arccos ρ) / (2π).
+
+  >>> import mimictheory as mt
+  >>> float(mt.relu_dual_derivative(0.0)), float(mt.relu_dual_derivative(1.0))   # (π - arccos ρ)/2π
+  (0.25, 0.5)
+  """
   return relu_duals(rho)[1]
 
 
@@ -171,7 +176,13 @@ def _correlation(q1, q2, q12):
 # Activations.
 # ----------------------------------------------------------------------------------------------
 class Activation:
-  """Base class. Subclasses are frozen dataclasses (hashable, usable as static jit arguments)."""
+  """Base class. Subclasses are frozen dataclasses (hashable, usable as static jit arguments).
+
+  >>> import mimictheory as mt
+  >>> relu = mt.get_activation("relu")
+  >>> isinstance(relu, mt.Activation), float(relu.second_moment(1.0))   # E[relu(z)²] = 1/2
+  (True, 0.5)
+  """
 
   name: str = "activation"
   #: Degree of positive homogeneity φ(a x) = a^k φ(x), a > 0, or None. With k = 1 the
@@ -286,7 +297,13 @@ class LeakyReLU(Activation):
 @dataclasses.dataclass(frozen=True)
 class Erf(Activation):
   """φ(x) = erf(x), closed form (Williams 1997):
-  E[φ(u)φ(v)] = (2/π) arcsin(2 q12 / √((1+2q1)(1+2q2)))."""
+  E[φ(u)φ(v)] = (2/π) arcsin(2 q12 / √((1+2q1)(1+2q2))).
+
+  >>> import mimictheory as mt
+  >>> import math
+  >>> round(float(mt.chi1(mt.Erf(), sw2=math.pi / 4, sb2=0.0)), 12)   # critical at (π/4, 0)
+  1.0
+  """
 
   name: str = "erf"
 
@@ -317,7 +334,12 @@ class Erf(Activation):
 
 @dataclasses.dataclass(frozen=True)
 class Identity(Activation):
-  """φ(x) = x: a linear network (kernel = q12)."""
+  """φ(x) = x: a linear network (kernel = q12).
+
+  >>> import mimictheory as mt
+  >>> float(mt.correlation_map(0.3, mt.Identity(), sw2=1.0))   # a linear layer keeps ρ
+  0.3
+  """
 
   name: str = "identity"
   homogeneity: int | None = 1
@@ -633,7 +655,12 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def get_activation(activation) -> Activation:
-  """An `Activation` from a name in `ACTIVATIONS`, an `Activation`, or any elementwise callable."""
+  """An `Activation` from a name in `ACTIVATIONS`, an `Activation`, or any elementwise callable.
+
+  >>> import mimictheory as mt
+  >>> mt.get_activation("erf").name, mt.get_activation(mt.ReLU()).name
+  ('erf', 'relu')
+  """
   if isinstance(activation, Activation):
     return activation
   if isinstance(activation, str):

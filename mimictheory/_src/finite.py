@@ -47,7 +47,14 @@ __all__ = [
 @partial(jax.tree_util.register_dataclass, data_fields=["mean", "se"], meta_fields=["draws"])
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-  """A Monte Carlo mean over `draws` independent networks and its standard error."""
+  """A Monte Carlo mean over `draws` independent networks and its standard error.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> net = mt.finite_network("relu", depth=1, width=64)
+  >>> est = mt.monte_carlo_kernels(net, np.eye(2), draws=4).nngp
+  >>> est.draws, est.mean.shape == est.se.shape
+  (4, True)
+  """
 
   mean: np.ndarray
   se: np.ndarray
@@ -78,7 +85,14 @@ class Estimate:
 @partial(jax.tree_util.register_dataclass, data_fields=["nngp", "ntk"], meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class MonteCarloKernels:
-  """Monte Carlo NNGP kernel and empirical NTK, each an `Estimate` of shape (N1, N2)."""
+  """Monte Carlo NNGP kernel and empirical NTK, each an `Estimate` of shape (N1, N2).
+
+  >>> import numpy as np, mimictheory as mt
+  >>> net = mt.finite_network("relu", depth=1, width=64)
+  >>> mc = mt.monte_carlo_kernels(net, np.eye(2), draws=4)
+  >>> mc.nngp.mean.shape, mc.ntk.mean.shape
+  ((2, 2), (2, 2))
+  """
 
   nngp: Estimate
   ntk: Estimate
@@ -93,6 +107,12 @@ class Signal:
   mean: (L,) average over units of the squared batch mean of a unit; variance: (L,) average
   over units of its batch variance; q: (L, N) the second moment (1/n)‖hˡ(x)‖² of each input;
   correlation: (L, N, N) the correlation of every input pair, hˡ(x)·hˡ(x') / (‖hˡ(x)‖ ‖hˡ(x')‖).
+
+  >>> import jax, numpy as np, mimictheory as mt
+  >>> net = mt.finite_network("relu", depth=3, width=32)
+  >>> sig = net.signal(net.init(jax.random.key(0), 4), np.eye(4))
+  >>> sig.correlation.shape   # (layers, inputs, inputs)
+  (3, 4, 4)
   """
 
   mean: jax.Array
@@ -105,7 +125,13 @@ class Signal:
          data_fields=["w_in", "b_in", "w_hidden", "b_hidden", "w_out", "b_out"], meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class Params:
-  """Standard-normal parameters: input (d, n), hidden (L-1, n, n) stacked, output (n, k)."""
+  """Standard-normal parameters: input (d, n), hidden (L-1, n, n) stacked, output (n, k).
+
+  >>> import jax, mimictheory as mt
+  >>> params = mt.finite_network("relu", depth=3, width=32).init(jax.random.key(0), 5)
+  >>> params.w_in.shape, params.w_hidden.shape
+  ((5, 32), (2, 32, 32))
+  """
 
   w_in: jax.Array
   b_in: jax.Array
@@ -120,7 +146,14 @@ class Params:
 # ----------------------------------------------------------------------------------------------
 def centre_kernel(kernel):
   """W̄ = W − mean over every axis but the last (the output units or channels): each output's
-  weights have zero mean (eq 10). Dense (in, out) and conv (kh, kw, in, out) kernels alike."""
+  weights have zero mean (eq 10). Dense (in, out) and conv (kh, kw, in, out) kernels alike.
+
+  >>> import numpy as np
+  >>> from mimictheory.nn import centre_kernel
+  >>> w = centre_kernel(np.arange(6.0).reshape(3, 2))
+  >>> np.asarray(w).mean(axis=0).tolist()   # every output unit's incoming weights: mean 0
+  [0.0, 0.0]
+  """
   return kernel - jnp.mean(kernel, axis=tuple(range(kernel.ndim - 1)), keepdims=True)
 
 
@@ -160,6 +193,11 @@ class FiniteNetwork:
   Hashable (a static `jit` argument). `depth` hidden layers, `depth + 1` dense layers. The
   methods are plain traceable JAX in the caller's precision (float32 by default, float64 inside
   `jax.enable_x64(True)`); the Monte Carlo functions below always run in float64.
+
+  >>> import mimictheory as mt
+  >>> net = mt.finite_network("relu", depth=4, width=128, sw2=None, norm="weight_mean")
+  >>> net.depth, net.width, round(net.sw2, 4)   # Theorem 3's σw² at fan-in 128
+  (4, 128, 2.957)
   """
 
   activation: Activation
@@ -410,7 +448,14 @@ def _run_chunks(fn, keys, batch, progress, desc):
 @float64
 def sample_kernels(net: FiniteNetwork, x1, x2=None, draws: int = 32, seed: int = 0,
                    batch_size: int | None = 8, progress: bool = False) -> Kernels:
-  """The NNGP kernel and empirical NTK of `draws` independent networks, (draws, N1, N2) each."""
+  """The NNGP kernel and empirical NTK of `draws` independent networks, (draws, N1, N2) each.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> net = mt.finite_network("relu", depth=2, width=64)
+  >>> k = mt.sample_kernels(net, np.eye(3), draws=2)
+  >>> k.nngp.shape   # (draws, N, N)
+  (2, 3, 3)
+  """
   net = _check_net(net)
   x1 = checks.check_data("x1", x1)
   x2 = None if x2 is None else checks.check_data("x2", x2)
@@ -449,6 +494,12 @@ def monte_carlo_correlations(net: FiniteNetwork, x, draws: int = 32, seed: int =
   """Correlation of every input pair at every hidden layer, (L, N, N): the empirical T, T̄ maps.
 
   Compare with `net.theory_correlations(x)`, the correlation map iterated from the inputs.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> net = mt.finite_network("relu", depth=3, width=64)
+  >>> est = mt.monte_carlo_correlations(net, np.eye(2), draws=4)
+  >>> est.mean.shape   # (layers, inputs, inputs)
+  (3, 2, 2)
   """
   net = _check_net(net)
   x = checks.check_data("x", x)
@@ -531,6 +582,11 @@ class BatchNormGap:
   ‖MC standard error of the NTK‖_F / ‖exact‖_F. At batch 4 and 5 the NTK and χ1 of a single
   unit have infinite variance (E[1/‖Gh‖⁴] = ∞): their Monte Carlo means converge slowly and
   their standard errors are not reliable there.
+
+  >>> import mimictheory as mt
+  >>> gap = mt.batch_norm_gap("relu", batches=(8,), width=32, depth=2, draws=4)  # doctest: +SKIP
+  >>> gap.chi1_exact.shape                                                         # doctest: +SKIP
+  (1,)
   """
 
   activation: str
@@ -613,7 +669,13 @@ RESIDUAL_NORMS = ("batch_norm", "mimic", "none")
 
 @dataclasses.dataclass(frozen=True)
 class ResidualVariances:
-  """Per block l = 1..L: the variance of the stream entering it and of its (scaled) branch."""
+  """Per block l = 1..L: the variance of the stream entering it and of its (scaled) branch.
+
+  >>> import mimictheory as mt
+  >>> rv = mt.residual_variances("batch_norm", depth=4, width=32, batch=16, draws=2)
+  >>> rv.blocks.tolist(), rv.stream.mean.shape
+  ([1, 2, 3, 4], (4,))
+  """
 
   norm: str
   blocks: np.ndarray
@@ -628,7 +690,12 @@ class ResidualVariances:
 
 
 def official_residual_scalar(blocks, convs_per_branch: int = 1) -> np.ndarray:
-  """The official code's initial residual scalar 1.2^k / l (k layers per branch, l from 1)."""
+  """The official code's initial residual scalar 1.2^k / l (k layers per branch, l from 1).
+
+  >>> import mimictheory as mt
+  >>> mt.official_residual_scalar([1, 2, 4]).tolist()   # 1.2 / l
+  [1.2, 0.6, 0.3]
+  """
   return 1.2**convs_per_branch / np.asarray(blocks, dtype=np.float64)
 
 

@@ -49,14 +49,26 @@ __all__ = ["Kernels", "kernels", "layer_kernels", "NTKSpectrum", "ntk_spectrum",
 @partial(jax.tree_util.register_dataclass, data_fields=["nngp", "ntk"], meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class Kernels:
-  """NNGP kernel K and NTK Θ of the network's (scalar) output, shape (N1, N2)."""
+  """NNGP kernel K and NTK Θ of the network's (scalar) output, shape (N1, N2).
+
+  >>> import numpy as np, mimictheory as mt
+  >>> k = mt.kernels(np.eye(3), depth=2)
+  >>> k.nngp.shape, bool(np.allclose(np.diag(k.nngp), 2 * np.diag(k.nngp)[0] / 2))
+  ((3, 3), True)
+  """
 
   nngp: jax.Array
   ntk: jax.Array
 
 
 def row_mesh(devices=None, axis: str = "rows") -> Mesh:
-  """A one-dimensional device mesh (all devices by default) to shard Gram rows over."""
+  """A one-dimensional device mesh (all devices by default) to shard Gram rows over.
+
+  >>> import mimictheory as mt
+  >>> mesh = mt.row_mesh()
+  >>> mesh.axis_names
+  ('rows',)
+  """
   devices = jax.devices() if devices is None else list(devices)
   return Mesh(np.asarray(devices), (axis,))
 
@@ -224,6 +236,12 @@ class BatchNormKernels:
   about 1e-8) or
   "monte_carlo" (other activations: the mean over independent replicas; the errors are the
   largest standard error relative to the largest entry). `ntk` is None when not computed.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> x = np.random.default_rng(0).normal(size=(6, 4))
+  >>> k = mt.batch_norm_kernels(x, depth=2)
+  >>> k.nngp.shape, k.method
+  ((6, 6), 'exact')
   """
 
   nngp: np.ndarray
@@ -717,7 +735,13 @@ def _variance(m, norm):
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class NTKSpectrum:
-  """Eigenvalues (ascending) of the NTK Gram matrix for every depth 1..depth, and κ."""
+  """Eigenvalues (ascending) of the NTK Gram matrix for every depth 1..depth, and κ.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> s = mt.ntk_spectrum(np.random.default_rng(0).normal(size=(8, 4)), depth=3)
+  >>> s.eigenvalues.shape, bool(np.all(s.condition >= 1))
+  ((3, 8), True)
+  """
 
   depths: np.ndarray  # (D,)
   eigenvalues: np.ndarray  # (D, N)

@@ -57,6 +57,11 @@ class Layer:
 
   `sw2`, `sb2`, `factor` are arrays (broadcastable), so a Layer can describe a whole grid of
   initialisations at once; `factor` is the finite fan-in factor (n-1)/n of Lemma 1.
+
+  >>> import mimictheory as mt
+  >>> layer = mt.make_layer("relu", sw2=2.0, sb2=0.0)
+  >>> layer.norm, float(layer.sw2)
+  ('none', 2.0)
   """
 
   activation: Activation
@@ -123,8 +128,16 @@ def _resolve(activation, sw2, sb2, norm, fan_in):
   return act, sw2, sb2, factor
 
 
+@float64
 def make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) -> Layer:
-  """A validated `Layer`; `sw2=None` means the stable initialisation (see `stable_sw2`)."""
+  """A validated `Layer` (float64 fields); `sw2=None` means the stable initialisation (see
+  `stable_sw2`).
+
+  >>> import mimictheory as mt
+  >>> layer = mt.make_layer("relu", sw2=None, norm="weight_mean")
+  >>> round(float(layer.sw2), 6), layer.sw2.dtype
+  (2.933884, dtype('float64'))
+  """
   act, sw2, sb2, factor = _resolve(activation, sw2, sb2, norm, fan_in)
   if sw2 is None:
     sw2 = _stable_sw2(act, norm, sb2, factor)
@@ -391,7 +404,12 @@ def correlation_map(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_i
 
 @float64
 def correlation_slope(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None):
-  """T'(ρ) = σw² E[φ'(u)φ'(v)] at q* (the factor of each layer in the NTK sum, eq 7)."""
+  """T'(ρ) = σw² E[φ'(u)φ'(v)] at q* (the factor of each layer in the NTK sum, eq 7).
+
+  >>> import mimictheory as mt
+  >>> float(mt.correlation_slope(1.0, "relu"))   # T'(1) = χ1 = 1 at (2, 0)
+  1.0
+  """
   rho = checks.check_interval("rho", rho, -1.0, 1.0)
   layer = make_layer(activation, sw2, sb2, norm, fan_in)
   return _correlation_slope(layer, _solve_qstar(layer), f64(rho))
@@ -450,14 +468,26 @@ def _finite_batch_chi1(layer: Layer, batch):
 
 @float64
 def stable_correlation(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None):
-  """c*, the stable fixed point of T that correlations flow to: 1 if χ1 <= 1, else in [0, 1)."""
+  """c*, the stable fixed point of T that correlations flow to: 1 if χ1 <= 1, else in [0, 1).
+
+  >>> import mimictheory as mt
+  >>> float(mt.stable_correlation("relu")), float(mt.stable_correlation("relu", sw2=None,
+  ...                                                                  norm="weight_mean"))
+  (1.0, 0.0)
+  """
   layer = make_layer(activation, sw2, sb2, norm, fan_in)
   return _solve_cstar(layer, _solve_qstar(layer))
 
 
 @dataclasses.dataclass(frozen=True)
 class DepthScales:
-  """Depth scales of Schoenholz et al. 2017: ξ = -1/ln χ (∞ where χ >= 1)."""
+  """Depth scales of Schoenholz et al. 2017: ξ = -1/ln χ (∞ where χ >= 1).
+
+  >>> import mimictheory as mt
+  >>> ds = mt.depth_scales("erf", sw2=1.5, sb2=0.05)
+  >>> round(float(ds.xi_c), 2), int(ds.status)
+  (32.34, 0)
+  """
 
   qstar: np.ndarray
   cstar: np.ndarray
@@ -470,8 +500,17 @@ class DepthScales:
   status: np.ndarray | None = None
 
 
+@float64
 def depth_scale(chi):
-  """ξ = -1 / ln χ for χ in [0, 1); ∞ for χ >= 1 - 1e-12 (no exponential decay)."""
+  """ξ = -1 / ln χ for χ in [0, 1); ∞ for χ >= 1 - 1e-12 (no exponential decay).
+
+  The depth over which a perturbation of the fixed point decays by a factor e (Schoenholz et
+  al. 2017, eq. 9); NumPy float64 out.
+
+  >>> import mimictheory as mt
+  >>> float(mt.depth_scale(0.5)), float(mt.depth_scale(1.0)), mt.depth_scale(0.5).dtype
+  (1.4426950408889634, inf, dtype('float64'))
+  """
   chi = jnp.asarray(chi)
   critical = chi >= 1.0 - 1e-12
   safe = jnp.where((chi > 0) & ~critical, chi, 0.5)
@@ -507,7 +546,13 @@ def depth_scales(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) 
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class FixedPoints:
-  """q*, χ1, and every fixed point ρ* of T in [-1, 1] with T'(ρ*) and whether it attracts."""
+  """q*, χ1, and every fixed point ρ* of T in [-1, 1] with T'(ρ*) and whether it attracts.
+
+  >>> import mimictheory as mt
+  >>> fp = mt.fixed_points("relu", sw2=None, norm="weight_mean")
+  >>> [round(float(p), 6) for p in fp.points], [bool(s) for s in fp.stable]
+  ([0.0, 1.0], [True, False])
+  """
 
   qstar: float
   chi1: float

@@ -40,7 +40,15 @@ _RECORDING: contextvars.ContextVar = contextvars.ContextVar("conv_outputs", defa
 class Conv(nnx.Module):
   """A 2-D convolution (NHWC, SAME padding) whose kernel (kh, kw, in/groups, out) is a
   `CentredKernel` under weight mean when its per-channel fan-in kh·kw·in/groups ≥ `min_fan_in`
-  (depthwise convs are skipped)."""
+  (depthwise convs are skipped).
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from mimictheory.nn import Conv
+  >>> conv = Conv(3, 8, 3, weight_mean=True, rngs=nnx.Rngs(0))
+  >>> conv(jnp.ones((1, 8, 8, 3))).shape
+  (1, 8, 8, 8)
+  """
 
   def __init__(self, cin: int, cout: int, size: int = 3, stride: int = 1, groups: int = 1, *,
                weight_mean: bool, rngs: nnx.Rngs, sw2: float | None = None,
@@ -144,6 +152,18 @@ VGG_CONFIGS = {
 
 
 class VGG(_Net):
+  """VGG-11/13/16/19 for 32×32 images (the paper's VGG experiments), with `norm` one of
+  `NORM_OPTIONS`: BN after every conv, MimicNorm (weight-mean convs + last BN), or none.
+
+  >>> import jax
+  >>> from flax import nnx
+  >>> from mimictheory.nn import make_model
+  >>> net = make_model("vgg11", classes=10, norm="mimic", width=0.125)
+  >>> net.eval()   # running statistics: the abstract call below mutates nothing
+  >>> type(net).__name__, nnx.eval_shape(lambda: net(jax.numpy.zeros((2, 32, 32, 3)))).shape
+  ('VGG', (2, 10))
+  """
+
   def __init__(self, depth: int = 11, classes: int = 100, *, norm: str = "mimic",
                rngs: nnx.Rngs, width: float = 1.0):
     self._setup(norm, rngs)
@@ -212,6 +232,19 @@ class _Block(nnx.Module):
 
 
 class ResNet(_Net):
+  """ResNet-18/34/50 for 32×32 images with `norm` one of `NORM_OPTIONS` or, for the baselines,
+  `RESIDUAL_BASELINES` (Fixup, SkipInit); MimicNorm scales each branch by a residual scalar
+  initialised by `residual_init` ("official": 1.2/l).
+
+  >>> import jax
+  >>> from flax import nnx
+  >>> from mimictheory.nn import make_model
+  >>> net = make_model("resnet18", classes=10, norm="mimic", width=0.125)
+  >>> net.eval()   # running statistics: the abstract call below mutates nothing
+  >>> type(net).__name__, nnx.eval_shape(lambda: net(jax.numpy.zeros((2, 32, 32, 3)))).shape
+  ('ResNet', (2, 10))
+  """
+
   def __init__(self, depth: int = 18, classes: int = 100, *, norm: str = "mimic",
                rngs: nnx.Rngs, width: float = 1.0, residual_init="official"):
     self._setup(norm, rngs, residual_init, baselines=RESIDUAL_BASELINES)
@@ -287,6 +320,18 @@ class _ShuffleUnit(nnx.Module):
 
 
 class ShuffleNetV2(_Net):
+  """ShuffleNetV2 (1×) for 32×32 images with `norm` one of `NORM_OPTIONS`; MimicNorm scales
+  each residual branch by a residual scalar.
+
+  >>> import jax
+  >>> from flax import nnx
+  >>> from mimictheory.nn import make_model
+  >>> net = make_model("shufflenetv2", classes=10, norm="mimic", width=0.125)
+  >>> net.eval()   # running statistics: the abstract call below mutates nothing
+  >>> type(net).__name__, nnx.eval_shape(lambda: net(jax.numpy.zeros((2, 32, 32, 3)))).shape
+  ('ShuffleNetV2', (2, 10))
+  """
+
   def __init__(self, classes: int = 100, *, norm: str = "mimic", rngs: nnx.Rngs,
                width: float = 1.0, residual_init="official"):
     self._setup(norm, rngs, residual_init)
@@ -326,6 +371,17 @@ class _Fire(nnx.Module):
 
 
 class SqueezeNet(_Net):
+  """SqueezeNet 1.1 for 32×32 images with `norm` one of `NORM_OPTIONS`.
+
+  >>> import jax
+  >>> from flax import nnx
+  >>> from mimictheory.nn import make_model
+  >>> net = make_model("squeezenet", classes=10, norm="mimic", width=0.125)
+  >>> net.eval()   # running statistics: the abstract call below mutates nothing
+  >>> type(net).__name__, nnx.eval_shape(lambda: net(jax.numpy.zeros((2, 32, 32, 3)))).shape
+  ('SqueezeNet', (2, 10))
+  """
+
   def __init__(self, classes: int = 100, *, norm: str = "mimic", rngs: nnx.Rngs,
                width: float = 1.0):
     self._setup(norm, rngs)
@@ -371,6 +427,13 @@ def signals(model: nnx.Module, x) -> list[dict]:
   (per input, the mean squared activation) and `correlation` (every input pair, over all
   positions and channels). Runs the model once in eval mode, then restores each module's own
   mode (so it can be called from a training loop's step callback).
+
+  >>> import numpy as np
+  >>> from mimictheory.nn import make_model, signals
+  >>> net = make_model("vgg11", classes=10, norm="mimic", width=0.125)
+  >>> rows = signals(net, np.random.default_rng(0).normal(size=(4, 32, 32, 3)))
+  >>> sorted(rows[0])[:3], len(rows) > 5
+  (['channel_mean', 'channel_variance', 'correlation'], True)
   """
   outputs = []
   token = _RECORDING.set(outputs)

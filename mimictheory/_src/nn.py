@@ -44,31 +44,66 @@ RESIDUAL_BASELINES = ("fixup", "skipinit")
 
 
 class CentredKernel(nnx.Param):
-  """A kernel kept mean-free per output channel (the last axis) by `project_weight_mean`."""
+  """A kernel kept mean-free per output channel (the last axis) by `project_weight_mean`.
+
+  >>> import jax.numpy as jnp
+  >>> from mimictheory.nn import CentredKernel
+  >>> CentredKernel(jnp.ones((3, 2))).value.shape
+  (3, 2)
+  """
 
 
 def per_channel_fan_in(shape) -> int:
   """Inputs feeding one output channel: all axes but the last (dense (in, out): in; conv
-  (kh, kw, in, out): kh·kw·in)."""
+  (kh, kw, in, out): kh·kw·in).
+
+  >>> from mimictheory.nn import per_channel_fan_in
+  >>> per_channel_fan_in((3, 3, 16, 32)), per_channel_fan_in((64, 10))
+  (144, 64)
+  """
   return int(math.prod(shape[:-1]))
 
 
 def project_weight_mean(model: nnx.Module) -> None:
-  """Re-centre every `CentredKernel` of `model` in place (after each optimiser step)."""
+  """Re-centre every `CentredKernel` of `model` in place (after each optimiser step).
+
+  >>> import numpy as np
+  >>> from flax import nnx
+  >>> from mimictheory.nn import MLP, project_weight_mean
+  >>> model = MLP(8, 4, depth=2, width=64, norm="mimic", rngs=nnx.Rngs(0))
+  >>> kernel = model.hidden[1].kernel          # a CentredKernel (fan-in 64 >= MIN_FAN_IN)
+  >>> kernel[...] = kernel[...] + 1.0          # e.g. an optimiser step moved its mean
+  >>> project_weight_mean(model)               # back onto mean-zero kernels
+  >>> float(np.abs(np.asarray(kernel[...]).mean(axis=0)).max()) < 1e-6
+  True
+  """
   state = nnx.state(model, CentredKernel)
   nnx.update(model, jax.tree_util.tree_map(centre_kernel, state))
 
 
 def init_sw2(fan_in: int, weight_mean: bool, activation: str = "relu") -> float:
   """Initial σw²: Theorem 3's stable value 2n/((n−1)(1−1/π)) with weight mean, He's 2 without
-  (for ReLU; `stable_sw2` for other activations)."""
+  (for ReLU; `stable_sw2` for other activations).
+
+  >>> from mimictheory.nn import init_sw2
+  >>> init_sw2(300, weight_mean=False), round(init_sw2(300, weight_mean=True), 4)
+  (2.0, 2.9437)
+  """
   norm = "weight_mean" if weight_mean else "none"
   return float(stable_sw2(activation, norm=norm, fan_in=fan_in if fan_in >= 2 else None))
 
 
 class Dense(nnx.Module):
   """x W + b with W ~ N(0, σw²/fan-in); with `weight_mean` the kernel is a `CentredKernel`
-  (when its fan-in is at least `min_fan_in`) initialised at Theorem 3's σw²."""
+  (when its fan-in is at least `min_fan_in`) initialised at Theorem 3's σw².
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from mimictheory.nn import Dense
+  >>> layer = Dense(8, 4, weight_mean=True, rngs=nnx.Rngs(0))
+  >>> layer(jnp.ones((2, 8))).shape
+  (2, 4)
+  """
 
   def __init__(self, fan_in: int, fan_out: int, *, weight_mean: bool, rngs: nnx.Rngs,
                min_fan_in: int = MIN_FAN_IN, sw2: float | None = None, use_bias: bool = True):
@@ -84,7 +119,15 @@ class Dense(nnx.Module):
 
 
 class LastBatchNorm(nnx.BatchNorm):
-  """BatchNorm on the logits (batch × classes) without affine parameters (the last BN layer)."""
+  """BatchNorm on the logits (batch × classes) without affine parameters (the last BN layer).
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from mimictheory.nn import LastBatchNorm
+  >>> bn = LastBatchNorm(10, rngs=nnx.Rngs(0))
+  >>> bn(jnp.ones((4, 10))).shape
+  (4, 10)
+  """
 
   def __init__(self, classes: int, *, rngs: nnx.Rngs, momentum: float = 0.9):
     super().__init__(classes, use_bias=False, use_scale=False, momentum=momentum, rngs=rngs)
@@ -92,7 +135,13 @@ class LastBatchNorm(nnx.BatchNorm):
 
 class ResidualScalar(nnx.Module):
   """One learnable scalar on a residual branch's output; the official initial value is
-  1.2^k / l (k layers in the branch, l the block index counted from 1)."""
+  1.2^k / l (k layers in the branch, l the block index counted from 1).
+
+  >>> from mimictheory.nn import ResidualScalar
+  >>> scalar = ResidualScalar(ResidualScalar.official(block=4, layers_in_branch=1))
+  >>> round(float(scalar.scale[...]), 6)   # 1.2 / l at block 4
+  0.3
+  """
 
   def __init__(self, value: float):
     self.scale = nnx.Param(jnp.asarray(value, dtype=jnp.float32))

@@ -51,6 +51,11 @@ class PhaseDiagram:
   is marginal whatever χ1 is); xi_c, xi_q: depth scales (∞ at criticality); regime: index into
   `REGIMES` (ordered, critical, chaotic, q* = 0, q* = ∞, not converged). `critical` is the
   line χ1 = 1 (see `critical_line`); `fallback` counts the cells whose c* needed 2-D quadrature.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> pd = mt.phase_diagram("erf", sw2=[0.5, 3.0], sb2=[0.05])
+  >>> [mt.REGIMES[r] for r in pd.regime[:, 0]]
+  ['ordered', 'chaotic']
   """
 
   activation: str
@@ -275,6 +280,11 @@ class CriticalLine:
   V(q*) = q* found by the scan, NaN-padded; branch_reached: whether the variance map reaches
   that q* from q = 1 (False: a fixed point that the iteration does not find, so the grid's χ1
   is not 1 there).
+
+  >>> import mimictheory as mt
+  >>> line = mt.critical_line("erf", sb2=[0.0, 0.05])
+  >>> [round(float(s), 4) for s in line.sw2]   # π/4 at σb² = 0
+  [0.7854, 1.3758]
   """
 
   sb2: np.ndarray

@@ -44,16 +44,35 @@ def styled(fn):
   return wrapper
 
 
+def _figure_class():
+  from matplotlib.figure import Figure
+
+  class LibraryFigure(Figure):
+    """A matplotlib `Figure` that Jupyter shows as a PNG by itself (`_repr_png_`), without
+    pyplot or an inline backend having been set up."""
+
+    def _repr_png_(self):
+      import io
+      buffer = io.BytesIO()
+      self.savefig(buffer, format="png", dpi=72, bbox_inches="tight")
+      return buffer.getvalue()
+
+  return LibraryFigure
+
+
 def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **subplots):
-  """A constrained-layout `Figure` (no pyplot, no backend change) and its axes.
+  """A constrained-layout `Figure` (no pyplot, no backend change) and its axes. In Jupyter the
+  figure shows itself as a PNG when it is a cell's value.
 
   >>> fig, axes = new_figure(6, 3, cols=2, sharey=True)
   >>> len(axes), type(fig).__name__
   (2, 'Figure')
   """
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(width, height), layout="constrained")
+  fig = _FIGURE(figsize=(width, height), layout="constrained")
   return fig, fig.subplots(rows, cols, **subplots)
+
+
+_FIGURE = _figure_class()
 
 
 def save_figure(fig, path) -> Path:
@@ -261,7 +280,13 @@ def plot_phase_diagrams(pds, path=None):
 
 def plot_phase_diagram(pd, path=None):
   """χ1 with the critical line χ1 = 1, q* and ξ_c of one `PhaseDiagram`, side by side
-  (`plot_phase_diagrams` with one row)."""
+  (`plot_phase_diagrams` with one row).
+
+  >>> import mimictheory as mt
+  >>> pd = mt.phase_diagram("relu", sw2=[1.0, 2.5], sb2=[0.0, 0.1], norm="weight_mean")
+  >>> mt.plot_phase_diagram(pd).get_suptitle()
+  'Mean-field phase diagrams, activation relu, infinite width'
+  """
   return plot_phase_diagrams([pd], path)
 
 

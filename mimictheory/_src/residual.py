@@ -69,7 +69,13 @@ def residual_scalars(alpha, depth: int, convs_per_branch: int = 1) -> np.ndarray
 @dataclasses.dataclass(frozen=True)
 class ResidualKernels:
   """Readout NNGP and NTK (N, N), and per block l = 1..depth the mean over inputs of the
-  stream variance entering block l and of the (scaled) branch variance, (depth,)."""
+  stream variance entering block l and of the (scaled) branch variance, (depth,).
+
+  >>> import numpy as np, mimictheory as mt
+  >>> rk = mt.residual_kernels(np.eye(4), depth=3)
+  >>> rk.stream.shape, rk.branch.shape
+  ((3,), (3,))
+  """
 
   nngp: np.ndarray
   ntk: np.ndarray

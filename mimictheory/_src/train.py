@@ -56,7 +56,16 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Everything that determines a run (saved next to its checkpoints)."""
+  """Everything that determines a run (saved next to its checkpoints).
+
+  >>> from mimictheory.train import TrainConfig
+  >>> TrainConfig(norm="mimic", epochs=3, lr=0.1).validate().epochs
+  3
+  >>> TrainConfig(lr=-1).validate()
+  Traceback (most recent call last):
+  ...
+  ValueError: lr must be > 0 and finite, got -1
+  """
 
   norm: str = "mimic"
   model: str = "mlp"  # or a CIFAR model of mimictheory.nn.MODELS (NHWC image data)
@@ -99,7 +108,13 @@ class TrainConfig:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-  """Ctrl-C during `train`: the run stopped at a step boundary; `epochs` are checkpointed."""
+  """Ctrl-C during `train`: the run stopped at a step boundary; `epochs` are checkpointed.
+
+  >>> from mimictheory.train import TrainingInterrupted
+  >>> err = TrainingInterrupted("runs/a", 3)
+  >>> err.epochs, isinstance(err, KeyboardInterrupt)
+  (3, True)
+  """
 
   def __init__(self, out, epochs: int):
     super().__init__(f"interrupted; {out} keeps its last complete checkpoint (epoch {epochs}); "
@@ -109,13 +124,31 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
+  """What `train` returns: the per-epoch metrics, how the run ended, and the trained model.
+
+  >>> import tempfile
+  >>> from mimictheory.train import TrainConfig, synthetic_data, train
+  >>> with tempfile.TemporaryDirectory() as out:
+  ...   config = TrainConfig(epochs=1, depth=2, width=32, batch_size=16, milestones=())
+  ...   result = train(config, synthetic_data(64), out)
+  >>> result.status, len(result.history)
+  ('finished', 1)
+  """
+
   history: list  # one dict per epoch
   status: str  # "finished", "diverged" or "stopped" (max_epochs reached before the end)
   model: nnx.Module
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
-  """Linear warm-up over `warmup_epochs`, then × `decay` at each milestone epoch."""
+  """Linear warm-up over `warmup_epochs`, then × `decay` at each milestone epoch.
+
+  >>> from mimictheory.train import TrainConfig, learning_rate_schedule
+  >>> config = TrainConfig(lr=0.1, epochs=4, warmup_epochs=0, milestones=(2,))
+  >>> lr = learning_rate_schedule(config, steps_per_epoch=10)
+  >>> round(float(lr(0)), 6), round(float(lr(25)), 6)   # ×0.1 at the epoch-2 milestone
+  (0.1, 0.01)
+  """
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
   boundaries = {int(m * steps_per_epoch): config.decay for m in config.milestones}
   steps = optax.piecewise_constant_schedule(config.lr, boundaries)
@@ -126,7 +159,13 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
 
 
 def synthetic_data(n: int = 512, d: int = 16, classes: int = 4, seed: int = 0):
-  """Gaussian clusters: a tiny learnable problem for tests (train, test splits)."""
+  """Gaussian clusters: a tiny learnable problem for tests (train, test splits).
+
+  >>> from mimictheory.train import synthetic_data
+  >>> (x, y), (x_test, y_test) = synthetic_data(n=100, d=8, classes=3)
+  >>> x.shape[1], sorted(set(y.tolist())) == [0, 1, 2]
+  (8, True)
+  """
   rng = np.random.default_rng(seed)
   centres = rng.normal(size=(classes, d)) * 2.0
   y = rng.integers(0, classes, size=n)
@@ -137,7 +176,13 @@ def synthetic_data(n: int = 512, d: int = 16, classes: int = 4, seed: int = 0):
 
 def digits_split(seed: int = 0):
   """scikit-learn's bundled digits, 80/20 split (train, test), then standardised with the
-  training images' statistics only (nothing of the test set leaks into the inputs)."""
+  training images' statistics only (nothing of the test set leaks into the inputs).
+
+  >>> from mimictheory.train import digits_split
+  >>> (x_train, y_train), (x_test, y_test) = digits_split()
+  >>> x_train.shape[1], len(x_train) + len(x_test)
+  (64, 1797)
+  """
   from mimictheory._src.data import digits, standardise
   x, y = digits(raw=True)
   order = np.random.default_rng(seed).permutation(len(x))
@@ -165,7 +210,13 @@ def digits_images(seed: int = 0):
 def load_data(name: str, path=None):
   """((x_train, y_train), (x_test, y_test)) for `name` in digits | digits_images | synthetic |
   synthetic_images | cifar10 | cifar100 (CIFAR from a local copy in the python-pickle format,
-  NHWC; nothing is downloaded). An MLP flattens images itself."""
+  NHWC; nothing is downloaded). An MLP flattens images itself.
+
+  >>> from mimictheory.train import load_data
+  >>> (x_train, y_train), _ = load_data("synthetic")
+  >>> x_train.ndim, x_train.dtype
+  (2, dtype('float32'))
+  """
   checks.check_choice("data", name, DATASETS)
   if name == "digits":
     return digits_split()
@@ -228,7 +279,15 @@ def augment(x, rng: np.random.Generator, rotation: float = 15.0):
 
 def optimizer(model: nnx.Module, learning_rate, momentum: float = 0.9,
               weight_decay: float = 5e-4) -> nnx.Optimizer:
-  """The paper's optimiser: SGD with momentum and weight decay (a rate or an Optax schedule)."""
+  """The paper's optimiser: SGD with momentum and weight decay (a rate or an Optax schedule).
+
+  >>> from flax import nnx
+  >>> from mimictheory.nn import MLP
+  >>> from mimictheory.train import optimizer
+  >>> opt = optimizer(MLP(16, 4, depth=2, width=32, rngs=nnx.Rngs(0)), 0.1)
+  >>> type(opt).__name__
+  'Optimizer'
+  """
   tx = optax.chain(optax.add_decayed_weights(weight_decay),
                    optax.sgd(learning_rate, momentum=momentum))
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -238,7 +297,18 @@ def train_step(model: nnx.Module, opt: nnx.Optimizer, x, y):
   """One optimiser step on the batch (x, y), then the weight-mean projection; the loss.
 
   The one training step of the project: `train` runs it under `nnx.jit`, and
-  `memory.train_step_memory` compiles the same function to measure it."""
+  `memory.train_step_memory` compiles the same function to measure it.
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from mimictheory.nn import MLP
+  >>> from mimictheory.train import optimizer, synthetic_data, train_step
+  >>> (x, y), _ = synthetic_data(32)
+  >>> model = MLP(16, 4, depth=2, width=32, rngs=nnx.Rngs(0))
+  >>> loss = nnx.jit(train_step)(model, optimizer(model, 0.1), jnp.asarray(x), jnp.asarray(y))
+  >>> bool(jnp.isfinite(loss))
+  True
+  """
   def loss_fn(model):
     return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
@@ -262,7 +332,16 @@ def _eval_sums(model, x, y, valid):
 
 def evaluate(model: nnx.Module, x, y, batch: int = 1000, mesh=None):
   """(mean loss, accuracy) of `model` in its current mode on (x, y), `batch` rows at a time
-  (the last batch padded to the same shape: one compilation), each batch split over `mesh`."""
+  (the last batch padded to the same shape: one compilation), each batch split over `mesh`.
+
+  >>> from flax import nnx
+  >>> from mimictheory.nn import MLP
+  >>> from mimictheory.train import evaluate, synthetic_data
+  >>> (_, _), (x, y) = synthetic_data(64)
+  >>> loss, accuracy = evaluate(MLP(16, 4, depth=2, width=32, rngs=nnx.Rngs(0)), x, y, batch=10)
+  >>> 0.0 <= accuracy <= 1.0
+  True
+  """
   batch = min(checks.check_int("batch", batch, minimum=1), len(x))
   if mesh is not None:
     batch = -(-batch // mesh.devices.size) * mesh.devices.size
@@ -281,7 +360,12 @@ def evaluate(model: nnx.Module, x, y, batch: int = 1000, mesh=None):
 
 def data_mesh(devices=None, axis: str = "data"):
   """A one-axis `jax.sharding.Mesh` over `devices` (default: all devices of the process, or of
-  every process after `jax.distributed.initialize()`) for data-parallel training."""
+  every process after `jax.distributed.initialize()`) for data-parallel training.
+
+  >>> from mimictheory.train import data_mesh
+  >>> data_mesh().axis_names
+  ('data',)
+  """
   from jax.sharding import Mesh
   return Mesh(np.asarray(jax.devices() if devices is None else list(devices)), (axis,))
 
@@ -446,6 +530,14 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   single-device step up to float32 summation order; the weight-mean projection acts on the
   replicated kernels. Multi-host: call `jax.distributed.initialize()` first in every process,
   then pass `data_mesh()` (all processes' devices).
+
+  >>> import tempfile
+  >>> from mimictheory.train import TrainConfig, synthetic_data, train
+  >>> with tempfile.TemporaryDirectory() as out:
+  ...   config = TrainConfig(epochs=2, depth=2, width=32, batch_size=32, milestones=())
+  ...   result = train(config, synthetic_data(128), out)
+  >>> result.status, [r["epoch"] for r in result.history]
+  ('finished', [1, 2])
   """
   config = config.validate()
   (x_train, y_train), (x_test, y_test) = data
