@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 
 import numpy as np
@@ -19,19 +21,47 @@ def _fail(line: str) -> int:
   return 2
 
 
+MAX_GRID_POINTS = 100_000  # per axis of a phase grid
+MAX_GRID_CELLS = 25_000_000  # σw² × σb² cells (about 2 GB of float64 outputs)
+
+
 def grid(spec: str) -> np.ndarray:
-  """'start:stop:num' (inclusive linspace), 'a,b,c' or a single number."""
+  """'start:stop:num' (inclusive linspace), 'a,b,c' or a single number; finite values and
+  1 <= num <= MAX_GRID_POINTS."""
+  message = (f"expected START:STOP:NUM (finite START, STOP; 1 <= NUM <= {MAX_GRID_POINTS}), "
+             f"a comma list or a number, got {spec!r}")
   try:
     if ":" in spec:
       start, stop, num = spec.split(":")
-      num = int(num)
-      if num < 1:
+      start, stop, num = float(start), float(stop), int(num)
+      if not (1 <= num <= MAX_GRID_POINTS and math.isfinite(start) and math.isfinite(stop)):
         raise ValueError
-      return np.linspace(float(start), float(stop), num)
-    return np.array([float(v) for v in spec.split(",")])
+      return np.linspace(start, stop, num)
+    values = np.array([float(v) for v in spec.split(",")])
   except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"expected START:STOP:NUM (NUM >= 1), a comma list or a number, got {spec!r}") from None
+    raise argparse.ArgumentTypeError(message) from None
+  if not np.isfinite(values).all() or values.size > MAX_GRID_POINTS:
+    raise argparse.ArgumentTypeError(message)
+  return values
+
+
+# Options whose values may start with a minus sign (argparse would read "-1:0:5" as an option).
+_SIGNED_OPTIONS = ("--sw2", "--sb2", "--lrs", "--milestones")
+
+
+def _join_signed_values(argv):
+  """['--sb2', '-1:0:5'] -> ['--sb2=-1:0:5'], so that a negative grid reaches its check."""
+  out, i = [], 0
+  while i < len(argv):
+    token = argv[i]
+    if (token in _SIGNED_OPTIONS and i + 1 < len(argv)
+        and re.match(r"^-[0-9.]", argv[i + 1])):
+      out.append(f"{token}={argv[i + 1]}")
+      i += 2
+    else:
+      out.append(token)
+      i += 1
+  return out
 
 
 def _phase(args) -> int:
@@ -42,6 +72,9 @@ def _phase(args) -> int:
   from mimictheory._src.phase import _grid_axis
   _grid_axis("sw2", args.sw2, positive=True)  # validate before any folder is made
   _grid_axis("sb2", args.sb2, positive=False)
+  if args.sw2.size * args.sb2.size > MAX_GRID_CELLS:
+    raise ValueError(f"--sw2 x --sb2 has {args.sw2.size} x {args.sb2.size} cells; at most "
+                     f"{MAX_GRID_CELLS:,} fit in memory here (split the grid)")
   norms = [check_choice("norm", n, NORMS) for n in args.norm]
   check_fan_in(args.fan_in)
   out = ensure_dir(args.out)
@@ -68,14 +101,21 @@ def _maps(args) -> int:
 def _figures(args) -> int:
   from mimictheory._src.figures import figure_names, regenerate
   from mimictheory._src.io import ensure_dir
-  only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+  only = None
+  if args.only is not None:
+    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    if not only:
+      raise ValueError(f"--only must name at least one figure, got {args.only!r}")
   figure_names(only)  # check the names and the data before any folder or file is made
   if args.mnist is not None:
     from mimictheory._src.data import mnist
     mnist(args.mnist)
   out = ensure_dir(args.out)
-  for path in regenerate(out, only, progress=not args.quiet, mnist=args.mnist):
-    print(f"wrote {path}")
+  def written(paths):  # as each figure is done, not at the end
+    for path in paths:
+      print(f"wrote {path}", flush=True)
+
+  regenerate(out, only, progress=not args.quiet, mnist=args.mnist, on_figure=written)
   return 0
 
 
@@ -338,13 +378,23 @@ def main(argv=None) -> int:
   import warnings
   warnings.formatwarning = _one_line_warning
   parser = build_parser()
+  argv = _join_signed_values(sys.argv[1:] if argv is None else list(argv))
   try:
     args = parser.parse_args(argv)
     return args.run(args)
   except SystemExit as exc:  # argparse's own --help / errors
     return exc.code if isinstance(exc.code, int) else 0
-  except (ValueError, TypeError, OSError, RuntimeError) as err:
+  except (ValueError, TypeError, OSError) as err:  # bad input: exit 2
     return _fail(f"mimictheory: error: {err}")
+  except MemoryError:
+    _fail("mimictheory: error: out of host memory; use a smaller grid, batch or model")
+    return 1
+  except RuntimeError as err:  # XLA failures (out of device memory, ...): exit 1, first line
+    first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    hint = ("; use a smaller batch, grid or model" if "RESOURCE_EXHAUSTED" in str(err)
+            or "out of memory" in str(err).lower() else "")
+    _fail(f"mimictheory: error: {first[:300]}{hint}")
+    return 1
   except KeyboardInterrupt as err:
     _fail(f"mimictheory: {err or 'interrupted'}")
     return 130

@@ -58,6 +58,13 @@ def test_maps_prints_theorem_3(capsys):
     (["figures", "--mnist", "/nonexistent/mnist"], "mnist"),
     (["phase", "--norm", "none,layer"], "norm"),
     ([], "command"),
+    (["phase", "--sb2", "-1:0:5"], "sb2 must be >= 0"),  # not read as an option
+    (["phase", "--sw2", "1:inf:3"], "finite START, STOP"),  # no NumPy warning first
+    (["phase", "--sw2", "1:2:100000000"], "NUM <= 100000"),
+    (["phase", "--sw2", "1:2:100000", "--sb2", "0:1:100000"], "cells"),  # no 71-PiB traceback
+    (["figures", "--only", ","], "--only must name at least one figure"),
+    (["train", "--milestones=-5"], "milestones must be > 0"),
+    (["train", "--milestones", "-5"], "milestones must be > 0"),
 ])
 def test_bad_options_one_line_exit_2(argv, needle, tmp_path, capsys):
   out = tmp_path / "never"
@@ -86,3 +93,20 @@ def test_console_script_no_traceback(tmp_path):
                        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
   assert res.returncode == 2
   assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+
+
+def test_runtime_failures_exit_1_with_their_first_line(monkeypatch, capsys):
+  """An XLA failure (here a simulated out-of-memory) is not a usage error: exit 1, one line
+  with XLA's first line and a hint, no traceback."""
+  import mimictheory.cli as cli
+
+  def oom(args):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB\n"
+                       "BufferAssignment OOM Debugging ...")
+
+  parser = cli.build_parser()
+  monkeypatch.setattr(cli, "build_parser", lambda: parser)
+  parser._subparsers._group_actions[0].choices["maps"].set_defaults(run=oom)
+  assert cli.main(["maps"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "RESOURCE_EXHAUSTED" in err[0] and "smaller" in err[0]

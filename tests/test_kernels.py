@@ -159,6 +159,9 @@ def test_ntk_spectrum_matches_kernels_and_shows_the_phases(rng):
     ),
     (lambda x: mt.kernels(x, depth=2.5), TypeError, "depth must be an integer"),
     (lambda x: mt.kernels(x, input_gain=0.0), ValueError, "input_gain must be > 0"),
+    (lambda x: mt.kernels(x, sw2=np.array([1.0, 2.0])), ValueError, "sw2 must be a single"),
+    (lambda x: mt.ntk_spectrum(x, sb2=[0.0, 0.1]), ValueError, "sb2 must be a single"),
+    (lambda x: mt.kernels(x * (1 + 1j)), TypeError, "x1 must be real"),
   ],
 )
 def test_kernel_errors(call, exc, match, rng):

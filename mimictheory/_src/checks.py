@@ -15,6 +15,8 @@ __all__ = [
 def _as_float_array(name: str, value) -> np.ndarray:
   if isinstance(value, (str, bytes)) or value is None:
     raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}")
+  if np.iscomplexobj(value):
+    raise TypeError(f"{name} must be real; got complex values (pass the real part explicitly)")
   try:
     arr = np.asarray(value, dtype=np.float64)
   except (TypeError, ValueError) as err:

@@ -503,11 +503,13 @@ def figure_names(only=None) -> list[str]:
   return names
 
 
-def regenerate(out, only=None, progress: bool = False, mnist=None) -> list[Path]:
+def regenerate(out, only=None, progress: bool = False, mnist=None,
+               on_figure=None) -> list[Path]:
   """Regenerate the figures named in `only` (default: all of `FIGURES`) into `out`.
 
   `mnist`: a local MNIST copy (see `mimictheory._src.data.mnist`) for the data-driven figures;
-  the bundled scikit-learn digits otherwise.
+  the bundled scikit-learn digits otherwise. `on_figure(paths)` is called as each figure is
+  written.
   """
   names = figure_names(only)
   if mnist is not None:
@@ -515,7 +517,10 @@ def regenerate(out, only=None, progress: bool = False, mnist=None) -> list[Path]
     load_mnist(mnist)  # fail on a bad path before anything is written
   paths = []
   for name in progress_bar(names, progress, "figures"):
-    paths += FIGURES[name](out, progress=progress, data_source=mnist)
+    written = FIGURES[name](out, progress=progress, data_source=mnist)
+    if on_figure is not None:
+      on_figure(written)
+    paths += written
   return paths
 
 

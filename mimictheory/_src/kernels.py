@@ -316,7 +316,7 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
   True
   """
   x, _, depth, gain = _validate(x, None, depth, input_gain)
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
   if norm == "batch_norm":
     x, same = check_batch(x, ntk=False)
     return _layer_kernels_batch_norm(layer, f64(x), gain, same, depth,
@@ -440,8 +440,17 @@ def batch_norm_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0,
   samples -= samples % 4096
   replicas = checks.check_int("replicas", replicas, minimum=2)
   seed = checks.check_int("seed", seed, minimum=0)
-  layer = make_layer(activation, sw2, sb2, "batch_norm")
+  layer = _kernel_layer(activation, sw2, sb2, "batch_norm", None)
   return _batch_norm_kernels(layer, x, gain, depth, bool(ntk), nodes, samples, replicas, seed)
+
+
+def _kernel_layer(activation, sw2, sb2, norm, fan_in):
+  """`make_layer` for the Gram-matrix functions, which take one (σw², σb²) each call."""
+  for name, value in (("sw2", sw2), ("sb2", sb2)):
+    if value is not None and not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
+      raise ValueError(f"{name} must be a single number here, got shape {np.shape(value)}; "
+                       "call once per value (or use phase_diagram for a grid)")
+  return make_layer(activation, sw2, sb2, norm, fan_in)
 
 
 def _validate(x1, x2, depth, gain):
@@ -486,7 +495,7 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
   True
   """
   x1, x2, depth, gain = _validate(x1, x2, depth, input_gain)
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
   if norm in BATCH_NORMS:
     if x2 is not x1:
       raise ValueError(f"x2 must be None with norm={norm!r}: BN couples the inputs of a batch, "
@@ -791,7 +800,7 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   True
   """
   x, _, depth, gain = _validate(x, None, depth, input_gain)
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
   if norm == "batch_norm":
     x, same = check_batch(x, ntk=True)
     if bn.homogeneous_coefficients(layer.activation) is not None:

@@ -29,8 +29,9 @@ import numpy as np
 from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
 from mimictheory._src.kernels import (
-    _dense_step, _input_kernel, _nodes, _normalise, _validate, check_batch, identical_rows)
-from mimictheory._src.maps import Layer, make_layer
+    _dense_step, _input_kernel, _kernel_layer, _nodes, _normalise, _validate, check_batch,
+    identical_rows)
+from mimictheory._src.maps import Layer
 from mimictheory._src.precision import f64, float64
 
 __all__ = ["ResidualKernels", "residual_kernels", "residual_scalars", "ALPHAS"]
@@ -137,7 +138,7 @@ def residual_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, no
   True
   """
   x, _, depth, gain = _validate(x, None, depth, input_gain)
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
   alphas = residual_scalars(alpha, depth)
   nodes = 0
   if norm == "batch_norm":
