@@ -20,13 +20,36 @@ from mimictheory._src.finite import (
 from mimictheory._src.plotting import (
     batch_chi1_curve, plot_phase_diagram, plot_phase_diagrams, plot_training)
 from mimictheory._src.kernels import (
-    BatchNormKernels, Kernels, NTKSpectrum, batch_norm_kernels, kernels, layer_kernels,
-    ntk_spectrum, row_mesh)
+  BatchNormKernels,
+  KernelOverflowError,
+  Kernels,
+  NTKSpectrum,
+  batch_norm_kernels,
+  kernels,
+  layer_kernels,
+  ntk_spectrum,
+  row_mesh,
+)
 from mimictheory._src.maps import (
-    BATCH_NORMS, NORMS, QSTAR_STATUS, DepthScales, FixedPoints, Layer, chi1, correlation_map,
-    correlation_slope,
-    covariance_map, depth_scale, depth_scales, fixed_points, make_layer, qstar, stable_correlation,
-    stable_sw2, variance_map)
+  BATCH_NORMS,
+  NORMS,
+  QSTAR_STATUS,
+  DepthScales,
+  FixedPoints,
+  Layer,
+  chi1,
+  correlation_map,
+  correlation_slope,
+  covariance_map,
+  depth_scale,
+  depth_scales,
+  fixed_points,
+  make_layer,
+  qstar,
+  stable_correlation,
+  stable_sw2,
+  variance_map,
+)
 from mimictheory._src.phase import (
     REGIMES, CriticalLine, PhaseDiagram, critical_line, phase_diagram)
 from mimictheory._src.residual import ALPHAS, ResidualKernels, residual_kernels, residual_scalars
@@ -43,7 +66,7 @@ __all__ = [
   "ReLU",
   "get_activation",
   "find_kinks",
-  "BatchNormKernels",
+  "BatchNormKernels", "KernelOverflowError",
   "batch_norm_kernels",
   "BATCH_NORMS",
   "relu_dual",

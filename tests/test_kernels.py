@@ -213,3 +213,21 @@ def test_diagonal_is_pinned_whatever_the_block_size(name, rng):
     out = mt.kernels(x, depth=6, activation=name, sw2=2.0, sb2=0.05, block_size=block)
     np.testing.assert_allclose(np.diag(out.ntk), np.diag(whole.ntk), rtol=1e-14)
     np.testing.assert_allclose(out.ntk, whole.ntk, rtol=1e-12)
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda x: mt.kernels(x, sw2=1e6, depth=100), "kernels: the kernel exceeds float64"),
+    (lambda x: mt.layer_kernels(x, sw2=4.0, depth=1100), "from depth 10"),
+    (lambda x: mt.ntk_spectrum(x, sw2=1e6, depth=60), "ask for depth <="),
+])
+def test_overflow_is_a_clear_error_never_nan(call, needle, rng):
+  """Inputs are finite, so inf or NaN in a kernel can only be float64 overflow: an error that
+  says so (and from which depth), not a matrix of NaN."""
+  with pytest.raises(mt.KernelOverflowError, match=needle):
+    call(_data(rng))
+
+
+def test_singular_ntk_keeps_infinite_condition_number(rng):
+  """κ = ∞ (λmin <= 0 in the deep ordered phase) is a result, not an overflow."""
+  spec = mt.ntk_spectrum(_data(rng), depth=120, activation="erf", sw2=0.5, sb2=0.05)
+  assert np.isinf(spec.condition[-1]) and np.isfinite(spec.eigenvalues).all()

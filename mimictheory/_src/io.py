@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 __all__ = ["atomic_path", "ensure_dir", "progress_bar"]
@@ -29,18 +29,26 @@ def ensure_dir(path) -> Path:
   return path
 
 
+def _new_temporary(path: Path) -> Path:
+  """A new empty file beside `path`, created with mode 0o666 minus the process umask (as
+  `open` would), without touching the umask (which is process-wide, so not thread-safe)."""
+  for _ in range(100):
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}"
+    try:
+      os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+      return tmp
+    except FileExistsError:
+      continue
+  raise OSError(f"cannot create a temporary file beside {path}")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
   """Yield a temporary path beside `path`; on success rename it to `path`, else delete it."""
   path = Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
-                             dir=path.parent)
-  os.close(fd)
+  tmp = _new_temporary(path)
   try:
-    yield Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+    yield tmp
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

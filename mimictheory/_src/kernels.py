@@ -26,6 +26,7 @@ device mesh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from functools import partial
@@ -59,6 +60,57 @@ class Kernels:
 
   nngp: jax.Array
   ntk: jax.Array
+
+
+class KernelOverflowError(OverflowError, ValueError):
+  """A kernel outgrew float64 (about 1.8e308): raised instead of returning inf or NaN.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> try:
+  ...   mt.kernels(np.eye(3), sw2=1e6, depth=100)
+  ... except mt.KernelOverflowError as err:
+  ...   print(str(err)[:44])
+  kernels: the kernel exceeds float64's range
+  """
+
+
+def _first_nonfinite_depth(stacked) -> int | None:
+  bad = ~np.isfinite(np.asarray(stacked)).reshape(len(stacked), -1).all(axis=1)
+  return int(np.argmax(bad)) + 1 if bad.any() else None
+
+
+def _no_overflow(what: str):
+  """Decorator for the public kernel functions: their inputs are finite (checked), so a
+  non-finite result is float64 overflow; say so, with the depth where it starts when the result
+  has one entry per depth, instead of returning inf/NaN. Traced results pass unchecked."""
+  def decorate(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      out = fn(*args, **kwargs)
+      if isinstance(out, NTKSpectrum):  # κ = ∞ marks a singular NTK, not an overflow
+        fields = [out.eigenvalues]
+      elif dataclasses.is_dataclass(out):
+        fields = [getattr(out, f.name) for f in dataclasses.fields(out)]
+      else:
+        fields = [out]
+      leaves = jax.tree_util.tree_leaves(fields)
+      if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return out
+      arrays = [np.asarray(a) for a in leaves]
+      if all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
+        return out
+      per_depth = (out.eigenvalues if isinstance(out, NTKSpectrum)
+                   else out if what == "layer_kernels" else None)
+      where = ""
+      if per_depth is not None and _first_nonfinite_depth(per_depth) is not None:
+        first = _first_nonfinite_depth(per_depth)
+        where = f" from depth {first} on (ask for depth <= {first - 1})"
+      raise KernelOverflowError(
+          f"{what}: the kernel exceeds float64's range (~1.8e308){where}; the variance grows "
+          "geometrically with depth at this σw² and σb²: use fewer layers, a smaller sw2, or "
+          "smaller inputs")
+    return wrapper
+  return decorate
 
 
 def row_mesh(devices=None, axis: str = "rows") -> Mesh:
@@ -294,6 +346,7 @@ def _layer_kernels_batch_norm(layer, x, gain, same, depth, nodes, key, samples):
   return jax.lax.map(lambda k: _normalised_kernel(k, same, nodes), dense)
 
 
+@_no_overflow("layer_kernels")
 @float64
 def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm="none",
                   fan_in=None, input_gain: float = 1.0) -> np.ndarray:
@@ -407,6 +460,7 @@ def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replica
   return BatchNormKernels(k, ntk, err_k, err_t, "monte_carlo")
 
 
+@_no_overflow("batch_norm_kernels")
 @float64
 def batch_norm_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0,
                        input_gain: float = 1.0, ntk: bool = True, nodes: int | None = None,
@@ -464,6 +518,7 @@ def _validate(x1, x2, depth, gain):
   return x1, x2, depth, gain
 
 
+@_no_overflow("kernels")
 @float64
 def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm="none",
             fan_in=None, input_gain: float = 1.0, block_size: int | None = None,
@@ -784,6 +839,7 @@ def _spectrum(layer, x, gain, depth):
   return _pairwise(layer, x, x, gain, depth, eigenvalues, diagonal, shared=True)[2]
 
 
+@_no_overflow("ntk_spectrum")
 @float64
 def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="none",
                  fan_in=None, input_gain: float = 1.0) -> NTKSpectrum:
