@@ -69,7 +69,7 @@ class KernelOverflowError(OverflowError, ValueError):
   >>> try:
   ...   mt.kernels(np.eye(3), sw2=1e6, depth=100)
   ... except mt.KernelOverflowError as err:
-  ...   print(str(err)[:44])
+  ...   print(str(err)[:43])
   kernels: the kernel exceeds float64's range
   """
 
