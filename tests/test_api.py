@@ -36,9 +36,11 @@ def test_plotting_leaves_the_backend_alone():
       "import matplotlib; matplotlib.use('svg'); import numpy as np, mimictheory as mt\n"
       "pd = mt.phase_diagram('erf', sw2=np.linspace(0.5, 3, 6), sb2=np.linspace(0, .2, 4))\n"
       "fig = mt.plot_phase_diagrams([pd]); import matplotlib.pyplot as plt\n"
-      "print(matplotlib.get_backend(), len(plt.get_fignums()), type(fig).__name__)")
+      "from matplotlib.figure import Figure\n"
+      "print(matplotlib.get_backend(), len(plt.get_fignums()), isinstance(fig, Figure),\n"
+      "      fig._repr_png_()[:4] == b'\\x89PNG')")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-  assert out.stdout.split() == ["svg", "0", "Figure"], out.stdout + out.stderr
+  assert out.stdout.split() == ["svg", "0", "True", "True"], out.stdout + out.stderr
 
 
 def test_readme_table_names_real_functions_and_tests():
