@@ -79,7 +79,8 @@ def _phase(args) -> int:
   check_fan_in(args.fan_in)
   out = ensure_dir(args.out)
   paths = phase_figure(out, args.activation, norms, sw2=args.sw2, sb2=args.sb2,
-                       fan_in=args.fan_in, progress=not args.quiet, stem="phase")
+                       fan_in=args.fan_in, progress=not args.quiet, stem="phase",
+                       compact=False)
   print(f"wrote {', '.join(str(p) for p in paths)} ({args.sw2.size}x{args.sb2.size} grid, "
         f"norms {', '.join(norms)})")
   return 0

@@ -333,9 +333,11 @@ def phase_grid(activation: str):
 
 
 def phase_figure(out, activation: str, norms=PHASE_NORMS, sw2=None, sb2=None, fan_in=None,
-                 progress: bool = False, stem: str | None = None) -> list[Path]:
-  """Phase diagrams of one activation, one row per norm, as PNG, PDF and npz (keys prefixed
-  with the norm, e.g. `weight_mean_chi1`)."""
+                 progress: bool = False, stem: str | None = None,
+                 compact: bool = True) -> list[Path]:
+  """Phase diagrams of one activation, one row per norm, as PNG, PDF and npz (the axes `sw2`,
+  `sb2`, then keys prefixed with the norm, e.g. `weight_mean_chi1`; float32 with `compact`,
+  float64 without)."""
   import mimictheory as mt
   if sw2 is None or sb2 is None:
     sw2, sb2 = phase_grid(activation)
@@ -348,7 +350,7 @@ def phase_figure(out, activation: str, norms=PHASE_NORMS, sw2=None, sb2=None, fa
   if "batch_norm" in norms:
     data["batch_norm_batch"], data["batch_norm_chi1"], data["batch_norm_chi1_limit"] = (
         batch_chi1_curve(activation))
-  return write_figure(fig, out, stem or f"phase_{activation}", **data)
+  return write_figure(fig, out, stem or f"phase_{activation}", compact=compact, **data)
 
 
 def _power_of_ten(value) -> str:

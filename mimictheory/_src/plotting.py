@@ -91,13 +91,13 @@ def _save_npz(path, **arrays):
       np.savez_compressed(fh, **arrays)
 
 
-def write_figure(fig, out, stem, **data) -> list[Path]:
+def write_figure(fig, out, stem, compact: bool = True, **data) -> list[Path]:
   """`fig` as `stem`.png and .pdf, and `data` as `stem`.npz, each written atomically.
-  Float arrays are stored as float32 (what a plot needs) unless they hold values beyond
-  float32's range."""
+  With `compact`, float arrays are stored as float32 (what a plot needs) unless they hold
+  values beyond float32's range; without, as computed (float64)."""
   out = Path(out)
   paths = [save_figure(fig, out / f"{stem}.png"), save_figure(fig, out / f"{stem}.pdf")]
-  _save_npz(out / f"{stem}.npz", **{k: _compact(v) for k, v in data.items()})
+  _save_npz(out / f"{stem}.npz", **{k: _compact(v) if compact else v for k, v in data.items()})
   return paths + [out / f"{stem}.npz"]
 
 
