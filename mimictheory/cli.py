@@ -391,6 +391,9 @@ def main(argv=None) -> int:
     _fail("mimictheory: error: out of host memory; use a smaller grid, batch or model")
     return 1
   except RuntimeError as err:  # XLA failures (out of device memory, ...): exit 1, first line
+    from mimictheory._src.crosscheck import ReferenceUnavailable
+    if isinstance(err, ReferenceUnavailable):  # a bad --nt-python: a usage error, exit 2
+      return _fail(f"mimictheory: error: {err}")
     first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
     hint = ("; use a smaller batch, grid or model" if "RESOURCE_EXHAUSTED" in str(err)
             or "out of memory" in str(err).lower() else "")

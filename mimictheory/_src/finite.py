@@ -30,7 +30,7 @@ from mimictheory._src.activations import Activation, get_activation
 from mimictheory._src.io import progress_bar
 from mimictheory._src.kernels import Kernels, kernels, layer_kernels
 from mimictheory._src.maps import (
-    BATCH_NORMS, NORMS, Layer, _eval_point, _solve_qstar, chi1, make_layer, stable_sw2)
+    BATCH_NORMS, NORMS, Layer, _eval_point, _solve_qstar, chi1, _make_layer, stable_sw2)
 from mimictheory._src.precision import f64, float64
 
 __all__ = [
@@ -351,7 +351,7 @@ class FiniteNetwork:
   @property
   def layer(self) -> Layer:
     """The mean-field layer of this network (fan-in n for the finite-width factor of Lemma 1)."""
-    return make_layer(self.activation, self.sw2, self.sb2, self.norm, self.width)
+    return _make_layer(self.activation, self.sw2, self.sb2, self.norm, self.width)
 
   def theory_kernels(self, x) -> Kernels:
     """The infinite-width NNGP kernel and NTK of this architecture on x (`kernels`)."""

@@ -40,7 +40,7 @@ from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
 from mimictheory._src.activations import Numerical
 from mimictheory._src.io import progress_bar
-from mimictheory._src.maps import BATCH_NORMS, Layer, make_layer
+from mimictheory._src.maps import BATCH_NORMS, Layer, _make_layer
 from mimictheory._src.precision import f64, float64
 
 __all__ = ["Kernels", "kernels", "layer_kernels", "NTKSpectrum", "ntk_spectrum", "row_mesh",
@@ -504,7 +504,7 @@ def _kernel_layer(activation, sw2, sb2, norm, fan_in):
     if value is not None and not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
       raise ValueError(f"{name} must be a single number here, got shape {np.shape(value)}; "
                        "call once per value (or use phase_diagram for a grid)")
-  return make_layer(activation, sw2, sb2, norm, fan_in)
+  return _make_layer(activation, sw2, sb2, norm, fan_in)
 
 
 def _validate(x1, x2, depth, gain):

@@ -128,6 +128,14 @@ def _resolve(activation, sw2, sb2, norm, fan_in):
   return act, sw2, sb2, factor
 
 
+def _make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) -> Layer:
+  """`make_layer` for the library's own use, in the caller's (float64) context."""
+  act, sw2, sb2, factor = _resolve(activation, sw2, sb2, norm, fan_in)
+  if sw2 is None:
+    sw2 = _stable_sw2(act, norm, sb2, factor)
+  return Layer(act, norm, f64(sw2), f64(sb2), f64(factor))
+
+
 @float64
 def make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) -> Layer:
   """A validated `Layer` (float64 fields); `sw2=None` means the stable initialisation (see
@@ -138,10 +146,7 @@ def make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) ->
   >>> round(float(layer.sw2), 6), layer.sw2.dtype
   (2.933884, dtype('float64'))
   """
-  act, sw2, sb2, factor = _resolve(activation, sw2, sb2, norm, fan_in)
-  if sw2 is None:
-    sw2 = _stable_sw2(act, norm, sb2, factor)
-  return Layer(act, norm, f64(sw2), f64(sb2), f64(factor))
+  return _make_layer(activation, sw2, sb2, norm, fan_in)
 
 
 def _stable_sw2(act: Activation, norm: str, sb2, factor):
@@ -349,7 +354,7 @@ def variance_map(q, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=Non
   3.5
   """
   q = checks.check_nonnegative("q", q)
-  return make_layer(activation, sw2, sb2, norm, fan_in).variance(f64(q))
+  return _make_layer(activation, sw2, sb2, norm, fan_in).variance(f64(q))
 
 
 @float64
@@ -369,7 +374,7 @@ def covariance_map(q12, q1=1.0, q2=1.0, activation="relu", sw2=2.0, sb2=0.0, nor
   q12 = checks.check_interval("q12", q12, -np.inf, np.inf)
   if np.any(np.abs(q12) > np.sqrt(q1 * q2) * (1 + 1e-12) + 1e-300):
     raise ValueError("q12 must satisfy |q12| <= sqrt(q1 q2) (a valid covariance)")
-  return make_layer(activation, sw2, sb2, norm, fan_in).covariance(f64(q1), f64(q2), f64(q12))
+  return _make_layer(activation, sw2, sb2, norm, fan_in).covariance(f64(q1), f64(q2), f64(q12))
 
 
 @float64
@@ -381,7 +386,7 @@ def qstar(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, q0=1.0)
   1.0
   """
   q0 = checks.check_positive("q0", q0)
-  return _solve_qstar(make_layer(activation, sw2, sb2, norm, fan_in), f64(q0))
+  return _solve_qstar(_make_layer(activation, sw2, sb2, norm, fan_in), f64(q0))
 
 
 @float64
@@ -398,7 +403,7 @@ def correlation_map(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_i
   0.0
   """
   rho = checks.check_interval("rho", rho, -1.0, 1.0)
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
   return _correlation_map(layer, _solve_qstar(layer), f64(rho))
 
 
@@ -411,7 +416,7 @@ def correlation_slope(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan
   1.0
   """
   rho = checks.check_interval("rho", rho, -1.0, 1.0)
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
   return _correlation_slope(layer, _solve_qstar(layer), f64(rho))
 
 
@@ -434,7 +439,7 @@ def chi1(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, batch=No
   >>> round(float(mt.chi1("identity", norm="batch_norm", batch=8)), 12)   # (B-2)/(B-3)
   1.2
   """
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
   if batch is not None:
     return _finite_batch_chi1(layer, batch)
   return _chi1(layer, _solve_qstar(layer))
@@ -475,7 +480,7 @@ def stable_correlation(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=
   ...                                                                  norm="weight_mean"))
   (1.0, 0.0)
   """
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
   return _solve_cstar(layer, _solve_qstar(layer))
 
 
@@ -535,7 +540,7 @@ def depth_scales(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) 
   >>> bool(s.xi_c > 0)
   True
   """
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
   q, c, chi_q, chi_c, status = _depth_scales_status(layer)
   return DepthScales(*(np.asarray(a) for a in
                        (q, c, chi_q, chi_c, depth_scale(chi_q), depth_scale(chi_c), status)))
@@ -596,7 +601,7 @@ def fixed_points(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None,
   ([0.0, 1.0], [True, False])
   """
   checks.check_int("grid", grid, minimum=11)
-  layer = make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
   q = _solve_qstar(layer)
   rho = jnp.linspace(-1.0, 1.0, grid)
   g = np.asarray(_correlation_map(layer, q, rho) - rho)

@@ -65,8 +65,9 @@ def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **subp
   figure shows itself as a PNG when it is a cell's value.
 
   >>> fig, axes = new_figure(6, 3, cols=2, sharey=True)
-  >>> len(axes), type(fig).__name__
-  (2, 'Figure')
+  >>> from matplotlib.figure import Figure
+  >>> len(axes), isinstance(fig, Figure)
+  (2, True)
   """
   fig = _FIGURE(figsize=(width, height), layout="constrained")
   return fig, fig.subplots(rows, cols, **subplots)
