@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mimictheory._src import checks
-from mimictheory._src.finite import Signal, centre_kernel, signal_metrics
+from mimictheory._src.finite import (
+    Signal, centre_kernel, official_residual_scalar, signal_metrics)
 from mimictheory._src.maps import stable_sw2
 
 __all__ = [
@@ -151,8 +152,9 @@ class ResidualScalar(nnx.Module):
 
   @staticmethod
   def official(block: int, layers_in_branch: int) -> float:
+    """The official initial value 1.2^k / l (one formula: `official_residual_scalar`)."""
     checks.check_int("block", block, minimum=1)
-    return 1.2**layers_in_branch / block
+    return float(official_residual_scalar(block, layers_in_branch))
 
 
 class MLP(nnx.Module):
