@@ -26,8 +26,7 @@ def sources() -> list[pathlib.Path]:
 
 @contextlib.contextmanager
 def _environment(small: bool):
-  """The kernel inherits this process's environment: small mode and a non-interactive
-  matplotlib setting are passed that way."""
+  """The kernel inherits this process's environment: small mode is passed that way."""
   saved = os.environ.get("MIMICTHEORY_NOTEBOOK_SMALL")
   os.environ["MIMICTHEORY_NOTEBOOK_SMALL"] = "1" if small else "0"
   try:

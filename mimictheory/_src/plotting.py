@@ -5,9 +5,9 @@ library neither selects nor changes the user's matplotlib backend and keeps no g
 state: in Jupyter, display a returned figure by leaving it as a cell's last expression (or with
 `IPython.display.display(fig)`); elsewhere save it with `save_figure`.
 
-The style is set for where the figures are read: at most 8 inches wide, 9–10 pt text, so that
-a figure shown at the full width of a README or a notebook (about 900 px) keeps text of about
-13 px.
+The style is set for where the figures are read: 9–10 pt text on figures at most 8 inches wide
+(10.5 for the three-panel phase diagrams), so that a figure shown at the full width of a README
+or a notebook (about 900 px) keeps text of about 11–14 px.
 """
 from __future__ import annotations
 
