@@ -10,7 +10,7 @@ import numpy as np
 
 from mimictheory._src.io import progress_bar
 from mimictheory._src.plotting import (
-    batch_chi1_curve, new_figure, plot_phase_diagrams, styled, write_figure)
+    batch_chi1_curve, new_figure, plain_log_ticks, plot_phase_diagrams, styled, write_figure)
 
 __all__ = ["regenerate", "FIGURES", "figure_names"]
 
@@ -446,14 +446,6 @@ def last_bn_variance(norm: str, lr: float, epochs: int = 2, depth: int = 16, wid
           "test_accuracy": float(final.get("test_accuracy", np.nan))}
 
 
-def _plain_log_ticks(ax):
-  """Log-scale y ticks written as plain numbers (0.5, 1, 2), not 5×10⁻¹."""
-  from matplotlib.ticker import FuncFormatter, LogLocator
-  ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-  ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-  ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-
-
 @styled
 def supplementary3(out, progress=False, data_source=None) -> list[Path]:
   """Supplementary Figure 3: the last BN's running variance surges early in training at a
@@ -474,7 +466,7 @@ def supplementary3(out, progress=False, data_source=None) -> list[Path]:
   axes[1].set_ylabel("training loss")
   for ax in axes:
     ax.set_xlabel("optimiser step")
-  _plain_log_ticks(axes[1])
+  plain_log_ticks(axes[1].yaxis)
   fig.legend(handles=axes[1].get_lines(), loc="outside lower center", ncols=2, frameon=False)
   fig.suptitle(f"Supplementary Figure 3: the first two epochs, ReLU MLP of depth 16 on the "
                f"digits, lr {lr} (chance: 0.10)")

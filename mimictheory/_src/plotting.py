@@ -19,7 +19,8 @@ import numpy as np
 from mimictheory._src.io import atomic_path
 
 __all__ = ["STYLE", "NORM_TITLES", "new_figure", "save_figure", "write_figure",
-           "plot_phase_diagram", "plot_phase_diagrams", "plot_training", "batch_chi1_curve"]
+           "plot_phase_diagram", "plot_phase_diagrams", "plot_training", "batch_chi1_curve",
+           "plain_log_ticks"]
 
 STYLE = {
     "font.size": 9.5, "axes.titlesize": 10, "axes.labelsize": 9.5, "legend.fontsize": 8.5,
@@ -140,15 +141,24 @@ def _colorbar(fig, image, ax, title, extend="neither"):
   """A colour bar titled on top (not beside, where it would read as the next panel's label),
   with plain tick labels (1, 2, 0.5, not 10⁰, 2×10⁰)."""
   from matplotlib.colors import LogNorm
-  from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+  from matplotlib.ticker import FuncFormatter
   bar = fig.colorbar(image, ax=ax, shrink=0.9, extend=extend)
   bar.ax.set_title(title, fontsize=9)
   if isinstance(image.norm, LogNorm):
     decades = np.log10(image.norm.vmax / image.norm.vmin)
-    bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0,) if decades > 2 else (1.0, 2.0, 5.0)))
-    bar.ax.yaxis.set_minor_formatter(NullFormatter())
-  bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    plain_log_ticks(bar.ax.yaxis, subs=(1.0,) if decades > 2 else (1.0, 2.0, 5.0))
+  else:
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
   return bar
+
+
+def plain_log_ticks(axis, subs=(1.0, 2.0, 5.0)):
+  """Log-scale ticks at `subs` × 10^k written as plain numbers (0.5, 1, 2, not 5×10⁻¹),
+  minor ticks unlabelled; `axis` is e.g. `ax.yaxis`."""
+  from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+  axis.set_major_locator(LogLocator(subs=subs))
+  axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+  axis.set_minor_formatter(NullFormatter())
 
 
 def _phase_row(fig, axes, pd):
