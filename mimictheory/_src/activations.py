@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 from typing import Callable
 
 import jax
@@ -69,6 +70,20 @@ def _asin_acos(x):
   return asin, acos
 
 
+@jax.custom_jvp
+def _root_flat_at_zero(x):
+  """√max(x, 0) with derivative 0 at x <= 0 instead of ∞: √(1 - ρ²) at ρ = ±1, where ρ is at
+  its maximum and dρ = 0 to first order (see `kernel_duals`)."""
+  return jnp.sqrt(jnp.maximum(x, 0.0))
+
+
+@_root_flat_at_zero.defjvp
+def _root_flat_at_zero_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  root = _root_flat_at_zero(x)
+  return root, jnp.where(root > 0, 0.5 / jnp.where(root > 0, root, 1.0), 0.0) * t
+
+
 def root_one_minus_square(x):
   """√(1 - x²) as √((1 - x)(1 + x)), accurate near |x| = 1; 0 outside [-1, 1]."""
   return jnp.sqrt(jnp.maximum((1.0 - x) * (1.0 + x), 0.0))
@@ -101,7 +116,24 @@ def _arccos_jvp(primals, tangents):
 # ----------------------------------------------------------------------------------------------
 # ReLU's normalised dual (paper eq 4) with exact derivatives at ρ = ±1.
 # ----------------------------------------------------------------------------------------------
-@jax.custom_jvp
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _duals(rho, flat_at_edges: bool):
+  rho = jnp.clip(rho, -1.0, 1.0)
+  slope = (math.pi - _asin_acos(rho)[1]) / _TWO_PI
+  return root_one_minus_square(rho) / _TWO_PI + slope * rho, slope
+
+
+@_duals.defjvp
+def _duals_jvp(flat_at_edges, primals, tangents):
+  (rho,), (t,) = primals, tangents
+  value, slope = _duals(rho, flat_at_edges)
+  rho = jnp.clip(rho, -1.0, 1.0)
+  curvature = 1.0 / (_TWO_PI * root_one_minus_square(rho))
+  if flat_at_edges:
+    curvature = jnp.where(jnp.abs(rho) < 1.0, curvature, 0.0)
+  return (value, slope), (slope * t, curvature * t)
+
+
 def relu_duals(rho):
   """(φ̂(ρ), φ̂'(ρ)) of ReLU from one arccos: φ̂ = (√(1-ρ²) + (π - arccos ρ) ρ) / (2π) (paper
   eq 4) and φ̂' = (π - arccos ρ) / (2π) = E[1(u>0) 1(v>0)] for unit variances, correlation ρ.
@@ -109,17 +141,18 @@ def relu_duals(rho):
   A custom JVP supplies dφ̂/dρ = φ̂' (finite on all of [-1, 1], where plain autodiff would give
   ∞ - ∞ = NaN at ρ = ±1) and dφ̂'/dρ = 1 / (2π √(1-ρ²)), +∞ at ρ = ±1 (the true one-sided value).
   """
-  rho = jnp.clip(rho, -1.0, 1.0)
-  slope = (math.pi - _asin_acos(rho)[1]) / _TWO_PI
-  return root_one_minus_square(rho) / _TWO_PI + slope * rho, slope
+  return _duals(rho, False)
 
 
-@relu_duals.defjvp
-def _relu_duals_jvp(primals, tangents):
-  (rho,), (t,) = primals, tangents
-  value, slope = relu_duals(rho)
-  curvature = 1.0 / (_TWO_PI * root_one_minus_square(jnp.clip(rho, -1.0, 1.0)))
-  return (value, slope), (slope * t, curvature * t)
+def kernel_duals(rho):
+  """`relu_duals` for kernel recursions: dφ̂'/dρ is taken as 0 at ρ = ±1.
+
+  There ρ is at its maximum (identical or opposite inputs, a Gram matrix's diagonal): along any
+  path of σw², σb² or inputs dρ = 0 to first order, so the term is ∞ · 0; 0 is its value for
+  σw², σb² (ρ stays ±1), and the mean of the two one-sided derivatives for inputs that move
+  apart (φ̂' has a kink |ε| there). With ∞ the gradient of an NTK would be NaN.
+  """
+  return _duals(rho, True)
 
 
 def _relu_dual(rho):
@@ -251,7 +284,7 @@ class ReLU(Activation):
 
   def kernel_pair(self, q1, q2, q12):
     rho, norm = _correlation(q1, q2, q12)
-    value, slope = relu_duals(rho)
+    value, slope = kernel_duals(rho)
     return norm * value, slope
 
 
@@ -290,7 +323,7 @@ class LeakyReLU(Activation):
   def kernel_pair(self, q1, q2, q12):
     a, b = self.slope, 1.0 - self.slope
     rho, norm = _correlation(q1, q2, q12)
-    value, slope = relu_duals(rho)
+    value, slope = kernel_duals(rho)
     return (a * a + a * b) * rho * norm + b * b * norm * value, a * a + a * b + b * b * slope
 
 
@@ -441,6 +474,10 @@ class Numerical(Activation):
   def _panel_nodes(self, breaks, order=None):
     """Nodes and weights (including the N(0,1) density) of composite GL on sorted `breaks`."""
     x, w = np.polynomial.legendre.leggauss(order or self.order)
+    # Fixed nodes under differentiation: the Gaussian measure in z does not depend on q, so the
+    # derivative is the rule applied to the integrand's derivative (breakpoints only steer
+    # accuracy; their derivative would be 1/√(1-ρ²)-singular at ρ = ±1).
+    breaks = jax.lax.stop_gradient(breaks)
     lo, hi = breaks[:-1, None], breaks[1:, None]
     half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
     z = (mid + half * x).reshape(-1)
@@ -474,7 +511,7 @@ class Numerical(Activation):
     """E[f(u) g(v)] for scalar (q1, q2, q12): u = √q1 z1, v = √q2 (ρ z1 + √(1-ρ²) z2)."""
     rho, _ = _correlation(q1, q2, q12)
     s1, s2 = jnp.sqrt(q1), jnp.sqrt(q2)
-    c = jnp.sqrt(jnp.maximum(1.0 - rho**2, 0.0))
+    c = _root_flat_at_zero(1.0 - rho**2)
     points = self.breakpoints()
     # Outer breakpoints: φ's own in z1, and where the inner integral, a function of s2 ρ z1,
     # has φ's features smoothed over a width s2 c, so refine there too.

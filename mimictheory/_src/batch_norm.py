@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mimictheory._src.activations import (
-    Activation, Identity, LeakyReLU, ReLU, relu_duals, root_one_minus_square)
+    Activation, Identity, LeakyReLU, ReLU, kernel_duals, root_one_minus_square)
 
 __all__ = ["homogeneous_coefficients", "exact_step", "nodes_for_batch", "monte_carlo_step",
            "symmetric_chi1", "sphere_chi1", "NODES", "MIN_BATCH_NTK"]
@@ -80,7 +80,7 @@ def _pair(sig, d_i, d_j):
 def _expectations(a, b, sig, d_i, d_j):
   """k = E[φᵢφⱼ], e = E[φ'ᵢφ'ⱼ], c = E[φ'ᵢ gᵢ φ''ⱼ] (the δ(gⱼ) term of Stein's lemma)."""
   rho, root = _pair(sig, d_i, d_j)
-  value, slope = relu_duals(rho)
+  value, slope = kernel_duals(rho)
   sine = root_one_minus_square(rho)
   k = (a * a + a * b) * sig + b * b * root * value
   e = a * a + a * b + b * b * slope

@@ -1,15 +1,36 @@
-"""Argument validation: every message names the parameter and the allowed range."""
+"""Argument validation: every message names the parameter and the allowed range.
+
+Under a JAX transformation (`jit`, `grad`, `vmap`) an argument may be a tracer, whose values
+are unknown until run time: then only its type and shape are checked, and the value checks are
+left out (a traced function cannot raise on a value). The plain call checks everything.
+"""
 from __future__ import annotations
 
 import math
 import numbers
 
+import jax
 import numpy as np
 
 __all__ = [
     "check_choice", "check_positive", "check_nonnegative", "check_int", "check_interval",
-    "check_data", "check_fan_in",
+    "check_data", "check_fan_in", "is_traced",
 ]
+
+
+def is_traced(*values) -> bool:
+  """Any JAX tracer among `values` (pytrees allowed): a transformation is tracing them."""
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
+
+
+def _check_traced(name: str, value):
+  """The checks a tracer allows: a real numeric dtype."""
+  kind = np.dtype(value.dtype).kind
+  if kind == "c":
+    raise TypeError(f"{name} must be real; got complex values (pass the real part explicitly)")
+  if kind not in "fiub":
+    raise TypeError(f"{name} must be a number or an array of numbers, got dtype {value.dtype}")
+  return value
 
 
 def _as_float_array(name: str, value) -> np.ndarray:
@@ -34,6 +55,8 @@ def check_choice(name: str, value, choices) -> str:
 
 
 def check_positive(name: str, value, allow_inf: bool = False) -> np.ndarray:
+  if is_traced(value):
+    return _check_traced(name, value)
   arr = _as_float_array(name, value)
   if (arr <= 0).any() or (not allow_inf and np.isinf(arr).any()):
     raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
@@ -41,6 +64,8 @@ def check_positive(name: str, value, allow_inf: bool = False) -> np.ndarray:
 
 
 def check_nonnegative(name: str, value) -> np.ndarray:
+  if is_traced(value):
+    return _check_traced(name, value)
   arr = _as_float_array(name, value)
   if (arr < 0).any() or np.isinf(arr).any():
     raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
@@ -49,6 +74,8 @@ def check_nonnegative(name: str, value) -> np.ndarray:
 
 def check_interval(name: str, value, lo: float, hi: float, tol: float = 0.0) -> np.ndarray:
   """Closed interval [lo, hi]; values within `tol` outside are accepted (rounding)."""
+  if is_traced(value):
+    return _check_traced(name, value)
   arr = _as_float_array(name, value)
   if (arr < lo - tol).any() or (arr > hi + tol).any():
     raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}], got {value!r}")
@@ -74,11 +101,11 @@ def check_fan_in(fan_in) -> float:
 
 def check_data(name: str, x, ndim: int = 2) -> np.ndarray:
   """A finite float data matrix of shape (N, d)."""
-  arr = _as_float_array(name, x)
+  arr = _check_traced(name, x) if is_traced(x) else _as_float_array(name, x)
   if arr.ndim != ndim:
     raise ValueError(f"{name} must have {ndim} dimensions (N, d), got shape {arr.shape}")
   if arr.shape[0] < 1 or arr.shape[-1] < 1:
     raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
-  if not np.isfinite(arr).all():
+  if not is_traced(arr) and not np.isfinite(arr).all():
     raise ValueError(f"{name} contains NaN or inf; every entry must be finite")
   return arr

@@ -370,6 +370,11 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
   """
   x, _, depth, gain = _validate(x, None, depth, input_gain)
   layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
+  if checks.is_traced(x, layer, gain):
+    if norm == "batch_norm":
+      _refuse_traced("layer_kernels(norm='batch_norm')", "the exact BN kernels choose their "
+                     "quadrature from the values of the batch")
+    return _layer_kernels(layer, f64(x), gain, depth)
   if norm == "batch_norm":
     x, same = check_batch(x, ntk=False)
     return _layer_kernels_batch_norm(layer, f64(x), gain, same, depth,
@@ -514,8 +519,28 @@ def _validate(x1, x2, depth, gain):
     raise ValueError(f"x2 must have the same number of features as x1 ({x1.shape[1]}), "
                      f"got shape {x2.shape}")
   depth = checks.check_int("depth", depth, minimum=1)
-  gain = float(checks.check_positive("input_gain", gain))
-  return x1, x2, depth, gain
+  gain = checks.check_positive("input_gain", gain)
+  return x1, x2, depth, gain if checks.is_traced(gain) else float(gain)
+
+
+def _refuse_traced(what: str, why: str):
+  raise TypeError(f"{what} cannot be traced (jit/grad/vmap): {why}; call it on concrete values, "
+                  "or trace norm 'none', 'weight_mean' or 'batch_norm_paper'")
+
+
+def _traced_kernels(layer, x1, x2, gain, depth):
+  """`kernels` under a transformation: the whole Gram matrix in one traced recursion (no
+  blocking, tiling or NumPy), the diagonal of a symmetric one pinned to ρ = 1 as in `_pairwise`."""
+  if layer.norm == "batch_norm":
+    _refuse_traced("kernels(norm='batch_norm')", "the exact BN kernels choose their quadrature "
+                   "from the values of the batch")
+  if layer.norm == "batch_norm_paper":
+    k, ntk, _ = _batch_norm_paper(layer, f64(x1), gain, depth)
+    return Kernels(k, ntk)
+  diagonal = jnp.eye(x1.shape[0], dtype=bool) if x2 is x1 else None
+  k, ntk, _ = _pairwise(layer, f64(x1), f64(x2), gain, depth, diagonal=diagonal,
+                        shared=True if x2 is x1 else None)
+  return Kernels(k, ntk)
 
 
 @_no_overflow("kernels")
@@ -551,11 +576,13 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
   """
   x1, x2, depth, gain = _validate(x1, x2, depth, input_gain)
   layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
+  if norm in BATCH_NORMS and x2 is not x1:
+    raise ValueError(f"x2 must be None with norm={norm!r}: BN couples the inputs of a batch, "
+                     "so a cross-kernel depends on the whole batch; pass the whole batch as "
+                     "x1 and take the block you need")
+  if checks.is_traced(x1, x2, layer, gain):
+    return _traced_kernels(layer, x1, x2, gain, depth)
   if norm in BATCH_NORMS:
-    if x2 is not x1:
-      raise ValueError(f"x2 must be None with norm={norm!r}: BN couples the inputs of a batch, "
-                       "so a cross-kernel depends on the whole batch; pass the whole batch as "
-                       "x1 and take the block you need")
     if norm == "batch_norm_paper":
       check_batch(x1, ntk=False, name="x1")
       return _gram_batch_norm_paper(layer, f64(x1), gain, depth)
@@ -797,6 +824,8 @@ def _variance(m, norm):
 # ----------------------------------------------------------------------------------------------
 # NTK spectrum against depth (Theorem 1).
 # ----------------------------------------------------------------------------------------------
+@partial(jax.tree_util.register_dataclass, data_fields=["depths", "eigenvalues", "condition"],
+         meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class NTKSpectrum:
   """Eigenvalues (ascending) of the NTK Gram matrix for every depth 1..depth, and κ.
@@ -857,6 +886,12 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   """
   x, _, depth, gain = _validate(x, None, depth, input_gain)
   layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
+  if checks.is_traced(x, layer, gain):
+    if norm == "batch_norm":
+      _refuse_traced("ntk_spectrum(norm='batch_norm')", "the exact BN kernels choose their "
+                     "quadrature from the values of the batch")
+    eig = _spectrum(layer, f64(x), gain, depth)
+    return NTKSpectrum(jnp.arange(1, depth + 1), eig, _condition(eig, jnp))
   if norm == "batch_norm":
     x, same = check_batch(x, ntk=True)
     if bn.homogeneous_coefficients(layer.activation) is not None:
@@ -872,7 +907,10 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   else:
     eig = _spectrum(layer, f64(x), gain, depth)
   eig = np.asarray(eig)
+  return NTKSpectrum(np.arange(1, depth + 1), eig, _condition(eig, np))
+
+
+def _condition(eig, xp):
+  """κ = λmax / λmin per depth, ∞ where λmin <= 0 (numerically singular); xp: np or jnp."""
   lmin, lmax = eig[:, 0], eig[:, -1]
-  with np.errstate(divide="ignore", invalid="ignore"):
-    cond = np.where(lmin > 0, lmax / np.where(lmin > 0, lmin, 1.0), np.inf)
-  return NTKSpectrum(np.arange(1, depth + 1), eig, cond)
+  return xp.where(lmin > 0, lmax / xp.where(lmin > 0, lmin, 1.0), xp.inf)

@@ -152,8 +152,8 @@ def make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) ->
 def _stable_sw2(act: Activation, norm: str, sb2, factor):
   """σw² that makes q = 1 a fixed point of the variance map: V(1) = 1."""
   if norm in BATCH_NORMS:
-    return np.ones_like(np.asarray(sb2, dtype=float))
-  if np.any(np.asarray(sb2) >= 1.0):
+    return jnp.ones_like(f64(sb2))
+  if not checks.is_traced(sb2) and np.any(np.asarray(sb2) >= 1.0):
     raise ValueError(f"sb2 must be < 1 for the stable initialisation sw2=None, got {sb2!r}")
   moment = act.second_moment(f64(1.0)) if norm == "none" else factor * act.variance(f64(1.0))
   return (1.0 - f64(sb2)) / moment
@@ -250,9 +250,31 @@ def _solve_qstar_status(layer: Layer, q0=1.0, max_iter: int = 400):
   return _fixed_point(variance, _zero_is_fixed(layer), shape, q0, max_iter)
 
 
+@jax.custom_jvp
+def _qstar_and_status(layer: Layer, q0=1.0):
+  """(q*, status) reached from q0 (`_fixed_point`), q* differentiable in the layer's σw², σb²
+  and fan-in factor by the implicit function theorem (the search's `while_loop` is not):
+  V(q*; θ) = q* gives dq* = ∂θV dθ / (1 - V'(q*)); dq* = 0 where q* is 0 or ∞ (a limit, not
+  a root)."""
+  return _solve_qstar_status(layer, q0)
+
+
+@_qstar_and_status.defjvp
+def _qstar_and_status_jvp(primals, tangents):
+  layer, q0 = primals
+  q, status = _qstar_and_status(layer, q0)
+  root = jnp.isfinite(q) & (q > 0)
+  q_safe = jnp.where(root, q, 1.0)
+  dv_dtheta = jax.jvp(lambda lay: lay.variance(q_safe), (layer,), (tangents[0],))[1]
+  denom = 1.0 - layer.variance_slope(q_safe)
+  dq = jnp.where(root, dv_dtheta / jnp.where(root, denom, 1.0), 0.0)
+  no_tangent = np.zeros(jnp.shape(status), jax.dtypes.float0)
+  return (q, status), (jnp.broadcast_to(dq, jnp.shape(q)), no_tangent)
+
+
 def _solve_qstar(layer: Layer, q0=1.0):
-  """q* reached from q0 (0 or ∞ at the ends; see `_fixed_point`)."""
-  return _solve_qstar_status(layer, q0)[0]
+  """q* reached from q0 (0 or ∞ at the ends; see `_fixed_point`), differentiable."""
+  return _qstar_and_status(layer, q0)[0]
 
 
 def _eval_point(layer: Layer, q):
@@ -332,9 +354,30 @@ def _newton_cstar(tmap, tslope, shape, slope_at_one, max_iter: int = 100, start=
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
-def _solve_cstar(layer: Layer, q, start=None, max_iter: int = 100):
+def _newton_cstar_at(layer: Layer, q, start=None, max_iter: int = 100):
   return _newton_cstar(partial(_correlation_map, layer, q), partial(_correlation_slope, layer, q),
                        jnp.shape(q), _slope_at_one(layer, q), max_iter, start)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _solve_cstar(layer: Layer, q, start=None, max_iter: int = 100):
+  """c* of the correlation map at the variance q (`_newton_cstar`), differentiable in the
+  layer's parameters and q by the implicit function theorem: T(c*; θ) = c* gives
+  dc* = ∂θT dθ / (1 - T'(c*)); dc* = 0 where c* = 1 (a fixed point for every θ)."""
+  return _newton_cstar_at(layer, q, start, max_iter)
+
+
+@_solve_cstar.defjvp
+def _solve_cstar_jvp(max_iter, primals, tangents):
+  layer, q, start = primals
+  tangent_layer, tangent_q, _ = tangents
+  c = _solve_cstar(layer, q, start, max_iter)
+  root = c < 1.0
+  dt = jax.jvp(lambda lay, q: _correlation_map(lay, q, c), (layer, q),
+               (tangent_layer, tangent_q))[1]
+  denom = 1.0 - _correlation_slope(layer, q, c)
+  dc = jnp.where(root, dt / jnp.where(root, denom, 1.0), 0.0)
+  return c, jnp.broadcast_to(dc, jnp.shape(c))
 
 
 def _slope_at_cstar(layer: Layer, q, c):
@@ -372,7 +415,8 @@ def covariance_map(q12, q1=1.0, q2=1.0, activation="relu", sw2=2.0, sb2=0.0, nor
   q1 = checks.check_nonnegative("q1", q1)
   q2 = checks.check_nonnegative("q2", q2)
   q12 = checks.check_interval("q12", q12, -np.inf, np.inf)
-  if np.any(np.abs(q12) > np.sqrt(q1 * q2) * (1 + 1e-12) + 1e-300):
+  if (not checks.is_traced(q1, q2, q12)
+      and np.any(np.abs(q12) > np.sqrt(q1 * q2) * (1 + 1e-12) + 1e-300)):
     raise ValueError("q12 must satisfy |q12| <= sqrt(q1 q2) (a valid covariance)")
   return _make_layer(activation, sw2, sb2, norm, fan_in).covariance(f64(q1), f64(q2), f64(q12))
 
@@ -484,6 +528,9 @@ def stable_correlation(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=
   return _solve_cstar(layer, _solve_qstar(layer))
 
 
+@partial(jax.tree_util.register_dataclass,
+         data_fields=["qstar", "cstar", "chi_q", "chi_c", "xi_q", "xi_c", "status"],
+         meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class DepthScales:
   """Depth scales of Schoenholz et al. 2017: ξ = -1/ln χ (∞ where χ >= 1).
@@ -524,7 +571,7 @@ def depth_scale(chi):
 
 @jax.jit
 def _depth_scales_status(layer: Layer):
-  q, status = _solve_qstar_status(layer)
+  q, status = _qstar_and_status(layer, 1.0)
   c = _solve_cstar(layer, q)
   q_eval, layer_eval = _eval_point(layer, q)
   chi_q = jnp.where(jnp.isinf(q), jnp.inf, layer_eval.variance_slope(q_eval))
@@ -542,8 +589,8 @@ def depth_scales(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) 
   """
   layer = _make_layer(activation, sw2, sb2, norm, fan_in)
   q, c, chi_q, chi_c, status = _depth_scales_status(layer)
-  return DepthScales(*(np.asarray(a) for a in
-                       (q, c, chi_q, chi_c, depth_scale(chi_q), depth_scale(chi_c), status)))
+  values = (q, c, chi_q, chi_c, depth_scale(chi_q), depth_scale(chi_c), status)
+  return DepthScales(*(a if checks.is_traced(a) else np.asarray(a) for a in values))
 
 
 # ----------------------------------------------------------------------------------------------
