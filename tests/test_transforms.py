@@ -138,6 +138,11 @@ def test_with_x64_off_the_trace_still_runs_in_float64():
 def test_what_cannot_be_traced_says_so():
   with pytest.raises(TypeError, match="norm='batch_norm'.*cannot be traced"):
     jax.jit(lambda x: mt.kernels(x, depth=2, norm="batch_norm").nngp)(X)
+  for call in (lambda s: mt.phase_diagram("erf", sw2=s, sb2=np.array([0.1])).chi1,
+               lambda s: mt.fixed_points("erf", sw2=s).qstar,
+               lambda s: mt.residual_kernels(X, depth=2, sw2=s).ntk):
+    with pytest.raises(TypeError, match="takes concrete values only"):
+      jax.jit(call)(jnp.array([1.5]))
   with pytest.raises(TypeError, match="x1 must be real"):
     jax.jit(lambda x: mt.kernels(x, depth=2).nngp)(X.astype(complex))
   with pytest.raises(ValueError, match="x1 must have 2 dimensions"):

@@ -41,7 +41,7 @@ from mimictheory._src import checks
 from mimictheory._src.activations import Numerical
 from mimictheory._src.io import progress_bar
 from mimictheory._src.maps import BATCH_NORMS, Layer, _make_layer
-from mimictheory._src.precision import f64, float64
+from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = ["Kernels", "kernels", "layer_kernels", "NTKSpectrum", "ntk_spectrum", "row_mesh",
            "BatchNormKernels", "batch_norm_kernels"]
@@ -465,6 +465,7 @@ def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replica
   return BatchNormKernels(k, ntk, err_k, err_t, "monte_carlo")
 
 
+@concrete_only
 @_no_overflow("batch_norm_kernels")
 @float64
 def batch_norm_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0,

@@ -31,7 +31,7 @@ import numpy as np
 
 from mimictheory._src import checks
 from mimictheory._src.activations import Activation, get_activation
-from mimictheory._src.precision import f64, float64
+from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = [
     "NORMS", "Layer", "make_layer", "stable_sw2", "variance_map", "covariance_map", "qstar",
@@ -633,6 +633,7 @@ def _bisect(layer, q, lo, hi, steps: int = 60):
   return 0.5 * (lo + hi)
 
 
+@concrete_only
 @float64
 def fixed_points(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None,
                  grid: int = 2001) -> FixedPoints:

@@ -27,7 +27,7 @@ from mimictheory._src.maps import (
     BATCH_NORMS, COLLAPSED, CONVERGED, DIVERGED, NOT_CONVERGED, Q_MAX, Q_MIN, Layer, _eval_point,
     _newton_cstar, _resolve, _slope_at_cstar, _slope_at_one, _solve_cstar, _solve_qstar_status,
     _zero_is_fixed, depth_scale)
-from mimictheory._src.precision import f64, float64
+from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = ["PhaseDiagram", "phase_diagram", "CriticalLine", "critical_line", "REGIMES"]
 
@@ -189,6 +189,7 @@ def _coefficient_range(q):
   return lo, max(hi, lo * 10)
 
 
+@concrete_only
 @float64
 def phase_diagram(activation="tanh", sw2=None, sb2=None, norm="none", fan_in=None,
                   chunk: int | None = None, progress: bool = False) -> PhaseDiagram:
@@ -347,6 +348,7 @@ def _bisect_line(act, norm, factor, target, lo, hi):
 
 
 
+@concrete_only
 @float64
 def critical_line(activation="tanh", sb2=None, norm="none", fan_in=None) -> CriticalLine:
   """The critical line χ1 = 1 as σw²(σb²), with every branch: parametrised by q*.

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["float64", "f64", "to_numpy"]
+__all__ = ["float64", "f64", "to_numpy", "concrete_only"]
 
 
 def to_numpy(tree):
@@ -58,6 +58,23 @@ def float64(fn):
       return _traced_in_float64(fn, args, kwargs)
     with jax.enable_x64(True), jax.ensure_compile_time_eval():
       return to_numpy(fn(*args, **kwargs))
+
+  return wrapper
+
+
+def concrete_only(fn):
+  """Decorator for functions that need concrete values (grids, searches, data-dependent
+  quadrature): a clear TypeError on traced arguments instead of a tracer-conversion error."""
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    if _traced(args, kwargs):
+      raise TypeError(f"{fn.__name__} takes concrete values only and cannot be traced "
+                      "(jit/grad/vmap); call it outside the transformation. Traceable: kernels, "
+                      "layer_kernels, ntk_spectrum, chi1, qstar, correlation_map, "
+                      "correlation_slope, covariance_map, variance_map, stable_correlation, "
+                      "depth_scales, stable_sw2")
+    return fn(*args, **kwargs)
 
   return wrapper
 

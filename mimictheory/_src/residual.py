@@ -32,7 +32,7 @@ from mimictheory._src.kernels import (
     _dense_step, _input_kernel, _kernel_layer, _nodes, _normalise, _validate, check_batch,
     identical_rows)
 from mimictheory._src.maps import Layer
-from mimictheory._src.precision import f64, float64
+from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = ["ResidualKernels", "residual_kernels", "residual_scalars", "ALPHAS"]
 
@@ -120,6 +120,7 @@ def _residual(layer: Layer, x, gain, alphas, same, nodes):
   return out, out + layer.sw2 * ntk, stream, branch
 
 
+@concrete_only
 @float64
 def residual_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm="none",
                      alpha="official", fan_in=None, input_gain: float = 1.0) -> ResidualKernels:
