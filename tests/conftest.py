@@ -1,10 +1,16 @@
+import contextlib
+import dataclasses
 import math
 import os
+
+import jax
 
 import numpy as np
 import pytest
 from hypothesis import settings
 from scipy import integrate
+
+from mimictheory._src import kernels as kernels_module
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           print_blob=True)
@@ -34,3 +40,20 @@ def rng():
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def uncentred_input_layer():
+  """The planted bug: the kernels' input layer forgets to centre x under weight mean."""
+  original = kernels_module._input_kernel
+
+  def buggy(layer, x1, x2, gain):
+    return original(dataclasses.replace(layer, norm="none"), x1, x2, gain)
+
+  kernels_module._input_kernel = buggy
+  jax.clear_caches()  # the jitted recursions were traced with the correct input layer
+  try:
+    yield
+  finally:
+    kernels_module._input_kernel = original
+    jax.clear_caches()

@@ -136,18 +136,36 @@ def test_tanh_cstar_in_chaotic_phase_against_scipy():
   assert float(mt.stable_correlation("tanh", sw2, sb2)) == pytest.approx(c_star, abs=1e-9)
 
 
-@given(sw2=st.floats(0.3, 4.0), sb2=st.floats(0.01, 0.5), rho=st.floats(-1.0, 0.999))
+def _closed_form_maps(name, sw2, sb2):
+  """(q*, T, χ1, T'(1)) from closed forms written here, independently of the library.
+
+  ReLU: V(q) = σw² q/2 + σb², so q* = σb²/(1 - σw²/2) if σw² < 2, else ∞ (then σb² is negligible
+  and T is the limit φ̂(ρ)/φ̂(1)); χ1 = σw²/2 always, but T'(1) = 1 at q* = ∞. Erf: V(q) =
+  σw² (2/π) arcsin(2q/(1+2q)) + σb², solved by brentq; E[φ'(√q z)²] = (4/π)/√(1+4q)."""
+  if name == "relu":
+    if sw2 < 2:
+      q = sb2 / (1 - sw2 / 2)
+      t = lambda rho: (sw2 * q * relu_dual_np(rho) + sb2) / q  # noqa: E731
+      return q, t, sw2 / 2, sw2 / 2
+    return math.inf, lambda rho: relu_dual_np(rho) / relu_dual_np(1.0), sw2 / 2, 1.0
+  v = lambda q: sw2 * 2 / math.pi * np.arcsin(2 * q / (1 + 2 * q)) + sb2  # noqa: E731
+  q = optimize.brentq(lambda q: v(q) - q, 1e-12, 1e3, xtol=1e-15, rtol=1e-15)
+  t = lambda rho: (sw2 * 2 / math.pi * np.arcsin(2 * q * rho / (1 + 2 * q)) + sb2) / q  # noqa
+  chi = sw2 * 4 / math.pi / math.sqrt(1 + 4 * q)
+  return q, t, chi, chi
+
+
+@given(sw2=st.floats(0.3, 4.0), sb2=st.floats(0.01, 0.5), rho=st.floats(-1.0, 1.0))
 @pytest.mark.parametrize("name", ["relu", "erf"])
-def test_map_invariants(name, sw2, sb2, rho):
+def test_maps_match_closed_forms_in_every_regime(name, sw2, sb2, rho):
+  """q*, T(ρ), χ1 and T'(1) against `_closed_form_maps`, q* = ∞ (ReLU, σw² > 2) included."""
   kw = dict(activation=name, sw2=sw2, sb2=sb2)
-  assert float(mt.correlation_map(1.0, **kw)) == pytest.approx(1.0, abs=1e-12)  # T(1) = 1 at q*
-  lo, hi = float(mt.correlation_map(rho, **kw)), float(mt.correlation_map(rho + 1e-3, **kw))
-  assert hi >= lo - 1e-14  # T is non-decreasing (T' = σw² E[φ'φ'] >= 0)
-  assert -1 - 1e-12 <= lo <= 1 + 1e-12
-  q = float(mt.qstar(**kw))
-  if np.isfinite(q) and q > 0:
-    assert float(mt.variance_map(q, **kw)) == pytest.approx(q, rel=1e-11)
-    assert float(mt.correlation_slope(1.0, **kw)) == pytest.approx(float(mt.chi1(**kw)), rel=1e-11)
+  q, t, chi, slope_at_one = _closed_form_maps(name, sw2, sb2)
+  assert float(mt.qstar(**kw)) == pytest.approx(q, rel=1e-10)
+  assert float(mt.correlation_map(rho, **kw)) == pytest.approx(float(t(rho)), rel=1e-10,
+                                                               abs=1e-12)
+  assert float(mt.chi1(**kw)) == pytest.approx(chi, rel=1e-10)
+  assert float(mt.correlation_slope(1.0, **kw)) == pytest.approx(slope_at_one, rel=1e-9)
 
 
 @pytest.mark.parametrize("call,match", [

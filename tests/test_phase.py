@@ -55,16 +55,28 @@ def test_weight_mean_relu_phase_diagram_is_chaotic_at_its_stable_line():
   assert pd.xi_c[0, 0] == pytest.approx(-1 / math.log(math.pi / (2 * (math.pi - 1))), rel=1e-12)
 
 
+def _scipy_tanh_point(sw2, sb2, norm):
+  """(q*, χ1) of tanh by scipy: V(q) = σw² E[tanh²(√q z)] + σb² (tanh is odd, so weight mean
+  centres nothing), χ1 = σw² E[sech⁴(√q z)]; with BN q = 1 and χ1 = E[φ'²] / Var φ."""
+  second = lambda q: _gauss(lambda z: math.tanh(math.sqrt(q) * z) ** 2)  # noqa: E731
+  slope = lambda q: _gauss(lambda z: math.cosh(math.sqrt(q) * z) ** -4)  # noqa: E731
+  if norm == "batch_norm":
+    return 1.0, slope(1.0) / second(1.0)
+  q = optimize.brentq(lambda q: sw2 * second(q) + sb2 - q, 1e-9, 50.0, xtol=1e-15, rtol=1e-14)
+  return q, sw2 * slope(q)
+
+
 @pytest.mark.parametrize("norm", ["none", "weight_mean", "batch_norm"])
 def test_tanh_phase_grid_agrees_with_pointwise_quadrature(norm):
-  """The grid's c* comes from the Mehler series, the pointwise c* from 2-D quadrature."""
+  """q* and χ1 against scipy; the grid's c* (Mehler series) against 2-D quadrature."""
   sw2, sb2 = np.array([0.9, 1.7, 3.2]), np.array([0.02, 0.2])
   pd = mt.phase_diagram("tanh", sw2=sw2, sb2=sb2, norm=norm)
   for i, w in enumerate(sw2):
     for j, b in enumerate(sb2):
-      s = mt.depth_scales("tanh", w, b, norm=norm)
-      assert pd.qstar[i, j] == pytest.approx(float(s.qstar), rel=1e-12)
-      assert pd.chi1[i, j] == pytest.approx(float(mt.chi1("tanh", w, b, norm=norm)), rel=1e-12)
+      q, chi = _scipy_tanh_point(w, b, norm)
+      assert pd.qstar[i, j] == pytest.approx(q, rel=1e-10)
+      assert pd.chi1[i, j] == pytest.approx(chi, rel=1e-10)
+      s = mt.depth_scales("tanh", w, b, norm=norm)  # c* by 2-D quadrature, not the series
       assert pd.cstar[i, j] == pytest.approx(float(s.cstar), abs=2e-6)
       assert pd.chi_c[i, j] == pytest.approx(float(s.chi_c), abs=2e-6)
 
