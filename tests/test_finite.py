@@ -195,3 +195,18 @@ def test_bad_monte_carlo_arguments(x):
     mt.finite_network(norm="batch_norm", width=8).ntk(None, x, x)
   with pytest.raises(ValueError, match="rows"):
     mt.monte_carlo_chi1(net, rows=1)
+
+
+def test_a_zero_input_has_correlation_zero_not_nan(x):
+  """With σb² = 0 a zero input stays 0 at every layer: its correlation is undefined, and both
+  the network's and the theory's are 0 there (the kernels' convention), the rest unchanged."""
+  net = mt.finite_network("relu", depth=2, width=16, sw2=2.0, sb2=0.0)
+  x0 = np.concatenate([x[:3], np.zeros((1, x.shape[1]))])
+  with jax.enable_x64(True):
+    s = net.signal(net.init(jax.random.key(0), x.shape[1]), x0)
+  theory = net.theory_correlations(x0)
+  for corr in (np.asarray(s.correlation), theory):
+    assert np.isfinite(corr).all()
+    assert np.all(corr[:, 3, :] == 0) and np.all(corr[:, :, 3] == 0)
+  np.testing.assert_allclose(theory[:, :3, :3], net.theory_correlations(x[:3]), rtol=1e-14)
+  np.testing.assert_allclose(np.diagonal(theory[:, :3, :3], axis1=1, axis2=2), 1.0, rtol=1e-14)

@@ -165,11 +165,18 @@ def unit_statistics(h):
 
 def pair_statistics(h):
   """For h (..., N, features): each input's second moment q = |h(x)|²/n and the correlation
-  h(x)·h(x') / |h(x)||h(x')| of every input pair."""
+  h(x)·h(x') / |h(x)||h(x')| of every input pair; 0 where h(x) = 0 (e.g. a zero input with
+  σb² = 0), the convention of the theory's kernels (`activations._correlation`), never NaN."""
   q = jnp.mean(h * h, axis=-1)
   gram = jnp.einsum("...xi,...yi->...xy", h, h) / h.shape[-1]
+  return q, correlation_from_gram(gram, q)
+
+
+def correlation_from_gram(gram, q):
+  """gram / √(q q'), and 0 in every row and column where q = 0 (correlation undefined)."""
   root = jnp.sqrt(q)
-  return q, gram / (root[..., :, None] * root[..., None, :])
+  inverse = jnp.where(root > 0, 1.0 / jnp.where(root > 0, root, 1.0), 0.0)
+  return gram * inverse[..., :, None] * inverse[..., None, :]
 
 
 def signal_metrics(pre) -> "Signal":
@@ -365,11 +372,12 @@ class FiniteNetwork:
                    norm=self.norm, fan_in=self.width, input_gain=self.input_gain)
 
   def theory_correlations(self, x) -> np.ndarray:
-    """The infinite-width correlation of every input pair at every hidden layer, (L, N, N)."""
+    """The infinite-width correlation of every input pair at every hidden layer, (L, N, N); 0
+    where an input's variance is 0 (as in `pair_statistics`)."""
     k = layer_kernels(x, depth=self.depth, activation=self.activation, sw2=self.sw2,
                       sb2=self.sb2, norm=self.norm, fan_in=self.width, input_gain=self.input_gain)
-    diag = np.sqrt(np.diagonal(k, axis1=1, axis2=2))
-    return k / (diag[:, :, None] * diag[:, None, :])
+    with jax.enable_x64(True):
+      return np.asarray(correlation_from_gram(k, np.diagonal(k, axis1=1, axis2=2)))
 
 
 def finite_network(activation="relu", depth: int = 3, width: int = 512, sw2=2.0, sb2=0.0,
