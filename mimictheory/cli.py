@@ -67,7 +67,7 @@ def _join_signed_values(argv):
 def _phase(args) -> int:
   from mimictheory._src.checks import check_choice, check_fan_in
   from mimictheory._src.figures import phase_figure
-  from mimictheory._src.io import ensure_dir
+  from mimictheory._src.io import ensure_dir, exit_cleanly_on_interrupt
   from mimictheory._src.maps import NORMS
   from mimictheory._src.phase import _grid_axis
   _grid_axis("sw2", args.sw2, positive=True)  # validate before any folder is made
@@ -78,9 +78,10 @@ def _phase(args) -> int:
   norms = [check_choice("norm", n, NORMS) for n in args.norm]
   check_fan_in(args.fan_in)
   out = ensure_dir(args.out)
-  paths = phase_figure(out, args.activation, norms, sw2=args.sw2, sb2=args.sb2,
-                       fan_in=args.fan_in, progress=not args.quiet, stem="phase",
-                       compact=False)
+  with exit_cleanly_on_interrupt():
+    paths = phase_figure(out, args.activation, norms, sw2=args.sw2, sb2=args.sb2,
+                         fan_in=args.fan_in, progress=not args.quiet, stem="phase",
+                         compact=False)
   print(f"wrote {', '.join(str(p) for p in paths)} ({args.sw2.size}x{args.sb2.size} grid, "
         f"norms {', '.join(norms)})")
   return 0
@@ -101,7 +102,7 @@ def _maps(args) -> int:
 
 def _figures(args) -> int:
   from mimictheory._src.figures import figure_names, regenerate
-  from mimictheory._src.io import ensure_dir
+  from mimictheory._src.io import ensure_dir, exit_cleanly_on_interrupt
   only = None
   if args.only is not None:
     only = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -116,7 +117,8 @@ def _figures(args) -> int:
     for path in paths:
       print(f"wrote {path}", flush=True)
 
-  regenerate(out, only, progress=not args.quiet, mnist=args.mnist, on_figure=written)
+  with exit_cleanly_on_interrupt():
+    regenerate(out, only, progress=not args.quiet, mnist=args.mnist, on_figure=written)
   return 0
 
 

@@ -112,3 +112,60 @@ def test_runtime_failures_exit_1_with_their_first_line(monkeypatch, capsys):
   assert cli.main(["maps"]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "RESOURCE_EXHAUSTED" in err[0] and "smaller" in err[0]
+
+
+_INTERRUPT_DURING_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from mimictheory._src import io
+out, when = Path(sys.argv[1]), sys.argv[2]
+real_replace = os.replace
+def replace(src, dst):  # Ctrl-C arrives right after the first of the three renames
+  real_replace(src, dst)
+  if when == "renaming":
+    os.kill(os.getpid(), signal.SIGINT)
+os.replace = replace
+with io.exit_cleanly_on_interrupt():
+  with io.atomic_paths(out / "a.png", out / "a.pdf", out / "a.npz") as temporaries:
+    for tmp in temporaries:
+      tmp.write_text("data")
+    if when == "writing":
+      os.kill(os.getpid(), signal.SIGINT)
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("when, landed", [("writing", []), ("renaming", ["a.npz", "a.pdf",
+                                                                          "a.png"])])
+def test_ctrl_c_leaves_whole_sets_of_files_and_exits_130(tmp_path, when, landed):
+  """Interrupted while writing: nothing lands; while renaming a figure's files: all of them
+  land, then the exit. Never a temporary left behind, never a traceback."""
+  res = subprocess.run([sys.executable, "-c", _INTERRUPT_DURING_WRITE, str(tmp_path), when],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert res.returncode == 130, res.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == landed  # no .tmp files either
+  assert res.stderr.strip().splitlines() == [
+      "mimictheory: interrupted; every file written so far is complete"]
+  assert "not reached" not in res.stdout
+
+
+def test_ctrl_c_during_figures_exits_130_with_complete_files(tmp_path):
+  import signal
+  import time
+  proc = subprocess.Popen([sys.executable, "-m", "mimictheory.cli", "figures", "--only",
+                           "fig4,supp1", "--out", str(tmp_path), "--quiet"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  deadline = time.time() + 120
+  while not list(tmp_path.glob("fig4.*")) and time.time() < deadline:  # fig4 done or writing
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode in (0, 130), err  # 0 if it had finished; never a crash (< 0)
+  names = {p.name for p in tmp_path.iterdir()}
+  assert not [n for n in names if ".tmp" in n], names
+  for stem in ("fig4", "supp1"):
+    assert {f"{stem}.{s}" for s in ("png", "pdf", "npz")} & names in (
+        set(), {f"{stem}.{s}" for s in ("png", "pdf", "npz")})
+  if proc.returncode == 130:
+    assert err.strip().splitlines()[-1] == (
+        "mimictheory: interrupted; every file written so far is complete")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimictheory._src.io import atomic_path
+from mimictheory._src.io import atomic_path, atomic_paths
 
 __all__ = ["STYLE", "NORM_TITLES", "new_figure", "save_figure", "write_figure",
            "plot_phase_diagram", "plot_phase_diagrams", "plot_training", "batch_chi1_curve",
@@ -80,17 +80,14 @@ _FIGURE = _figure_class()
 def save_figure(fig, path) -> Path:
   """Save `fig` to `path` (format from the suffix) through a temporary file."""
   path = Path(path)
-  fmt = path.suffix.lstrip(".")
-  metadata = {"CreationDate": None} if fmt == "pdf" else None  # same run, same bytes
   with atomic_path(path) as tmp:
-    fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=metadata)
+    _savefig(fig, tmp, path.suffix.lstrip("."))
   return path
 
 
-def _save_npz(path, **arrays):
-  with atomic_path(path) as tmp:
-    with open(tmp, "wb") as fh:
-      np.savez_compressed(fh, **arrays)
+def _savefig(fig, path, fmt):
+  metadata = {"CreationDate": None} if fmt == "pdf" else None  # same run, same bytes
+  fig.savefig(path, format=fmt, bbox_inches="tight", metadata=metadata)
 
 
 def write_figure(fig, out, stem, compact: bool = True, **data) -> list[Path]:
@@ -98,9 +95,14 @@ def write_figure(fig, out, stem, compact: bool = True, **data) -> list[Path]:
   With `compact`, float arrays are stored as float32 (what a plot needs) unless they hold
   values beyond float32's range; without, as computed (float64)."""
   out = Path(out)
-  paths = [save_figure(fig, out / f"{stem}.png"), save_figure(fig, out / f"{stem}.pdf")]
-  _save_npz(out / f"{stem}.npz", **{k: _compact(v) if compact else v for k, v in data.items()})
-  return paths + [out / f"{stem}.npz"]
+  paths = [out / f"{stem}.{suffix}" for suffix in ("png", "pdf", "npz")]
+  arrays = {k: _compact(v) if compact else v for k, v in data.items()}
+  with atomic_paths(*paths) as (png, pdf, npz):  # the three land together
+    _savefig(fig, png, "png")
+    _savefig(fig, pdf, "pdf")
+    with open(npz, "wb") as fh:
+      np.savez_compressed(fh, **arrays)
+  return paths
 
 
 def _compact(value):
