@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NT_VENV  := .nt-env
 NT_STAMP := $(NT_VENV)/.installed
 
-.PHONY: figures test lint docs bench bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
+.PHONY: figures test test-slow test-all lint docs bench bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
 
 ## The main environment, installed from the exact versions in constraints.txt (pyproject.toml
 ## keeps the ranges; `make lock` refreshes the pins).
@@ -30,12 +30,22 @@ $(NT_STAMP): requirements-nt.txt
 figures: $(STAMP)
 	$(BIN)/mimictheory figures --out figures
 
-## The whole check: lint, the API reference (warnings are errors), then the test suite
-## (doctests and notebooks in a Jupyter kernel included, the neural-tangents cross-check among
-## them); fails if no test runs.
-test: lint docs $(STAMP) $(NT_STAMP)
-	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python MIMICTHEORY_REQUIRE_NT=1 \
+PYTEST := MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python MIMICTHEORY_REQUIRE_NT=1 \
 	  $(BIN)/python -m pytest -n 2 -q -rs --durations=10
+
+## The check: lint, the API reference (warnings are errors), then the test suite without the
+## tests marked slow (doctests, a notebook in a Jupyter kernel and the neural-tangents
+## cross-check included); under 10 minutes on 2 cores. Fails if no test runs.
+test: lint docs $(STAMP) $(NT_STAMP)
+	$(PYTEST) -m "not slow"
+
+## The tests marked slow: every model at size, the other notebooks in a kernel, deep and wide
+## Monte Carlo, the full neural-tangents grid (about 15 minutes). CI runs it after `make test`.
+test-slow: $(STAMP) $(NT_STAMP)
+	$(PYTEST) -m slow
+
+## Everything: `make test`, then `make test-slow`.
+test-all: test test-slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

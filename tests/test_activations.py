@@ -65,6 +65,7 @@ def _random_covariances(rng, n=60):
   return q1, q2, rho * np.sqrt(q1 * q2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["relu", "erf"])
 @float64
 def test_closed_form_matches_quadrature_to_1e10(name, rng):
@@ -196,7 +197,7 @@ def test_one_dimensional_expectations_match_scipy_from_1e_6_to_1e6(name):
 
 
 @pytest.mark.parametrize("name", ["relu", "erf", "leaky_relu"])
-@pytest.mark.parametrize("log_q", [-6, 0, 6])
+@pytest.mark.parametrize("log_q", [pytest.param(-6, marks=pytest.mark.slow), 0, 6])
 @float64
 def test_two_dimensional_quadrature_matches_closed_forms_at_every_scale(name, log_q):
   """Kinked (relu, leaky) and steep (erf at q = 1e6: a step of width 1e-3 in z) integrands,
@@ -254,7 +255,7 @@ def test_gelu_smoothing_closed_form_matches_scipy():
     assert dg == pytest.approx(gauss_expectation(lambda z: GELU_PRIME(x + s * z)), abs=1e-12)
 
 
-@pytest.mark.parametrize("log_q", [-6, 0, 2, 6])
+@pytest.mark.parametrize("log_q", [pytest.param(-6, marks=pytest.mark.slow), 0, 2, 6])
 def test_gelu_one_dimensional_kernels_match_the_two_dimensional_rule(log_q):
   """The smoothed 1-D route against the general 2-D quadrature (an independent rule), with
   unequal variances and ρ up to ±1, relative to √(E[·²] E[·²])."""

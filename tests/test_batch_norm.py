@@ -36,7 +36,7 @@ def _relu_kernel_np(sig):
 # ----------------------------------------------------------------------------------------------
 # (1) The s integral by scipy.
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("batch", [4, 9])
+@pytest.mark.parametrize("batch", [4, pytest.param(9, marks=pytest.mark.slow)])
 def test_relu_nngp_equals_scipy_integral(rng, batch):
   x = rng.normal(size=(batch, 7))
   sw2, sb2 = 2.0, 0.1
@@ -86,8 +86,9 @@ def _z(samples, value):
   return (mean - value) / se
 
 
-@pytest.mark.parametrize("batch,depths,fd_ntk", [(4, (1, 3), False), (8, (1, 2, 5), True),
-                                                 (64, (1, 4), False)])
+@pytest.mark.parametrize("batch,depths,fd_ntk", [
+    (4, (1, 3), False), pytest.param(8, (1, 2, 5), True, marks=pytest.mark.slow),
+    pytest.param(64, (1, 4), False, marks=pytest.mark.slow)])
 def test_relu_kernels_match_per_unit_monte_carlo(rng, batch, depths, fd_ntk):
   x = rng.normal(size=(batch, 10))
   sw2, sb2 = 2.0, 0.1
@@ -104,7 +105,8 @@ def test_relu_kernels_match_per_unit_monte_carlo(rng, batch, depths, fd_ntk):
       assert np.abs(_z(tt, exact.ntk)).max() < 5.0, depth
 
 
-@pytest.mark.parametrize("batch,depth,fd_ntk", [(4, 1, False), (8, 2, True), (16, 3, True)])
+@pytest.mark.parametrize("batch,depth,fd_ntk", [
+    (4, 1, False), (8, 2, True), pytest.param(16, 3, True, marks=pytest.mark.slow)])
 def test_tanh_kernels_match_per_unit_monte_carlo(rng, batch, depth, fd_ntk):
   """tanh is not homogeneous: the library's Monte Carlo against an independent one, layer
   `depth` from the library's layer depth - 1 (at batch 4 the NTK of one unit has infinite
@@ -145,6 +147,7 @@ def test_error_estimates_and_node_convergence(rng):
   assert coarse.ntk_error > truth > 1e-8
 
 
+@pytest.mark.slow
 def test_batch_4_error_estimate_covers_its_ill_conditioning(rng):
   """At batch 4 the deep NTK differs between node sets by ~1e-8 (measured): the estimate says
   so. From batch 5 on, node sets agree to ~1e-14."""
@@ -221,6 +224,7 @@ def test_chi1_finite_batch_limits():
 # ----------------------------------------------------------------------------------------------
 # (4) Wide finite BN networks, and the rate to Theorem 2.
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_finite_networks_match_exact_theory_not_theorem_2():
   gap = mt.batch_norm_gap("relu", batches=(8, 16), width=256, depth=2, draws=16, dim=16,
                           seed=3)
@@ -242,6 +246,7 @@ def test_chi1_of_networks_at_batch(batch):
     assert exact - math.pi / (math.pi - 1) > 4 * float(est.se)
 
 
+@pytest.mark.slow
 def test_exact_tends_to_theorem_2(rng):
   """Measured rate, data of dimension 4B: NNGP gap ~ B^-1.5, NTK gap ~ B^-1. With data of a
   fixed dimension d the NTK gap stays near 1/d: the gradient through the batch variance
@@ -288,6 +293,7 @@ def test_batch_validation(rng):
   assert np.all(np.isfinite(mt.layer_kernels(x[:3], depth=4, norm="batch_norm")))
 
 
+@pytest.mark.slow
 def test_overflow_is_an_error_not_nan(rng):
   x = rng.normal(size=(8, 5))
   with pytest.raises(FloatingPointError, match="overflows float64.*1.788 at batch 8"):
@@ -365,6 +371,7 @@ def test_residual_scalar_validation():
     mt.residual_kernels(np.eye(5), depth=2, activation="tanh", norm="batch_norm")
 
 
+@pytest.mark.slow
 def test_tanh_bn_networks_match_monte_carlo_theory(rng):
   """A smooth activation: wide finite tanh BN networks against the library's Monte Carlo
   kernels and its 2-D quadrature χ1."""

@@ -11,6 +11,7 @@ from mimictheory.cli import main
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_phase_writes_all_norms_side_by_side(tmp_path, capsys):
   out = tmp_path / "ph"
   rc = main(["phase", "--activation", "erf", "--sw2", "0.5:4:12", "--sb2", "0:0.3:9",

@@ -31,6 +31,7 @@ def test_figure3_weight_mean_keeps_units_alike(x):
   assert wm["sw2"] == pytest.approx(float(mt.stable_sw2("relu", fan_in=128)))
 
 
+@pytest.mark.slow
 def test_supplementary_correlations(x):
   plain = figures.pair_correlations("none", x, pairs=60, depth=40, width=256)
   wm = figures.pair_correlations("weight_mean", x, pairs=60, depth=40, width=256)

@@ -29,7 +29,8 @@ def _max_abs(z):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
   "activation,norm,outputs",
-  [("relu", "none", 1), ("erf", "weight_mean", 3), ("tanh", "none", 2), ("gelu", "weight_mean", 1)],
+  [pytest.param("relu", "none", 1, marks=pytest.mark.slow), ("erf", "weight_mean", 3),
+   pytest.param("tanh", "none", 2, marks=pytest.mark.slow), ("gelu", "weight_mean", 1)],
 )
 def test_layerwise_ntk_equals_jacobian_contraction(activation, norm, outputs, x):
   net = mt.finite_network(activation, depth=3, width=48, sw2=1.7, sb2=0.2, norm=norm,
@@ -78,7 +79,9 @@ def test_one_hidden_layer_kernels_are_exact_in_expectation(activation, sw2, sb2,
   assert _max_abs(mc.ntk.z_scores(1.05 * theory.ntk)) > 5
 
 
-@pytest.mark.parametrize("activation,sw2,sb2,norm", SMOOTH_AND_RELU)
+@pytest.mark.parametrize("activation,sw2,sb2,norm", [
+    pytest.param(*case, marks=pytest.mark.slow) if case[3] == "none" or case[0] == "tanh"
+    else case for case in SMOOTH_AND_RELU])  # relu with weight mean in the default run
 def test_deep_kernels_and_correlations_match_theory(activation, sw2, sb2, norm, x):
   net = mt.finite_network(activation, depth=3, width=512, sw2=sw2, sb2=sb2, norm=norm)
   mc = mt.monte_carlo_kernels(net, x, draws=48, seed=2)
@@ -99,6 +102,7 @@ def test_chi1_from_layer_jacobian(activation, sw2, sb2, norm):
   assert abs(float(est.z_scores(theory))) < 4
 
 
+@pytest.mark.slow
 def test_empirical_correlation_map_is_t_and_tbar():
   """Per-layer correlation of one input pair: the map T (plain) and T̄ (weight mean) iterated."""
   e1, e2 = np.array([1.0, -1.0, 1.0, -1.0]) / 2, np.array([1.0, 1.0, -1.0, -1.0]) / 2
@@ -127,6 +131,7 @@ def _slope(sizes, values):
   return float(np.polyfit(np.log(sizes), np.log(values), 1)[0])
 
 
+@pytest.mark.slow
 def test_finite_width_fluctuations_shrink_like_one_over_sqrt_width(x):
   """A single network's kernels deviate from the limit by O(n^-1/2): fitted over five widths."""
   widths = np.array([32, 64, 128, 256, 512])
@@ -143,6 +148,7 @@ def test_finite_width_fluctuations_shrink_like_one_over_sqrt_width(x):
     assert -0.65 < _slope(widths, gap) < -0.35, (name, gap)
 
 
+@pytest.mark.slow
 def test_batch_norm_paper_chi1_is_the_large_batch_limit_with_statistics_fixed():
   """Theorem 2's χ1 = π/(π-1) (ReLU) is the infinite-batch limit of the layer Jacobian with the
   batch statistics held fixed (norm="batch_norm_paper"); the gap falls like 1/batch."""
@@ -159,6 +165,7 @@ def test_batch_norm_paper_chi1_is_the_large_batch_limit_with_statistics_fixed():
   assert abs(float(limit) - theory) < 4 * float(se)
 
 
+@pytest.mark.slow
 def test_residual_networks_match_residual_kernels():
   # a batch of 10: at small batches the BN NTK of one unit is heavy-tailed (E[1/|Gh|⁴] = ∞ for
   # B <= 5), which makes standard errors unreliable

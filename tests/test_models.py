@@ -13,7 +13,8 @@ from mimictheory.nn import MODELS, CentredKernel, ResidualScalar, make_model, pr
 X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), dtype=jnp.float32)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [name if name in ("resnet18", "vgg16") else
+                                  pytest.param(name, marks=pytest.mark.slow) for name in MODELS])
 def test_models_run_with_bn_and_mimic(name):
   for norm in ("bn", "mimic"):
     model = make_model(name, classes=10, norm=norm, width=0.125)
@@ -27,6 +28,7 @@ def test_models_run_with_bn_and_mimic(name):
       assert len(stats) > 2 and not jax.tree_util.tree_leaves(nnx.state(model, CentredKernel))
 
 
+@pytest.mark.slow
 def test_shufflenet_depthwise_kernels_are_skipped():
   model = make_model("shufflenetv2", classes=10, norm="mimic", width=1.0)
   unit = model.units[1]
@@ -118,6 +120,7 @@ def test_signals_restore_the_training_mode():
   assert all(bn.use_running_average for bn in bns)
 
 
+@pytest.mark.slow
 def test_models_build_abstractly_and_under_jit(name="resnet18"):
   """The initial σw² (float64 theory) is computed eagerly even while NNX traces, so models
   build under nnx.eval_shape (abstract Orbax restore, sharded init) and nnx.jit."""

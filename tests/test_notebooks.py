@@ -49,7 +49,10 @@ def test_there_are_notebooks():
   assert {p.name[:2] for p in NOTEBOOKS} == set(CHECKS)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+# One notebook runs in the default tier; the others (1-2 min each in a kernel) in the slow one.
+@pytest.mark.parametrize("path", [p if p.name.startswith("01") else
+                                  pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
+                         ids=lambda p: p.name)
 def test_notebook_executes_in_a_kernel(path):
   nb = runner.execute(path, small=True, extra_cells=[CHECKS[path.name[:2]]], timeout=900)
   assert runner.images(nb) >= 1, f"{path.name} shows no plot"

@@ -7,6 +7,7 @@ import pytest
 from mimictheory.cli import main
 
 
+@pytest.mark.slow
 def test_table_and_curves_from_a_tiny_grid_and_no_training_on_rerun(tmp_path, capsys):
   common = ["--data", "synthetic_images", "--epochs", "1", "--out", str(tmp_path), "--quiet"]
   table = ["reproduce", "table2", "--lrs", "0.05", "--norms", "mimic,none"] + common

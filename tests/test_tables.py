@@ -50,7 +50,8 @@ def _quadrature_kernels(x1, x2, name, depth, sw2, sb2, norm):
   return np.asarray(out.nngp), np.asarray(out.ntk)
 
 
-@pytest.mark.parametrize("name,norm", [("tanh", "none"), ("gelu", "weight_mean")])
+@pytest.mark.parametrize("name,norm", [pytest.param("tanh", "none", marks=pytest.mark.slow),
+                                       ("gelu", "weight_mean")])
 def test_series_gram_matrices_match_2d_quadrature(name, norm, rng):
   x = rng.normal(size=(5, 5))
   x[1] = x[0] * 1.0001  # nearly the same direction: ρ close to 1
@@ -64,6 +65,7 @@ def test_series_gram_matrices_match_2d_quadrature(name, norm, rng):
   np.testing.assert_allclose(cross.ntk, ntk, rtol=0, atol=1e-9 * np.max(np.abs(ntk)))
 
 
+@pytest.mark.slow
 def test_kinked_numerical_gram_matrix_falls_back_and_matches_the_closed_form(rng):
   """relu_numerical: the series cannot converge near ρ = 1 (a_k² ~ k^(-5/2)); the bound sends
   those entries to the longer series and then to 2-D quadrature, and the result is ReLU's."""

@@ -243,6 +243,7 @@ def test_lr_sweep_table(tmp_path, capsys):
   assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cifar_model_trains_with_augmentation_and_resumes_exactly(tmp_path):
   from mimictheory._src.train import synthetic_images
   cfg = TrainConfig(norm="mimic", model="resnet18", model_width=0.125, epochs=2, batch_size=32,
@@ -273,7 +274,8 @@ def test_augmentation_is_a_crop_and_flip():
 
 
 @pytest.mark.parametrize(
-  "norm,data", [("fixup", "digits_images"), ("skipinit", "synthetic_images")]
+  "norm,data", [pytest.param("fixup", "digits_images", marks=pytest.mark.slow),
+                ("skipinit", "synthetic_images")]
 )
 def test_fixup_and_skipinit_resnets_train(norm, data, tmp_path):
   """The paper's normalisation-free baselines learn: the training loss falls well below chance
@@ -290,6 +292,7 @@ def test_fixup_and_skipinit_resnets_train(norm, data, tmp_path):
   assert losses[-1] < 0.85 * np.log(classes)
 
 
+@pytest.mark.slow
 def test_data_parallel_training_on_four_devices_matches_one_device(tmp_path):
   """jax.sharding over 4 forced CPU devices (a subprocess: the device count is fixed when JAX
   starts): batches split, state replicated; losses equal one device's within float32

@@ -29,7 +29,7 @@ def x64():
 @pytest.mark.parametrize("activation, norm, wrt, at, sb2", [
     ("erf", "none", "sw2", 1.5, 0.1),      # ordered, q* finite
     ("erf", "none", "sb2", 1.5, 0.1),
-    ("tanh", "none", "sw2", 1.2, 0.05),    # numerical activation
+    pytest.param("tanh", "none", "sw2", 1.2, 0.05, marks=pytest.mark.slow),  # numerical
     ("erf", "weight_mean", "sb2", 2.5, 0.2),
     ("gelu", "weight_mean", "sw2", 2.0, 0.1),
 ])
@@ -65,7 +65,8 @@ def test_grad_of_chi1_closed_forms(x64):
 
 @pytest.mark.parametrize("activation, norm, x", [
     ("relu", "none", X), ("relu", "weight_mean", X), ("relu", "batch_norm_paper", X),
-    ("erf", "none", X), ("erf", "weight_mean", X), ("tanh", "none", X[:3]),
+    ("erf", "none", X), ("erf", "weight_mean", X),
+    pytest.param("tanh", "none", X[:3], marks=pytest.mark.slow),
 ])
 def test_grad_of_kernels_matches_finite_differences(x64, activation, norm, x):
   # A random projection of both Gram matrices: one reverse pass checks every entry.
