@@ -61,7 +61,7 @@ def main():
   print("| model | norm | ms/step | images/s | device peak (MiB) |")
   print("|---|---|---|---|---|")
   for model in ("resnet18", "resnet50", "shufflenetv2"):
-    for norm in ("bn", "mimic"):
+    for norm in ("batch_norm", "mimic"):
       r = step(model, norm, batch, steps, width)
       peak = "—" if r["peak"] is None else f"{r['peak'] / 2**20:.0f}"
       print(

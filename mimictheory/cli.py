@@ -186,17 +186,16 @@ def _train(args) -> int:
 def _ablation(args) -> int:
   from mimictheory._src.ablation import lr_sweep
   from mimictheory._src.io import ensure_dir
-  from mimictheory._src.nn import NORM_OPTIONS
+  from mimictheory._src.norms import MODEL_NORMS, check_norm
   from mimictheory._src.train import load_data
-  from mimictheory._src.checks import check_choice, check_int, check_positive
-  for m in args.methods:
-    check_choice("method", m, NORM_OPTIONS)
+  from mimictheory._src.checks import check_int, check_positive
+  methods = [check_norm(m, MODEL_NORMS, "method") for m in args.methods]
   for lr in args.lrs:
     check_positive("lr", lr)
   check_int("epochs", args.epochs)
   data = load_data(args.data, args.data_path)
   out = ensure_dir(args.out)
-  sweep = lr_sweep(data, out, methods=args.methods, lrs=args.lrs, epochs=args.epochs,
+  sweep = lr_sweep(data, out, methods=methods, lrs=args.lrs, epochs=args.epochs,
                    depth=args.depth, width=args.width, seed=args.seed, data_name=args.data,
                    progress=not args.quiet)
   print(sweep.markdown())
@@ -259,6 +258,7 @@ def _float_or_none(spec: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from mimictheory._src.norms import ABLATION_METHODS, MODEL_NORMS, RESIDUAL_BASELINES
   parser = _Parser(prog="mimictheory", description="Mean-field / NTK theory of MimicNorm.")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   p = sub.add_parser("phase", help="phase diagrams over (sw2, sb2), one row per norm: "
@@ -303,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model-width", type=float, default=1.0, help="channel multiplier")
   p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
   p.add_argument("--data-path", default=None, help="folder of a local CIFAR copy (python pickle)")
-  p.add_argument("--norm", default="mimic", choices=["bn", "none", "weight_mean", "last_bn",
-                                                     "mimic", "fixup", "skipinit"],
+  p.add_argument("--norm", default="mimic",
+                 choices=MODEL_NORMS + RESIDUAL_BASELINES + ("bn",),
                  help="fixup and skipinit: the normalisation-free baselines (resnet18/50 only)")
   p.add_argument("--data-parallel", action="store_true",
                  help="split every batch over all devices (jax.sharding; multi-host after "
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data", default="digits", choices=["digits", "synthetic", "cifar10",
                                                       "cifar100"])
   p.add_argument("--data-path", default=None, help="folder of a local CIFAR copy")
-  p.add_argument("--methods", type=_names, default=("none", "weight_mean", "mimic", "bn"))
+  p.add_argument("--methods", type=_names, default=ABLATION_METHODS)
   p.add_argument("--lrs", type=_floats, default=(0.01, 0.05, 0.1, 0.5, 1.0))
   p.add_argument("--epochs", type=int, default=5, help="best accuracy in the first N epochs")
   p.add_argument("--depth", type=int, default=16)

@@ -119,3 +119,20 @@ def test_mimic_mlp_signal_propagation_matches_tbar():
 def test_bad_norm():
   with pytest.raises(ValueError, match="norm"):
     MLP(8, 2, norm="group", rngs=nnx.Rngs(0))
+
+
+def test_one_norm_vocabulary_across_theory_and_models():
+  from mimictheory._src import norms
+  from mimictheory.train import TrainConfig
+  assert mt.NORMS == norms.THEORY_NORMS
+  shared = set(norms.THEORY_NORMS) & set(norms.MODEL_NORMS)
+  assert shared == {"none", "weight_mean", "batch_norm"}  # the same words mean the same thing
+  # "bn" is another spelling of "batch_norm": the same model, one spelling in saved configs
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8)), dtype=jnp.float32)
+  a = MLP(8, 3, depth=2, width=16, norm="bn", rngs=nnx.Rngs(0))
+  b = MLP(8, 3, depth=2, width=16, norm="batch_norm", rngs=nnx.Rngs(0))
+  assert a.norm == b.norm == "batch_norm"
+  np.testing.assert_array_equal(np.asarray(a(x)), np.asarray(b(x)))
+  assert TrainConfig(norm="bn").validate().norm == "batch_norm"
+  with pytest.raises(ValueError, match="norm must be one of 'batch_norm'"):
+    MLP(8, 3, norm="batch_norm_paper", rngs=nnx.Rngs(0))  # a theory-only approximation

@@ -14,11 +14,12 @@ import numpy as np
 
 from mimictheory._src import checks
 from mimictheory._src.io import atomic_path, progress_bar
+from mimictheory._src.norms import ABLATION_METHODS, MODEL_NORMS, check_norm
 from mimictheory._src.train import TrainConfig, train
 
 __all__ = ["LrSweep", "lr_sweep"]
 
-METHODS = ("none", "weight_mean", "mimic", "bn")
+METHODS = ABLATION_METHODS
 LEARNING_RATES = (0.01, 0.05, 0.1, 0.5, 1.0)
 
 
@@ -49,8 +50,7 @@ def lr_sweep(data, out, methods=METHODS, lrs=LEARNING_RATES, epochs: int = 5, de
              progress: bool = False) -> LrSweep:
   """Train every method at every learning rate for `epochs` epochs (warm-up 1 epoch, no decay)
   and tabulate the best test accuracy; writes lr_sweep.{json,md,png} into `out`."""
-  from mimictheory._src.nn import NORM_OPTIONS
-  methods = tuple(checks.check_choice("method", m, NORM_OPTIONS) for m in methods)
+  methods = tuple(check_norm(m, MODEL_NORMS, "method") for m in methods)
   lrs = tuple(float(checks.check_positive("lr", lr)) for lr in lrs)
   epochs = checks.check_int("epochs", epochs)
   out = Path(out)

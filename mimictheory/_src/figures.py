@@ -267,7 +267,8 @@ def figure5(out, progress=False, data_source=None) -> list[Path]:
   import mimictheory as mt
   depth, width, batch = 50, 256, 256
   kw = dict(depth=depth, width=width, batch=batch, draws=8, seed=SEED)
-  cases = (("bn", "batch_norm", "one", "tab:blue", "batch norm (pre-activation block), α = 1"),
+  cases = (("batch_norm", "batch_norm", "one", "tab:blue",
+            "batch norm (pre-activation block), α = 1"),
            ("mimic", "mimic", "official", "tab:orange", "MimicNorm, α = 1.2/l (official code)"),
            ("mimic_sqrt", "mimic", "sqrt", "tab:green", "MimicNorm, α = 1/√l (paper's text)"))
   measured, theory = {}, {}

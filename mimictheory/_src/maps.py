@@ -31,6 +31,7 @@ import numpy as np
 
 from mimictheory._src import checks
 from mimictheory._src.activations import Activation, get_activation
+from mimictheory._src.norms import THEORY_NORMS
 from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "DepthScales", "depth_scale", "stable_correlation", "BATCH_NORMS", "QSTAR_STATUS",
 ]
 
-NORMS = ("none", "weight_mean", "batch_norm", "batch_norm_paper")
+NORMS = THEORY_NORMS  # module `norms`
 #: batch norm: exact at a finite batch ("batch_norm") and Theorem 2's full-batch approximation
 BATCH_NORMS = ("batch_norm", "batch_norm_paper")
 Q_MAX = 1e12  # a variance above this counts as diverged (q* = ∞)

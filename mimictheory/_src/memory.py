@@ -155,7 +155,8 @@ def compare(models, batch: int = 128, width: float = 1.0, classes: int = 100, pr
     step = train_step_memory(m, norm, batch, classes, width)
     return dataclasses.replace(step, peak_bytes=device_peak(m, norm, batch, classes, width))
 
-  return [(measure(m, "bn"), measure(m, "mimic")) for m in progress_bar(models, progress, "models")]
+  return [(measure(m, "batch_norm"), measure(m, "mimic"))
+          for m in progress_bar(models, progress, "models")]
 
 
 def format_table(rows) -> str:
@@ -179,7 +180,7 @@ def compare_speed(models, batch: int = 128, width: float = 1.0, classes: int = 1
   from mimictheory._src.models import MODELS
   models = [checks.check_choice("model", m, tuple(MODELS)) for m in models]
   return [tuple(step_time(m, norm, batch, steps, rounds, classes=classes, width=width)
-                for norm in ("bn", "mimic"))
+                for norm in ("batch_norm", "mimic"))
           for m in progress_bar(models, progress, "models")]
 
 

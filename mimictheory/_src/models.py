@@ -1,10 +1,11 @@
 """CIFAR models with a `norm` switch: VGG11/16, ResNet18/50, ShuffleNetV2 and SqueezeNet.
 
-`norm` = "bn" (BatchNorm after every conv, the baseline), "none", "weight_mean", "last_bn" or
-"mimic" (weight mean + last BN, the paper's MimicNorm). Without BN every residual branch ends in
-a learnable `ResidualScalar` initialised at the official code's 1.2^k / l (k convs in the
-branch, l the block index), and its convs start at He's scale, the 1.2 per conv being folded
-into the scalar as in the official code; all other covered kernels start at Theorem 3's σw².
+`norm` = "batch_norm" (BatchNorm after every conv, the baseline; "bn" also reads), "none",
+"weight_mean", "last_bn" or "mimic" (weight mean + last BN, the paper's MimicNorm). Without BN
+every residual branch ends in a learnable `ResidualScalar` initialised at the official code's
+1.2^k / l (k convs in the branch, l the block index), and its convs start at He's scale, the
+1.2 per conv being folded into the scalar as in the official code; all other covered kernels
+start at Theorem 3's σw².
 The scalar multiplies the branch's last conv (kernel and bias), which saves memory; in
 ShuffleNetV2 that conv is followed by a ReLU, so this equals scaling the branch output while
 the scalar stays positive.
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mimictheory._src import checks
+from mimictheory._src.norms import check_norm
 from mimictheory._src.finite import pair_statistics, unit_statistics
 from mimictheory._src.nn import (
     MIN_FAN_IN, NORM_OPTIONS, RESIDUAL_BASELINES, CentredKernel, Dense, LastBatchNorm,
@@ -84,7 +86,7 @@ class _Net(nnx.Module):
 
   def _setup(self, norm: str, rngs: nnx.Rngs, residual_init="official",
               baselines: tuple = ()):
-    checks.check_choice("norm", norm, NORM_OPTIONS + baselines)
+    norm = check_norm(norm, NORM_OPTIONS + baselines)
     if not (residual_init == "official" or callable(residual_init)):
       checks.check_nonnegative("residual_init", residual_init)
     self.residual_init = residual_init
@@ -97,7 +99,9 @@ class _Net(nnx.Module):
                 sw2=sw2)
 
   def bn(self, channels):
-    return nnx.BatchNorm(channels, momentum=0.9, rngs=self.rngs) if self.norm == "bn" else None
+    if self.norm != "batch_norm":
+      return None
+    return nnx.BatchNorm(channels, momentum=0.9, rngs=self.rngs)
 
   def head(self, features, classes):
     fixup = self.norm == "fixup"
@@ -111,7 +115,7 @@ class _Net(nnx.Module):
   def scalar(self, block, convs):
     """The residual scalar of block `block` (from 1) with `convs` convs: `residual_init` is
     "official" (1.2^k / l), a constant, or a callable (block, convs) -> initial value."""
-    if self.norm == "bn":
+    if self.norm == "batch_norm":
       return None
     if self.norm in RESIDUAL_BASELINES:  # Fixup's multiplier starts at 1, SkipInit's at 0
       return ResidualScalar(1.0 if self.norm == "fixup" else 0.0)
@@ -124,7 +128,7 @@ class _Net(nnx.Module):
     """σw² of each conv in a residual branch: None (Theorem 3 / BN's default) with BN, He's
     2 otherwise (the official 1.2 per conv lives in the scalar); Fixup: 2·L^(-1/(m-1)) (He's
     std times L^(-1/(2m-2))) and 0 for the branch's last conv."""
-    if self.norm == "bn":
+    if self.norm == "batch_norm":
       return [None] * convs
     if self.norm == "fixup":
       return [2.0 * branches ** (-1.0 / (convs - 1))] * (convs - 1) + [0.0]
@@ -177,7 +181,7 @@ class VGG(_Net):
       bns.append(self.bn(cout))
       cin = cout
     self.convs = nnx.List(convs)
-    self.bns = nnx.List(bns) if norm == "bn" else None
+    self.bns = nnx.List(bns) if self.norm == "batch_norm" else None
     self.pool_after = tuple(pools)
     self.head(cin, classes)
 
@@ -202,7 +206,7 @@ class _Block(nnx.Module):
     sw2 = net.branch_sw2(len(shapes), branches)
     self.convs = nnx.List([net.conv(a, b, size, s, sw2=w)
                            for (a, b, size, s), w in zip(shapes, sw2)])
-    self.bns = nnx.List([net.bn(b) for _, b, _, _ in shapes]) if net.norm == "bn" else None
+    self.bns = nnx.List([net.bn(b) for _, b, _, _ in shapes]) if net.norm == "batch_norm" else None
     self.scale = net.scalar(block_index, len(shapes))
     # Fixup's scalar biases: before every conv, and after every conv (before its activation;
     # after the multiplier for the last).
@@ -289,12 +293,12 @@ class _ShuffleUnit(nnx.Module):
     self.pw1 = net.conv(branch_in, mid, 1, sw2=sw2)
     self.dw = net.conv(mid, mid, 3, stride, groups=mid, sw2=sw2)  # depthwise: skipped by WM
     self.pw2 = net.conv(mid, mid, 1, sw2=sw2)
-    self.bns = nnx.List([net.bn(mid) for _ in range(3)]) if net.norm == "bn" else None
+    self.bns = nnx.List([net.bn(mid) for _ in range(3)]) if net.norm == "batch_norm" else None
     self.scale = net.scalar(block_index, 3)
     if stride == 2:
       self.proj_dw = net.conv(cin, cin, 3, 2, groups=cin)
       self.proj_pw = net.conv(cin, mid, 1)
-      self.proj_bns = nnx.List([net.bn(cin), net.bn(mid)]) if net.norm == "bn" else None
+      self.proj_bns = nnx.List([net.bn(cin), net.bn(mid)]) if net.norm == "batch_norm" else None
 
   def _branch(self, x):
     h = x
@@ -362,7 +366,7 @@ class _Fire(nnx.Module):
     self.e1 = net.conv(squeeze, expand, 1)
     self.e3 = net.conv(squeeze, expand, 3)
     self.bns = nnx.List([net.bn(squeeze), net.bn(expand), net.bn(expand)]) \
-        if net.norm == "bn" else None
+        if net.norm == "batch_norm" else None
 
   def __call__(self, x):
     bn = (lambda i, h: h) if self.bns is None else (lambda i, h: self.bns[i](h))  # noqa: E731

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mimictheory._src import checks
+from mimictheory._src.norms import MODEL_NORMS, RESIDUAL_BASELINES, check_norm
 from mimictheory._src.finite import (
     Signal, centre_kernel, official_residual_scalar, signal_metrics)
 from mimictheory._src.maps import stable_sw2
@@ -38,10 +39,7 @@ __all__ = [
 ]
 
 MIN_FAN_IN = 50
-NORM_OPTIONS = ("bn", "none", "weight_mean", "last_bn", "mimic")
-#: Normalisation-free baselines of the residual models (ResNet18/50), as the paper compares them:
-#: Fixup (Zhang et al. 2019) and SkipInit (De & Smith 2020).
-RESIDUAL_BASELINES = ("fixup", "skipinit")
+NORM_OPTIONS = MODEL_NORMS  # the models' norms (module `norms`)
 
 
 class CentredKernel(nnx.Param):
@@ -174,7 +172,7 @@ class MLP(nnx.Module):
 
   def __init__(self, d: int, classes: int, *, depth: int = 8, width: int = 256,
                norm: str = "mimic", rngs: nnx.Rngs, min_fan_in: int = MIN_FAN_IN):
-    checks.check_choice("norm", norm, NORM_OPTIONS)
+    norm = check_norm(norm, NORM_OPTIONS)
     depth = checks.check_int("depth", depth)
     width = checks.check_int("width", width, minimum=2)
     self.norm = norm
@@ -183,7 +181,7 @@ class MLP(nnx.Module):
     self.hidden = nnx.List([Dense(a, b, weight_mean=weight_mean, rngs=rngs, min_fan_in=min_fan_in)
                             for a, b in zip(dims[:-1], dims[1:])])
     self.norms = nnx.List([nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
-                           for _ in range(depth)]) if norm == "bn" else None
+                           for _ in range(depth)]) if norm == "batch_norm" else None
     self.head = Dense(width, classes, weight_mean=weight_mean, rngs=rngs, min_fan_in=min_fan_in,
                       sw2=1.0)
     self.last_bn = LastBatchNorm(classes, rngs=rngs) if norm in ("last_bn", "mimic") else None

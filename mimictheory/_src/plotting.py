@@ -32,7 +32,7 @@ STYLE = {
 # Plain-language names of the norms, for titles and legends.
 NORM_TITLES = {"none": "no normalisation", "weight_mean": "weight mean",
                "batch_norm": "batch norm", "batch_norm_paper": "batch norm (Theorem 2)",
-               "mimic": "MimicNorm", "bn": "batch norm", "last_bn": "plain + last batch norm"}
+               "mimic": "MimicNorm", "last_bn": "plain + last batch norm"}
 
 
 def styled(fn):

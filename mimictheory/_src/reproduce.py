@@ -26,24 +26,25 @@ from mimictheory._src.plotting import NORM_TITLES, styled
 __all__ = ["EXPERIMENTS", "Run", "plan", "reproduce"]
 
 PAPER_TABLE1 = {  # CIFAR-100 accuracy (%), THEORY.md section 8
-    ("vgg11", "bn"): 67.90, ("vgg11", "mimic"): 67.87, ("vgg11", "none"): 65.33,
-    ("vgg16", "bn"): 72.28, ("vgg16", "mimic"): 72.47, ("vgg16", "none"): 68.97,
-    ("resnet18", "bn"): 74.72, ("resnet18", "fixup"): 70.48, ("resnet18", "mimic"): 74.96,
-    ("resnet50", "bn"): 78.53, ("resnet50", "fixup"): 72.81, ("resnet50", "mimic"): 77.91,
-    ("squeezenet", "bn"): 70.88, ("squeezenet", "mimic"): 71.15,
-    ("shufflenetv2", "bn"): 71.10, ("shufflenetv2", "mimic"): 70.93,
+    ("vgg11", "batch_norm"): 67.90, ("vgg11", "mimic"): 67.87, ("vgg11", "none"): 65.33,
+    ("vgg16", "batch_norm"): 72.28, ("vgg16", "mimic"): 72.47, ("vgg16", "none"): 68.97,
+    ("resnet18", "batch_norm"): 74.72, ("resnet18", "fixup"): 70.48, ("resnet18", "mimic"): 74.96,
+    ("resnet50", "batch_norm"): 78.53, ("resnet50", "fixup"): 72.81, ("resnet50", "mimic"): 77.91,
+    ("squeezenet", "batch_norm"): 70.88, ("squeezenet", "mimic"): 71.15,
+    ("shufflenetv2", "batch_norm"): 71.10, ("shufflenetv2", "mimic"): 70.93,
 }
 TABLE2_LRS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 # experiment -> (models, norms per model, learning rates, what is rendered)
 EXPERIMENTS = {
     "table1": dict(grid=[(m, n) for (m, n) in PAPER_TABLE1], lrs=(0.1,), render="table"),
-    "table2": dict(grid=[("vgg16", n) for n in ("none", "weight_mean", "mimic", "bn")],
+    "table2": dict(grid=[("vgg16", n) for n in ("none", "weight_mean", "mimic", "batch_norm")],
                    lrs=TABLE2_LRS, render="lr_table"),
-    "fig6": dict(grid=[("vgg16", n) for n in ("none", "weight_mean", "last_bn", "mimic", "bn")],
+    "fig6": dict(grid=[("vgg16", n)
+                       for n in ("none", "weight_mean", "last_bn", "mimic", "batch_norm")],
                  lrs=(0.1,), render="curves"),
     "fig7": dict(grid=[(m, n) for m in ("resnet18", "resnet50")
-                       for n in ("bn", "mimic", "fixup", "skipinit")], lrs=(0.1,),
+                       for n in ("batch_norm", "mimic", "fixup", "skipinit")], lrs=(0.1,),
                  render="curves"),
     "supp3": dict(grid=[("mlp", n) for n in ("last_bn", "mimic")], lrs=(0.1,),
                   render="variance"),

@@ -36,6 +36,7 @@ from flax import nnx
 
 from mimictheory._src import checks
 from mimictheory._src.io import atomic_path, progress_bar
+from mimictheory._src.norms import check_norm
 from mimictheory._src.nn import MLP, NORM_OPTIONS, RESIDUAL_BASELINES, project_weight_mean
 
 __all__ = [
@@ -87,7 +88,9 @@ class TrainConfig:
 
   def validate(self) -> "TrainConfig":
     from mimictheory._src.models import MODELS
-    checks.check_choice("norm", self.norm, NORM_OPTIONS + RESIDUAL_BASELINES)
+    norm = check_norm(self.norm, NORM_OPTIONS + RESIDUAL_BASELINES)
+    if norm != self.norm:  # one spelling in the saved config ("bn" -> "batch_norm")
+      return dataclasses.replace(self, norm=norm).validate()
     checks.check_choice("model", self.model, ("mlp",) + tuple(MODELS))
     if self.norm in RESIDUAL_BASELINES and self.model not in ("resnet18", "resnet50"):
       raise ValueError(f"norm {self.norm!r} is a baseline of the residual models: model must be "
