@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   p = sub.add_parser("phase", help="phase diagrams over (sw2, sb2), one row per norm: "
                                     "phase.png, phase.pdf, phase.npz")
-  _common(p, activation="tanh", norm=None)
+  _common(p, norm=None)
   p.add_argument("--norm", type=_names, default=("none", "weight_mean", "batch_norm"),
                  help="comma list of norms, one row each (default all three)")
   p.add_argument("--sw2", type=grid, default=grid("0.5:4:200"), help="START:STOP:NUM")

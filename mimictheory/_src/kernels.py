@@ -168,7 +168,7 @@ def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None, diagonal=N
     q2 = same(q1, q2)
     k = pin(k, q1)
     k, ntk = _dense_step(layer, q1, q2, k, ntk)
-    q1, q2 = layer.variance(q1), layer.variance(q2)
+    q1, q2 = layer.variance_map(q1), layer.variance_map(q2)
     return (k, ntk, q1, q2), (None if per_depth is None else per_depth(k, ntk))
 
   k = pin(k, q1)

@@ -71,8 +71,8 @@ class Layer:
   sb2: jax.Array
   factor: jax.Array
 
-  def variance(self, q):
-    """Variance map q' = V(q) (one-dimensional integrals only)."""
+  def variance_map(self, q):
+    """Variance map q' = V(q) (one-dimensional integrals only; `Activation.variance` is Var φ)."""
     act = self.activation
     if self.norm == "none":
       return self.sw2 * act.second_moment(q) + self.sb2
@@ -83,9 +83,9 @@ class Layer:
   def variance_slope(self, q):
     """dV/dq, by forward-mode autodiff through the dual activation."""
     q = jnp.broadcast_to(q, jnp.broadcast_shapes(jnp.shape(q), jnp.shape(self.sw2)))
-    return jax.jvp(self.variance, (q,), (jnp.ones_like(q),))[1]
+    return jax.jvp(self.variance_map, (q,), (jnp.ones_like(q),))[1]
 
-  def covariance(self, q1, q2, q12):
+  def covariance_map(self, q1, q2, q12):
     """Covariance map q12' of the next layer's pre-activations (eq 3, eq 10, Theorem 2)."""
     return self.covariance_and_slope(q1, q2, q12)[0]
 
@@ -247,7 +247,7 @@ def _zero_is_fixed(layer: Layer):
 @partial(jax.jit, static_argnames=("max_iter",))
 def _solve_qstar_status(layer: Layer, q0=1.0, max_iter: int = 400):
   shape = jnp.broadcast_shapes(jnp.shape(layer.sw2), jnp.shape(layer.sb2), jnp.shape(q0))
-  variance = lambda q: layer.variance(jnp.maximum(q, 1e-300))  # noqa: E731 (never at q = 0)
+  variance = lambda q: layer.variance_map(jnp.maximum(q, 1e-300))  # noqa: E731 (never at q = 0)
   return _fixed_point(variance, _zero_is_fixed(layer), shape, q0, max_iter)
 
 
@@ -266,7 +266,7 @@ def _qstar_and_status_jvp(primals, tangents):
   q, status = _qstar_and_status(layer, q0)
   root = jnp.isfinite(q) & (q > 0)
   q_safe = jnp.where(root, q, 1.0)
-  dv_dtheta = jax.jvp(lambda lay: lay.variance(q_safe), (layer,), (tangents[0],))[1]
+  dv_dtheta = jax.jvp(lambda lay: lay.variance_map(q_safe), (layer,), (tangents[0],))[1]
   denom = 1.0 - layer.variance_slope(q_safe)
   dq = jnp.where(root, dv_dtheta / jnp.where(root, denom, 1.0), 0.0)
   no_tangent = np.zeros(jnp.shape(status), jax.dtypes.float0)
@@ -300,12 +300,12 @@ def _chi1(layer: Layer, q):
 
 def _correlation_map(layer: Layer, q, c):
   q, layer = _eval_point(layer, q)
-  return layer.covariance(q, q, c * q) / layer.variance(q)
+  return layer.covariance_map(q, q, c * q) / layer.variance_map(q)
 
 
 def _correlation_slope(layer: Layer, q, c):
   q, layer = _eval_point(layer, q)
-  return layer.slope(q, q, c * q) * q / layer.variance(q)
+  return layer.slope(q, q, c * q) * q / layer.variance_map(q)
 
 
 def _slope_at_one(layer: Layer, q):
@@ -314,7 +314,7 @@ def _slope_at_one(layer: Layer, q):
   At a finite q* > 0 this is χ1 (V(q*) = q*); where q* is 0 or ∞ it is the limit map's slope
   (1 for ReLU at q* = ∞: the correlation map is marginal there although χ1 = σw²/2 > 1)."""
   q, layer = _eval_point(layer, q)
-  return layer.diagonal_slope(q) * q / layer.variance(q)
+  return layer.diagonal_slope(q) * q / layer.variance_map(q)
 
 
 def _newton_cstar(tmap, tslope, shape, slope_at_one, max_iter: int = 100, start=None):
@@ -398,13 +398,16 @@ def variance_map(q, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=Non
   3.5
   """
   q = checks.check_nonnegative("q", q)
-  return _make_layer(activation, sw2, sb2, norm, fan_in).variance(f64(q))
+  return _make_layer(activation, sw2, sb2, norm, fan_in).variance_map(f64(q))
 
 
 @float64
-def covariance_map(q12, q1=1.0, q2=1.0, activation="relu", sw2=2.0, sb2=0.0, norm="none",
+def covariance_map(q12, *, q1=1.0, q2=1.0, activation="relu", sw2=2.0, sb2=0.0, norm="none",
                    fan_in=None):
   """One layer's covariance map (q1, q2, q12) -> q12' (paper eq 2-3; eq 10 with Lemma 1).
+
+  q1 and q2 are keyword-only: `Activation.kernel(q1, q2, q12)` takes the variances first, so
+  a positional call could not be read both ways.
 
   With q1 = q2 = 1 and ReLU this is the paper's T(ρ) = σw² φ̂(ρ) + σb² (eq 3), and with weight
   mean and a fan-in n it is E_W of eq 10: σw² (n-1)/n (φ̂(ρ) - φ̂(0)) + σb² (Lemma 1).
@@ -419,7 +422,8 @@ def covariance_map(q12, q1=1.0, q2=1.0, activation="relu", sw2=2.0, sb2=0.0, nor
   if (not checks.is_traced(q1, q2, q12)
       and np.any(np.abs(q12) > np.sqrt(q1 * q2) * (1 + 1e-12) + 1e-300)):
     raise ValueError("q12 must satisfy |q12| <= sqrt(q1 q2) (a valid covariance)")
-  return _make_layer(activation, sw2, sb2, norm, fan_in).covariance(f64(q1), f64(q2), f64(q12))
+  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
+  return layer.covariance_map(f64(q1), f64(q2), f64(q12))
 
 
 @float64

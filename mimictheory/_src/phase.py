@@ -135,7 +135,7 @@ def _series_fields(layer: Layer, q):
   bn = layer.norm in BATCH_NORMS
   s = 1.0 / act.variance(q_eval) if bn else lay.sw2 * lay.factor
   shift = 0.0 if bn else lay.sb2
-  v = lay.variance(q_eval)
+  v = lay.variance_map(q_eval)
   kernel, slope = tables.polynomial(terms), tables.polynomial(slope_terms)
   tmap = lambda c: (s * kernel(c) + shift) / v  # noqa: E731
   tslope = lambda c: s * slope(c) / v  # noqa: E731
@@ -191,7 +191,7 @@ def _coefficient_range(q):
 
 @concrete_only
 @float64
-def phase_diagram(activation="tanh", sw2=None, sb2=None, norm="none", fan_in=None,
+def phase_diagram(activation="relu", sw2=None, sb2=None, norm="none", fan_in=None,
                   chunk: int | None = None, progress: bool = False) -> PhaseDiagram:
   """χ1, q*, c*, ξ_c, ξ_q and the regime over the grid `sw2` × `sb2`, and the critical line.
 
@@ -350,7 +350,7 @@ def _bisect_line(act, norm, factor, target, lo, hi):
 
 @concrete_only
 @float64
-def critical_line(activation="tanh", sb2=None, norm="none", fan_in=None) -> CriticalLine:
+def critical_line(activation="relu", sb2=None, norm="none", fan_in=None) -> CriticalLine:
   """The critical line χ1 = 1 as σw²(σb²), with every branch: parametrised by q*.
 
   On the line, χ1 = σw² f E[φ'(√q z)²] = 1 and V(q) = q give σw² and σb² as functions of q*;
