@@ -69,9 +69,9 @@ def _phase(args) -> int:
   from mimictheory._src.figures import phase_figure
   from mimictheory._src.io import ensure_dir, exit_cleanly_on_interrupt
   from mimictheory._src.maps import NORMS
-  from mimictheory._src.phase import _grid_axis
-  _grid_axis("sw2", args.sw2, positive=True)  # validate before any folder is made
-  _grid_axis("sb2", args.sb2, positive=False)
+  from mimictheory._src.phase import grid_axis
+  grid_axis("sw2", args.sw2, positive=True)  # validate before any folder is made
+  grid_axis("sb2", args.sb2, positive=False)
   if args.sw2.size * args.sb2.size > MAX_GRID_CELLS:
     raise ValueError(f"--sw2 x --sb2 has {args.sw2.size} x {args.sb2.size} cells; at most "
                      f"{MAX_GRID_CELLS:,} fit in memory here (split the grid)")

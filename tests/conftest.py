@@ -4,13 +4,28 @@ import math
 import os
 
 import jax
-
 import numpy as np
 import pytest
 from hypothesis import settings
 from scipy import integrate
 
 from mimictheory._src import kernels as kernels_module
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One XLA compilation cache for the whole run: the two xdist workers, and the notebook kernels
+# and command-line subprocesses the tests start (they inherit the environment), compile many
+# of the same functions; each is compiled once. It lives in the checkout (git-ignored), so a
+# fresh clone starts cold; MIMICTHEORY_TEST_JAX_CACHE=0 turns it off.
+if os.environ.get("MIMICTHEORY_TEST_JAX_CACHE", "1") != "0":
+  _CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.05",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  for _name, _value in _CACHE.items():
+    os.environ.setdefault(_name, _value)  # for the subprocesses
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           print_blob=True)
@@ -39,21 +54,32 @@ def rng():
   return np.random.default_rng(20210202)
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @contextlib.contextmanager
 def uncentred_input_layer():
   """The planted bug: the kernels' input layer forgets to centre x under weight mean."""
-  original = kernels_module._input_kernel
+  original = kernels_module.input_kernel
 
   def buggy(layer, x1, x2, gain):
     return original(dataclasses.replace(layer, norm="none"), x1, x2, gain)
 
-  kernels_module._input_kernel = buggy
+  kernels_module.input_kernel = buggy
   jax.clear_caches()  # the jitted recursions were traced with the correct input layer
   try:
     yield
   finally:
-    kernels_module._input_kernel = original
+    kernels_module.input_kernel = original
     jax.clear_caches()
+
+
+# Examples that build or train whole models or run Monte Carlo (20-40 s each on 2 cores) run
+# with the tests marked slow (`make test-slow`); every other example runs in `make test`.
+SLOW_EXAMPLES = {"mimictheory._src.memory.step_time", "mimictheory._src.models.SqueezeNet",
+                 "mimictheory._src.models.ShuffleNetV2", "mimictheory._src.finite.batch_norm_gap",
+                 "mimictheory._src.finite.finite_network"}
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if isinstance(item, pytest.DoctestItem) and item.name in SLOW_EXAMPLES:
+      item.add_marker(pytest.mark.slow)

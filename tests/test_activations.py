@@ -14,7 +14,7 @@ from conftest import gauss_expectation, relu_dual_np
 
 
 def test_relu_dual_special_values():
-  # THEORY.md section 1: φ̂(1) = 1/2, φ̂(0) = 1/(2π), φ̂'(1) = 1/2, φ̂'(0) = 1/4.
+  # The paper's eq 4: φ̂(1) = 1/2, φ̂(0) = 1/(2π), φ̂'(1) = 1/2, φ̂'(0) = 1/4.
   with jax.enable_x64(True):
     assert float(mt.relu_dual(1.0)) == pytest.approx(0.5, abs=1e-16)
     assert float(mt.relu_dual(0.0)) == pytest.approx(1 / (2 * math.pi), abs=1e-16)
@@ -117,7 +117,7 @@ def test_numerical_activation_matches_scipy(name, f, fprime, q1, q2, rho):
 
 @float64
 def test_relu_kernel_is_homogeneous_dual():
-  # E[φ(u)φ(v)] = √(q1 q2) φ̂(ρ) (THEORY.md section 1), φ̂ written independently.
+  # E[φ(u)φ(v)] = √(q1 q2) φ̂(ρ) (the paper's eq 3-4), φ̂ written independently.
   q1, q2, rho = 0.7, 2.3, np.linspace(-1, 1, 21)
   k = mt.ReLU().kernel(q1, q2, rho * math.sqrt(q1 * q2))
   np.testing.assert_allclose(k, math.sqrt(q1 * q2) * relu_dual_np(rho), atol=1e-15)
@@ -197,7 +197,8 @@ def test_one_dimensional_expectations_match_scipy_from_1e_6_to_1e6(name):
 
 
 @pytest.mark.parametrize("name", ["relu", "erf", "leaky_relu"])
-@pytest.mark.parametrize("log_q", [pytest.param(-6, marks=pytest.mark.slow), 0, 6])
+@pytest.mark.parametrize("log_q", [pytest.param(-6, marks=pytest.mark.slow),
+                                   pytest.param(0, marks=pytest.mark.slow), 6])
 @float64
 def test_two_dimensional_quadrature_matches_closed_forms_at_every_scale(name, log_q):
   """Kinked (relu, leaky) and steep (erf at q = 1e6: a step of width 1e-3 in z) integrands,
@@ -224,6 +225,7 @@ def test_kinks_and_jumps_of_a_callable_are_found():
 
 
 @float64
+@pytest.mark.slow
 def test_a_kinked_callable_is_accurate_and_warned_about():
   """`lambda z: max(z, 0)` used to give E[φ'φ'] ~1e-3 off; now its kink is found and declared."""
   with pytest.warns(UserWarning, match="kink at x = 0"):
@@ -255,7 +257,8 @@ def test_gelu_smoothing_closed_form_matches_scipy():
     assert dg == pytest.approx(gauss_expectation(lambda z: GELU_PRIME(x + s * z)), abs=1e-12)
 
 
-@pytest.mark.parametrize("log_q", [pytest.param(-6, marks=pytest.mark.slow), 0, 2, 6])
+@pytest.mark.parametrize("log_q", [pytest.param(-6, marks=pytest.mark.slow),
+                                   pytest.param(0, marks=pytest.mark.slow), 2, 6])
 def test_gelu_one_dimensional_kernels_match_the_two_dimensional_rule(log_q):
   """The smoothed 1-D route against the general 2-D quadrature (an independent rule), with
   unequal variances and ρ up to ±1, relative to √(E[·²] E[·²])."""

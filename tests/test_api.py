@@ -30,6 +30,7 @@ def test_public_callable_has_a_docstring_with_an_example(module, name, obj):
   assert ">>>" in doc, f"{module}.{name}'s docstring has no example"
 
 
+@pytest.mark.slow
 def test_plotting_leaves_the_backend_alone():
   """In a fresh process with a non-Agg backend selected, drawing a phase diagram keeps it."""
   code = (

@@ -106,7 +106,8 @@ def test_relu_kernels_match_per_unit_monte_carlo(rng, batch, depths, fd_ntk):
 
 
 @pytest.mark.parametrize("batch,depth,fd_ntk", [
-    (4, 1, False), (8, 2, True), pytest.param(16, 3, True, marks=pytest.mark.slow)])
+    (4, 1, False), pytest.param(8, 2, True, marks=pytest.mark.slow),
+    pytest.param(16, 3, True, marks=pytest.mark.slow)])
 def test_tanh_kernels_match_per_unit_monte_carlo(rng, batch, depth, fd_ntk):
   """tanh is not homogeneous: the library's Monte Carlo against an independent one, layer
   `depth` from the library's layer depth - 1 (at batch 4 the NTK of one unit has infinite
@@ -133,6 +134,7 @@ def test_tanh_kernels_match_per_unit_monte_carlo(rng, batch, depth, fd_ntk):
     mt.kernels(x, depth=1, activation="tanh", norm="batch_norm")
 
 
+@pytest.mark.slow
 def test_error_estimates_and_node_convergence(rng):
   x = rng.normal(size=(6, 5))
   out = mt.batch_norm_kernels(x, depth=3, activation="leaky_relu", sw2=2.0, sb2=0.1)
@@ -209,6 +211,7 @@ def test_chi1_finite_batch_smooth_activation_against_sphere_sampling(rng):
   assert big == pytest.approx(float(mt.chi1("tanh", norm="batch_norm")), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_chi1_finite_batch_limits():
   batches = np.array([4, 5, 8, 100])
   np.testing.assert_allclose(mt.chi1("identity", norm="batch_norm", batch=batches),
@@ -236,7 +239,7 @@ def test_finite_networks_match_exact_theory_not_theorem_2():
   assert "| 16 |" in gap.markdown()
 
 
-@pytest.mark.parametrize("batch", [32, 128])
+@pytest.mark.parametrize("batch", [32, pytest.param(128, marks=pytest.mark.slow)])
 def test_chi1_of_networks_at_batch(batch):
   net = mt.finite_network("relu", width=256, norm="batch_norm")
   est = mt.monte_carlo_chi1(net, draws=24, rows=batch, seed=4)
@@ -314,7 +317,7 @@ def test_duplicate_inputs_stay_exactly_correlated(rng):
 
 
 # ----------------------------------------------------------------------------------------------
-# Residual networks: a hand recursion (THEORY.md §10), written here in NumPy.
+# Residual networks: a hand recursion (K' = K + α² K_branch(K)), written here in NumPy.
 # ----------------------------------------------------------------------------------------------
 def _relu_pair(k):
   q = np.diag(k)

@@ -150,6 +150,7 @@ def test_ctrl_c_leaves_whole_sets_of_files_and_exits_130(tmp_path, when, landed)
   assert "not reached" not in res.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_figures_exits_130_with_complete_files(tmp_path):
   import signal
   import time

@@ -47,6 +47,7 @@ def test_supplementary_correlations(x):
   assert np.sqrt(np.mean((wm["finite"] - wm["theory"])**2)) < 0.15
 
 
+@pytest.mark.slow
 def test_figure5_residual_branch_suppression():
   bn = mt.residual_variances("batch_norm", depth=30, width=128, batch=128, draws=4)
   mimic = mt.residual_variances("mimic", depth=30, width=128, batch=128, draws=4)
@@ -65,6 +66,7 @@ def test_figure5_residual_branch_suppression():
   np.testing.assert_allclose(mimic.ratio[1:], expected[1:], rtol=0.1)
 
 
+@pytest.mark.slow
 def test_ntk_condition_number_by_phase(tmp_path):
   paths = figures.ntk_condition(tmp_path, depth=40, n_inputs=16)
   data = np.load(tmp_path / "ntk_condition.npz")
@@ -85,6 +87,7 @@ def test_figure4_fixed_points(tmp_path):
   assert list(data["Tbar_stable"][np.argsort(data["Tbar_fixed_points"])]) == [True, False]
 
 
+@pytest.mark.slow
 def test_same_seed_same_data_and_no_temp_files(tmp_path):
   a, b = tmp_path / "a", tmp_path / "b"
   for out in (a, b):
@@ -124,6 +127,7 @@ def test_mnist_errors(tmp_path):
     mnist(tmp_path)
 
 
+@pytest.mark.slow
 def test_supplementary3_last_bn_variance_surges_and_training_stays_finite(tmp_path):
   for norm in ("last_bn", "mimic"):
     data = figures.last_bn_variance(norm, lr=0.1, epochs=1, depth=16, width=128,

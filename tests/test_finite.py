@@ -30,7 +30,8 @@ def _max_abs(z):
 @pytest.mark.parametrize(
   "activation,norm,outputs",
   [pytest.param("relu", "none", 1, marks=pytest.mark.slow), ("erf", "weight_mean", 3),
-   pytest.param("tanh", "none", 2, marks=pytest.mark.slow), ("gelu", "weight_mean", 1)],
+   pytest.param("tanh", "none", 2, marks=pytest.mark.slow),
+   pytest.param("gelu", "weight_mean", 1, marks=pytest.mark.slow)],
 )
 def test_layerwise_ntk_equals_jacobian_contraction(activation, norm, outputs, x):
   net = mt.finite_network(activation, depth=3, width=48, sw2=1.7, sb2=0.2, norm=norm,

@@ -66,7 +66,8 @@ def _scipy_tanh_point(sw2, sb2, norm):
   return q, sw2 * slope(q)
 
 
-@pytest.mark.parametrize("norm", ["none", pytest.param("weight_mean", marks=pytest.mark.slow),
+@pytest.mark.parametrize("norm", [pytest.param("none", marks=pytest.mark.slow),
+                                  pytest.param("weight_mean", marks=pytest.mark.slow),
                                   pytest.param("batch_norm", marks=pytest.mark.slow)])
 def test_tanh_phase_grid_agrees_with_pointwise_quadrature(norm):
   """q* and χ1 against scipy; the grid's c* (Mehler series) against 2-D quadrature."""

@@ -51,7 +51,7 @@ def _quadrature_kernels(x1, x2, name, depth, sw2, sb2, norm):
 
 
 @pytest.mark.parametrize("name,norm", [pytest.param("tanh", "none", marks=pytest.mark.slow),
-                                       ("gelu", "weight_mean")])
+    pytest.param("gelu", "weight_mean", marks=pytest.mark.slow)])
 def test_series_gram_matrices_match_2d_quadrature(name, norm, rng):
   x = rng.normal(size=(5, 5))
   x[1] = x[0] * 1.0001  # nearly the same direction: ρ close to 1

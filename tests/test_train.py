@@ -186,6 +186,7 @@ def test_cli_nothing_is_written_before_validation(tmp_path, capsys):
   assert "32x32x3" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
   """SIGINT mid-run: exit 130, one line on stderr (no traceback), the last complete checkpoint
   intact; the same command then finishes the run."""
@@ -275,7 +276,7 @@ def test_augmentation_is_a_crop_and_flip():
 
 @pytest.mark.parametrize(
   "norm,data", [pytest.param("fixup", "digits_images", marks=pytest.mark.slow),
-                ("skipinit", "synthetic_images")]
+                pytest.param("skipinit", "synthetic_images", marks=pytest.mark.slow)]
 )
 def test_fixup_and_skipinit_resnets_train(norm, data, tmp_path):
   """The paper's normalisation-free baselines learn: the training loss falls well below chance

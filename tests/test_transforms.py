@@ -31,7 +31,7 @@ def x64():
     ("erf", "none", "sb2", 1.5, 0.1),
     pytest.param("tanh", "none", "sw2", 1.2, 0.05, marks=pytest.mark.slow),  # numerical
     ("erf", "weight_mean", "sb2", 2.5, 0.2),
-    ("gelu", "weight_mean", "sw2", 2.0, 0.1),
+    pytest.param("gelu", "weight_mean", "sw2", 2.0, 0.1, marks=pytest.mark.slow),
 ])
 def test_grad_of_chi1_matches_finite_differences(x64, activation, norm, wrt, at, sb2):
   def chi(v):
@@ -82,6 +82,7 @@ def test_grad_of_kernels_matches_finite_differences(x64, activation, norm, x):
   assert grad == pytest.approx(central_difference(projection, 1.7, 1e-5), rel=1e-7)
 
 
+@pytest.mark.slow
 def test_grad_of_the_ntk_with_respect_to_inputs(x64):
   def entry(x):
     return mt.kernels(x, depth=2, activation="relu", sw2=2.0, sb2=0.1).ntk[0, 1]

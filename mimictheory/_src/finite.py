@@ -30,7 +30,7 @@ from mimictheory._src.activations import Activation, get_activation
 from mimictheory._src.io import progress_bar
 from mimictheory._src.kernels import Kernels, kernels, layer_kernels
 from mimictheory._src.maps import (
-    BATCH_NORMS, NORMS, Layer, _eval_point, _solve_qstar, chi1, _make_layer, stable_sw2)
+    BATCH_NORMS, NORMS, Layer, limit_point, solve_qstar, chi1, build_layer, stable_sw2)
 from mimictheory._src.precision import f64, float64
 
 __all__ = [
@@ -358,7 +358,7 @@ class FiniteNetwork:
   @property
   def layer(self) -> Layer:
     """The mean-field layer of this network (fan-in n for the finite-width factor of Lemma 1)."""
-    return _make_layer(self.activation, self.sw2, self.sb2, self.norm, self.width)
+    return build_layer(self.activation, self.sw2, self.sb2, self.norm, self.width)
 
   def theory_kernels(self, x) -> Kernels:
     """The infinite-width NNGP kernel and NTK of this architecture on x (`kernels`)."""
@@ -569,7 +569,7 @@ def monte_carlo_chi1(net: FiniteNetwork, draws: int = 32, seed: int = 0, rows: i
   net = _check_net(net)
   rows = checks.check_int("rows", rows, minimum=2)
   keys = _keys(seed, draws)
-  q = _eval_point(net.layer, _solve_qstar(net.layer))[0]  # where q* is 0 or ∞: as `chi1` does
+  q = limit_point(net.layer, solve_qstar(net.layer))[0]  # where q* is 0 or ∞: as `chi1` does
   return Estimate.from_samples(_chi1_draws(net, q, keys, rows, _batch(batch_size, draws)))
 
 

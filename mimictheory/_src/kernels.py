@@ -40,7 +40,7 @@ from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
 from mimictheory._src.activations import Numerical
 from mimictheory._src.io import progress_bar
-from mimictheory._src.maps import BATCH_NORMS, Layer, _make_layer
+from mimictheory._src.maps import BATCH_NORMS, Layer, build_layer
 from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = ["Kernels", "kernels", "layer_kernels", "NTKSpectrum", "ntk_spectrum", "row_mesh",
@@ -128,7 +128,7 @@ def row_mesh(devices=None, axis: str = "rows") -> Mesh:
 # ----------------------------------------------------------------------------------------------
 # Recursions.
 # ----------------------------------------------------------------------------------------------
-def _input_kernel(layer: Layer, x1, x2, gain):
+def input_kernel(layer: Layer, x1, x2, gain):
   """K¹ of the first dense layer (weight mean: inputs centred over their features); x1 (..., N1,
   d) and x2 (..., N2, d), leading axes batch tiles."""
   if layer.norm == "weight_mean":
@@ -141,7 +141,7 @@ def _input_kernel(layer: Layer, x1, x2, gain):
   return k, q1, q2
 
 
-def _dense_step(layer: Layer, q1, q2, k, ntk):
+def dense_step(layer: Layer, q1, q2, k, ntk):
   """Activation and the next dense layer: (K, Θ) -> (K', Θ') entrywise; q1 indexes the rows,
   q2 the columns (leading axes batch tiles)."""
   k_new, slope = layer.covariance_and_slope(q1[..., :, None], q2[..., None, :], k)
@@ -158,7 +158,7 @@ def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None, diagonal=N
   exactly (`activations._correlation`). A rounding excursion ρ = 1 - 1e-16 would cost
   √(1 - ρ²) ~ 1e-8 in the arc-cosine kernel.
   """
-  k, q1, q2 = _input_kernel(layer, x1, x2, gain)
+  k, q1, q2 = input_kernel(layer, x1, x2, gain)
   same = (lambda q1, q2: q2) if shared is None else (lambda q1, q2: jnp.where(shared, q1, q2))
   pin = (lambda k, q: k) if diagonal is None else (
       lambda k, q: jnp.where(diagonal, q[..., :, None], k))
@@ -167,7 +167,7 @@ def _pairwise(layer: Layer, x1, x2, gain, depth: int, per_depth=None, diagonal=N
     k, ntk, q1, q2 = carry
     q2 = same(q1, q2)
     k = pin(k, q1)
-    k, ntk = _dense_step(layer, q1, q2, k, ntk)
+    k, ntk = dense_step(layer, q1, q2, k, ntk)
     q1, q2 = layer.variance_map(q1), layer.variance_map(q2)
     return (k, ntk, q1, q2), (None if per_depth is None else per_depth(k, ntk))
 
@@ -180,7 +180,7 @@ def _center(m):
   return m - m.mean(axis=0, keepdims=True) - m.mean(axis=1, keepdims=True) + m.mean()
 
 
-def _normalise(k, ntk):
+def normalise_full_batch(k, ntk):
   """Full-batch BN of a dense layer's output: K -> H K H / ν, Θ -> H Θ H / ν (Theorem 2)."""
   centred = _center(k)
   nu = jnp.mean(jnp.diagonal(centred))
@@ -194,12 +194,12 @@ def _normalise(k, ntk):
 def _batch_norm_paper(layer: Layer, x, gain, depth: int, per_depth=None):
   """Theorem 2's full-batch BN after every hidden dense layer; the output layer is plain."""
   dense = dataclasses.replace(layer, norm="none")
-  k, _, _ = _input_kernel(dense, x, x, gain)
+  k, _, _ = input_kernel(dense, x, x, gain)
 
   def step(carry, _):
-    k_bn, ntk_bn = _normalise(*carry)
+    k_bn, ntk_bn = normalise_full_batch(*carry)
     q = jnp.diagonal(k_bn)
-    k, ntk = _dense_step(dense, q, q, k_bn, ntk_bn)
+    k, ntk = dense_step(dense, q, q, k_bn, ntk_bn)
     return (k, ntk), (None if per_depth is None else per_depth(k, ntk))
 
   (k, ntk), ys = jax.lax.scan(step, (k, k), None, length=depth)
@@ -235,7 +235,7 @@ def _exact_batch_norm(layer: Layer, x, gain, same, depth: int, nodes: int, with_
                       per_depth=None):
   """Exact BN recursion for φ = a x + b relu(x): (K, Θ of the output layer, max errors, ys)."""
   a, b = bn.homogeneous_coefficients(layer.activation)
-  k, _, _ = _input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
+  k, _, _ = input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
 
   def step(carry, _):
     k, ntk = carry
@@ -250,7 +250,7 @@ def _exact_batch_norm(layer: Layer, x, gain, same, depth: int, nodes: int, with_
 def _monte_carlo_batch_norm(layer: Layer, x, gain, depth: int, key, samples: int,
                             with_ntk: bool, per_depth=None):
   """The same recursion with each BN layer's expectation by Monte Carlo over units."""
-  k, _, _ = _input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
+  k, _, _ = input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
 
   def step(carry, key):
     k, ntk = carry
@@ -306,24 +306,24 @@ class BatchNormKernels:
 @partial(jax.jit, static_argnames=("depth",))
 def _layer_kernels(layer, x, gain, depth):
   """Pre-activation NNGP kernels K^1 .. K^depth of the hidden layers (after BN with BN)."""
-  first, _, _ = _input_kernel(layer if layer.norm not in BATCH_NORMS else
+  first, _, _ = input_kernel(layer if layer.norm not in BATCH_NORMS else
                               dataclasses.replace(layer, norm="none"), x, x, gain)
   record = lambda k, ntk: k  # noqa: E731
   if layer.norm == "batch_norm_paper":
     rest = _batch_norm_paper(layer, x, gain, depth - 1, record)[2]
     dense = jnp.concatenate([first[None], rest])
-    return jax.vmap(lambda k: _normalise(k, k)[0])(dense)
+    return jax.vmap(lambda k: normalise_full_batch(k, k)[0])(dense)
   diagonal = jnp.eye(x.shape[0], dtype=bool)
   rest = _pairwise(layer, x, x, gain, depth - 1, record, diagonal, shared=True)[2]
   return jnp.concatenate([first[None], rest])
 
 
-def _nodes(layer: Layer, x, gain, same, with_ntk: bool) -> int:
+def adequate_batch_nodes(layer: Layer, x, gain, same, with_ntk: bool) -> int:
   """Adequate trapezoid nodes for the exact BN recursion on the batch x (`adequate_nodes`)."""
   coeffs = bn.homogeneous_coefficients(layer.activation)
   if coeffs is None:  # only the normalised kernels E[ĥĥᵀ] are exact: the identity's map
     coeffs, with_ntk = (1.0, 0.0), False
-  k, _, _ = _input_kernel(dataclasses.replace(layer, norm="none"), f64(x), f64(x), gain)
+  k, _, _ = input_kernel(dataclasses.replace(layer, norm="none"), f64(x), f64(x), gain)
   return bn.adequate_nodes(*coeffs, k, with_ntk, layer.sw2, layer.sb2, same)
 
 
@@ -337,7 +337,7 @@ def _layer_kernels_batch_norm(layer, x, gain, same, depth, nodes, key, samples):
   """Exact BN: the kernel after BN at every hidden layer (exact for every activation; the
   dense kernels in between by the exact map or, for other activations, Monte Carlo)."""
   record = lambda k, ntk: k  # noqa: E731
-  first, _, _ = _input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
+  first, _, _ = input_kernel(dataclasses.replace(layer, norm="none"), x, x, gain)
   if bn.homogeneous_coefficients(layer.activation) is not None:
     rest = _exact_batch_norm(layer, x, gain, same, depth - 1, nodes, False, record)[4]
   else:
@@ -368,8 +368,8 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
   >>> float(np.round(k[1, 0, 1], 6)) == float(np.round(2 * mt.relu_dual(0.6), 6))  # T(0.6)
   True
   """
-  x, _, depth, gain = _validate(x, None, depth, input_gain)
-  layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
+  x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
+  layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   if checks.is_traced(x, layer, gain):
     if norm == "batch_norm":
       _refuse_traced("layer_kernels(norm='batch_norm')", "the exact BN kernels choose their "
@@ -377,11 +377,11 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
     return _layer_kernels(layer, f64(x), gain, depth)
   if norm == "batch_norm":
     x, same = check_batch(x, ntk=False)
-    return _layer_kernels_batch_norm(layer, f64(x), gain, same, depth,
-                                     _nodes(layer, x, gain, same, False), jax.random.key(0),
+    nodes = adequate_batch_nodes(layer, x, gain, same, False)
+    return _layer_kernels_batch_norm(layer, f64(x), gain, same, depth, nodes, jax.random.key(0),
                                      MC_SAMPLES)
   if isinstance(layer.activation, Numerical) and norm in ("none", "weight_mean"):
-    first = np.asarray(_input_kernel(layer, f64(x), f64(x), gain)[0])
+    first = np.asarray(input_kernel(layer, f64(x), f64(x), gain)[0])
     rest = _numerical_kernels(layer, x, x, gain, depth - 1, True, False,
                               lambda k, ntk: k)[2]
     return np.stack([first] + rest)
@@ -440,7 +440,7 @@ def _batch_norm_kernels(layer, x, gain, depth, with_ntk, nodes, samples, replica
                         name="x"):
   x, same = check_batch(x, ntk=with_ntk, name=name)
   if bn.homogeneous_coefficients(layer.activation) is not None:
-    nodes = _nodes(layer, x, gain, same, with_ntk) if nodes is None else nodes
+    nodes = adequate_batch_nodes(layer, x, gain, same, with_ntk) if nodes is None else nodes
     k, ntk, err_k, err_t = _gram_batch_norm(layer, f64(x), gain, same, depth, nodes, with_ntk)
     _check_finite_batch_norm(k if ntk is None else ntk, layer, x.shape[0], depth)
     if with_ntk and x.shape[0] == bn.MIN_BATCH_NTK and depth > 1:
@@ -500,20 +500,20 @@ def batch_norm_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0,
   samples -= samples % 4096
   replicas = checks.check_int("replicas", replicas, minimum=2)
   seed = checks.check_int("seed", seed, minimum=0)
-  layer = _kernel_layer(activation, sw2, sb2, "batch_norm", None)
+  layer = kernel_layer(activation, sw2, sb2, "batch_norm", None)
   return _batch_norm_kernels(layer, x, gain, depth, bool(ntk), nodes, samples, replicas, seed)
 
 
-def _kernel_layer(activation, sw2, sb2, norm, fan_in):
+def kernel_layer(activation, sw2, sb2, norm, fan_in):
   """`make_layer` for the Gram-matrix functions, which take one (σw², σb²) each call."""
   for name, value in (("sw2", sw2), ("sb2", sb2)):
     if value is not None and not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
       raise ValueError(f"{name} must be a single number here, got shape {np.shape(value)}; "
                        "call once per value (or use phase_diagram for a grid)")
-  return _make_layer(activation, sw2, sb2, norm, fan_in)
+  return build_layer(activation, sw2, sb2, norm, fan_in)
 
 
-def _validate(x1, x2, depth, gain):
+def validate_inputs(x1, x2, depth, gain):
   x1 = checks.check_data("x1", x1)
   x2 = x1 if x2 is None else checks.check_data("x2", x2)
   if x2.shape[1] != x1.shape[1]:
@@ -575,8 +575,8 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
   >>> bool(np.allclose(np.diag(k.nngp), 2 / 3)) and bool(np.allclose(np.diag(k.ntk), 2.0))
   True
   """
-  x1, x2, depth, gain = _validate(x1, x2, depth, input_gain)
-  layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
+  x1, x2, depth, gain = validate_inputs(x1, x2, depth, input_gain)
+  layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   if norm in BATCH_NORMS and x2 is not x1:
     raise ValueError(f"x2 must be None with norm={norm!r}: BN couples the inputs of a batch, "
                      "so a cross-kernel depends on the whole batch; pass the whole batch as "
@@ -795,7 +795,7 @@ def _numerical_kernels(layer: Layer, x1, x2, gain, depth: int, symmetric: bool, 
   from mimictheory._src import tables
   act = layer.activation
   tabulated = tables.tabulated(act)
-  k, q1, q2 = (np.array(a) for a in _input_kernel(layer, f64(x1), f64(x2), gain))
+  k, q1, q2 = (np.array(a) for a in input_kernel(layer, f64(x1), f64(x2), gain))
   if symmetric:
     np.fill_diagonal(k, q1)
   ntk = k.copy()
@@ -885,8 +885,8 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   >>> bool(s.condition[-1] < s.condition[0] * 10)
   True
   """
-  x, _, depth, gain = _validate(x, None, depth, input_gain)
-  layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
+  x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
+  layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   if checks.is_traced(x, layer, gain):
     if norm == "batch_norm":
       _refuse_traced("ntk_spectrum(norm='batch_norm')", "the exact BN kernels choose their "
@@ -897,7 +897,7 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
     x, same = check_batch(x, ntk=True)
     if bn.homogeneous_coefficients(layer.activation) is not None:
       eig = _spectrum_batch_norm(layer, f64(x), gain, same, depth,
-                                 _nodes(layer, x, gain, same, True))
+                                 adequate_batch_nodes(layer, x, gain, same, True))
     else:
       keys = jax.random.split(jax.random.key(0), MC_REPLICAS)
       eig = _spectrum_batch_norm_mc(layer, f64(x), gain, keys, depth, MC_SAMPLES)

@@ -117,7 +117,7 @@ class Layer:
     return self.covariance_and_slope(q1, q2, q12)[1]
 
 
-def _resolve(activation, sw2, sb2, norm, fan_in):
+def resolve_arguments(activation, sw2, sb2, norm, fan_in):
   """Validate the public arguments and return (activation, sw2 or None, sb2, factor)."""
   act = get_activation(activation)
   checks.check_choice("norm", norm, NORMS)
@@ -129,9 +129,9 @@ def _resolve(activation, sw2, sb2, norm, fan_in):
   return act, sw2, sb2, factor
 
 
-def _make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) -> Layer:
+def build_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) -> Layer:
   """`make_layer` for the library's own use, in the caller's (float64) context."""
-  act, sw2, sb2, factor = _resolve(activation, sw2, sb2, norm, fan_in)
+  act, sw2, sb2, factor = resolve_arguments(activation, sw2, sb2, norm, fan_in)
   if sw2 is None:
     sw2 = _stable_sw2(act, norm, sb2, factor)
   return Layer(act, norm, f64(sw2), f64(sb2), f64(factor))
@@ -147,7 +147,7 @@ def make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) ->
   >>> round(float(layer.sw2), 6), layer.sw2.dtype
   (2.933884, dtype('float64'))
   """
-  return _make_layer(activation, sw2, sb2, norm, fan_in)
+  return build_layer(activation, sw2, sb2, norm, fan_in)
 
 
 def _stable_sw2(act: Activation, norm: str, sb2, factor):
@@ -171,7 +171,7 @@ def stable_sw2(activation="relu", sb2=0.0, norm="weight_mean", fan_in=None):
   >>> round(float(mt.stable_sw2("relu", norm="weight_mean", fan_in=300)), 4)
   2.9437
   """
-  act, _, sb2, factor = _resolve(activation, 1.0, sb2, norm, fan_in)
+  act, _, sb2, factor = resolve_arguments(activation, 1.0, sb2, norm, fan_in)
   return _stable_sw2(act, norm, sb2, factor)
 
 
@@ -236,7 +236,7 @@ def _fixed_point(variance, zero_is_fixed, shape, q0, max_iter: int):
   return q, status
 
 
-def _zero_is_fixed(layer: Layer):
+def zero_is_fixed(layer: Layer):
   """V(0) = 0: σb² = 0 and φ(0) = 0 (or weight mean, which centres φ(0) away); never for BN."""
   if layer.norm in BATCH_NORMS:
     return jnp.zeros(jnp.shape(layer.sb2), bool)
@@ -245,10 +245,10 @@ def _zero_is_fixed(layer: Layer):
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
-def _solve_qstar_status(layer: Layer, q0=1.0, max_iter: int = 400):
+def solve_qstar_status(layer: Layer, q0=1.0, max_iter: int = 400):
   shape = jnp.broadcast_shapes(jnp.shape(layer.sw2), jnp.shape(layer.sb2), jnp.shape(q0))
   variance = lambda q: layer.variance_map(jnp.maximum(q, 1e-300))  # noqa: E731 (never at q = 0)
-  return _fixed_point(variance, _zero_is_fixed(layer), shape, q0, max_iter)
+  return _fixed_point(variance, zero_is_fixed(layer), shape, q0, max_iter)
 
 
 @jax.custom_jvp
@@ -257,7 +257,7 @@ def _qstar_and_status(layer: Layer, q0=1.0):
   and fan-in factor by the implicit function theorem (the search's `while_loop` is not):
   V(q*; θ) = q* gives dq* = ∂θV dθ / (1 - V'(q*)); dq* = 0 where q* is 0 or ∞ (a limit, not
   a root)."""
-  return _solve_qstar_status(layer, q0)
+  return solve_qstar_status(layer, q0)
 
 
 @_qstar_and_status.defjvp
@@ -273,12 +273,12 @@ def _qstar_and_status_jvp(primals, tangents):
   return (q, status), (jnp.broadcast_to(dq, jnp.shape(q)), no_tangent)
 
 
-def _solve_qstar(layer: Layer, q0=1.0):
+def solve_qstar(layer: Layer, q0=1.0):
   """q* reached from q0 (0 or ∞ at the ends; see `_fixed_point`), differentiable."""
   return _qstar_and_status(layer, q0)[0]
 
 
-def _eval_point(layer: Layer, q):
+def limit_point(layer: Layer, q):
   """Where q* is 0 or ∞, the limit of the maps as q -> q* (σb² is negligible there).
 
   Exact for positively homogeneous φ (ReLU: evaluated at q = 1); otherwise evaluated at
@@ -294,30 +294,30 @@ def _eval_point(layer: Layer, q):
 
 def _chi1(layer: Layer, q):
   """χ1 = σw² f E[φ'(√q* z)²] (Schoenholz et al. 2017), the growth of a small perturbation."""
-  q_eval, layer = _eval_point(layer, q)
+  q_eval, layer = limit_point(layer, q)
   return layer.diagonal_slope(q_eval)
 
 
 def _correlation_map(layer: Layer, q, c):
-  q, layer = _eval_point(layer, q)
+  q, layer = limit_point(layer, q)
   return layer.covariance_map(q, q, c * q) / layer.variance_map(q)
 
 
 def _correlation_slope(layer: Layer, q, c):
-  q, layer = _eval_point(layer, q)
+  q, layer = limit_point(layer, q)
   return layer.slope(q, q, c * q) * q / layer.variance_map(q)
 
 
-def _slope_at_one(layer: Layer, q):
+def slope_at_one(layer: Layer, q):
   """T'(1) = ∂q12'/∂q12 at ρ = 1 times q/V(q), from one-dimensional integrals only.
 
   At a finite q* > 0 this is χ1 (V(q*) = q*); where q* is 0 or ∞ it is the limit map's slope
   (1 for ReLU at q* = ∞: the correlation map is marginal there although χ1 = σw²/2 > 1)."""
-  q, layer = _eval_point(layer, q)
+  q, layer = limit_point(layer, q)
   return layer.diagonal_slope(q) * q / layer.variance_map(q)
 
 
-def _newton_cstar(tmap, tslope, shape, slope_at_one, max_iter: int = 100, start=None):
+def newton_cstar(tmap, tslope, shape, slope_at_one, max_iter: int = 100, start=None):
   """The stable correlation fixed point c*: 1 if T'(1) <= 1, else the root of T(c) = c in [0, 1).
 
   T has non-negative Hermite coefficients, so g(c) = T(c) - c is convex on [0, 1] with
@@ -325,7 +325,7 @@ def _newton_cstar(tmap, tslope, shape, slope_at_one, max_iter: int = 100, start=
   runs on the deflated h(c) = g(c) / (1 - c), whose root c* stays simple as it merges with
   c = 1 near the critical line (plain Newton on g slows to halving the error per step there).
   `tmap`, `tslope`: T and T' on arrays of `shape`; `slope_at_one`: T'(1), from one-dimensional
-  integrals (`_slope_at_one`); `start`: an estimate of c* to start from (default 0).
+  integrals (`slope_at_one`); `start`: an estimate of c* to start from (default 0).
   """
   ordered = slope_at_one <= 1.0 + 1e-12
 
@@ -356,23 +356,23 @@ def _newton_cstar(tmap, tslope, shape, slope_at_one, max_iter: int = 100, start=
 
 @partial(jax.jit, static_argnames=("max_iter",))
 def _newton_cstar_at(layer: Layer, q, start=None, max_iter: int = 100):
-  return _newton_cstar(partial(_correlation_map, layer, q), partial(_correlation_slope, layer, q),
-                       jnp.shape(q), _slope_at_one(layer, q), max_iter, start)
+  return newton_cstar(partial(_correlation_map, layer, q), partial(_correlation_slope, layer, q),
+                       jnp.shape(q), slope_at_one(layer, q), max_iter, start)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _solve_cstar(layer: Layer, q, start=None, max_iter: int = 100):
-  """c* of the correlation map at the variance q (`_newton_cstar`), differentiable in the
+def solve_cstar(layer: Layer, q, start=None, max_iter: int = 100):
+  """c* of the correlation map at the variance q (`newton_cstar`), differentiable in the
   layer's parameters and q by the implicit function theorem: T(c*; θ) = c* gives
   dc* = ∂θT dθ / (1 - T'(c*)); dc* = 0 where c* = 1 (a fixed point for every θ)."""
   return _newton_cstar_at(layer, q, start, max_iter)
 
 
-@_solve_cstar.defjvp
+@solve_cstar.defjvp
 def _solve_cstar_jvp(max_iter, primals, tangents):
   layer, q, start = primals
   tangent_layer, tangent_q, _ = tangents
-  c = _solve_cstar(layer, q, start, max_iter)
+  c = solve_cstar(layer, q, start, max_iter)
   root = c < 1.0
   dt = jax.jvp(lambda lay, q: _correlation_map(lay, q, c), (layer, q),
                (tangent_layer, tangent_q))[1]
@@ -381,9 +381,9 @@ def _solve_cstar_jvp(max_iter, primals, tangents):
   return c, jnp.broadcast_to(dc, jnp.shape(c))
 
 
-def _slope_at_cstar(layer: Layer, q, c):
+def slope_at_cstar(layer: Layer, q, c):
   """χ_c = T'(c*), by the one-dimensional formula where c* = 1."""
-  return jnp.where(c == 1.0, _slope_at_one(layer, q), _correlation_slope(layer, q, c))
+  return jnp.where(c == 1.0, slope_at_one(layer, q), _correlation_slope(layer, q, c))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def variance_map(q, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=Non
   3.5
   """
   q = checks.check_nonnegative("q", q)
-  return _make_layer(activation, sw2, sb2, norm, fan_in).variance_map(f64(q))
+  return build_layer(activation, sw2, sb2, norm, fan_in).variance_map(f64(q))
 
 
 @float64
@@ -422,7 +422,7 @@ def covariance_map(q12, *, q1=1.0, q2=1.0, activation="relu", sw2=2.0, sb2=0.0, 
   if (not checks.is_traced(q1, q2, q12)
       and np.any(np.abs(q12) > np.sqrt(q1 * q2) * (1 + 1e-12) + 1e-300)):
     raise ValueError("q12 must satisfy |q12| <= sqrt(q1 q2) (a valid covariance)")
-  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = build_layer(activation, sw2, sb2, norm, fan_in)
   return layer.covariance_map(f64(q1), f64(q2), f64(q12))
 
 
@@ -435,7 +435,7 @@ def qstar(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, q0=1.0)
   1.0
   """
   q0 = checks.check_positive("q0", q0)
-  return _solve_qstar(_make_layer(activation, sw2, sb2, norm, fan_in), f64(q0))
+  return solve_qstar(build_layer(activation, sw2, sb2, norm, fan_in), f64(q0))
 
 
 @float64
@@ -452,8 +452,8 @@ def correlation_map(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_i
   0.0
   """
   rho = checks.check_interval("rho", rho, -1.0, 1.0)
-  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
-  return _correlation_map(layer, _solve_qstar(layer), f64(rho))
+  layer = build_layer(activation, sw2, sb2, norm, fan_in)
+  return _correlation_map(layer, solve_qstar(layer), f64(rho))
 
 
 @float64
@@ -465,8 +465,8 @@ def correlation_slope(rho, activation="relu", sw2=2.0, sb2=0.0, norm="none", fan
   1.0
   """
   rho = checks.check_interval("rho", rho, -1.0, 1.0)
-  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
-  return _correlation_slope(layer, _solve_qstar(layer), f64(rho))
+  layer = build_layer(activation, sw2, sb2, norm, fan_in)
+  return _correlation_slope(layer, solve_qstar(layer), f64(rho))
 
 
 @float64
@@ -488,10 +488,10 @@ def chi1(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, batch=No
   >>> round(float(mt.chi1("identity", norm="batch_norm", batch=8)), 12)   # (B-2)/(B-3)
   1.2
   """
-  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = build_layer(activation, sw2, sb2, norm, fan_in)
   if batch is not None:
     return _finite_batch_chi1(layer, batch)
-  return _chi1(layer, _solve_qstar(layer))
+  return _chi1(layer, solve_qstar(layer))
 
 
 def _finite_batch_chi1(layer: Layer, batch):
@@ -529,8 +529,8 @@ def stable_correlation(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=
   ...                                                                  norm="weight_mean"))
   (1.0, 0.0)
   """
-  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
-  return _solve_cstar(layer, _solve_qstar(layer))
+  layer = build_layer(activation, sw2, sb2, norm, fan_in)
+  return solve_cstar(layer, solve_qstar(layer))
 
 
 @partial(jax.tree_util.register_dataclass,
@@ -577,10 +577,10 @@ def depth_scale(chi):
 @jax.jit
 def _depth_scales_status(layer: Layer):
   q, status = _qstar_and_status(layer, 1.0)
-  c = _solve_cstar(layer, q)
-  q_eval, layer_eval = _eval_point(layer, q)
+  c = solve_cstar(layer, q)
+  q_eval, layer_eval = limit_point(layer, q)
   chi_q = jnp.where(jnp.isinf(q), jnp.inf, layer_eval.variance_slope(q_eval))
-  return q, c, chi_q, _slope_at_cstar(layer, q, c), status
+  return q, c, chi_q, slope_at_cstar(layer, q, c), status
 
 
 @float64
@@ -592,7 +592,7 @@ def depth_scales(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) 
   >>> bool(s.xi_c > 0)
   True
   """
-  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
+  layer = build_layer(activation, sw2, sb2, norm, fan_in)
   q, c, chi_q, chi_c, status = _depth_scales_status(layer)
   values = (q, c, chi_q, chi_c, depth_scale(chi_q), depth_scale(chi_c), status)
   return DepthScales(*(a if checks.is_traced(a) else np.asarray(a) for a in values))
@@ -654,8 +654,8 @@ def fixed_points(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None,
   ([0.0, 1.0], [True, False])
   """
   checks.check_int("grid", grid, minimum=11)
-  layer = _make_layer(activation, sw2, sb2, norm, fan_in)
-  q = _solve_qstar(layer)
+  layer = build_layer(activation, sw2, sb2, norm, fan_in)
+  q = solve_qstar(layer)
   rho = jnp.linspace(-1.0, 1.0, grid)
   g = np.asarray(_correlation_map(layer, q, rho) - rho)
   rho = np.asarray(rho)

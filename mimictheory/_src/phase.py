@@ -24,9 +24,9 @@ from mimictheory._src import tables
 from mimictheory._src.activations import Numerical
 from mimictheory._src.io import progress_bar
 from mimictheory._src.maps import (
-    BATCH_NORMS, COLLAPSED, CONVERGED, DIVERGED, NOT_CONVERGED, Q_MAX, Q_MIN, Layer, _eval_point,
-    _newton_cstar, _resolve, _slope_at_cstar, _slope_at_one, _solve_cstar, _solve_qstar_status,
-    _zero_is_fixed, depth_scale)
+    BATCH_NORMS, COLLAPSED, CONVERGED, DIVERGED, NOT_CONVERGED, Q_MAX, Q_MIN, Layer, limit_point,
+    newton_cstar, resolve_arguments, slope_at_cstar, slope_at_one, solve_cstar, solve_qstar_status,
+    zero_is_fixed, depth_scale)
 from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = ["PhaseDiagram", "phase_diagram", "CriticalLine", "critical_line", "REGIMES"]
@@ -99,19 +99,19 @@ _FIRST_PASS = 24
 def _variance_fields(layer: Layer, q0=1.0, max_iter: int = 400):
   """q*, its status, χ1, χ_q = V'(q*) and T'(1), all from one-dimensional integrals; q* by
   the iteration from q0 (an iterate of the one from 1, when resumed)."""
-  q, status = _solve_qstar_status(layer, q0, max_iter)
-  q_eval, lay = _eval_point(layer, q)
+  q, status = solve_qstar_status(layer, q0, max_iter)
+  q_eval, lay = limit_point(layer, q)
   chi1 = lay.diagonal_slope(q_eval)
   chi_q = jnp.where(jnp.isinf(q), jnp.inf, lay.variance_slope(q_eval))
-  return q, status, chi1, chi_q, _slope_at_one(layer, q)
+  return q, status, chi1, chi_q, slope_at_one(layer, q)
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
 def _correlation_fields(layer: Layer, q, start=None, max_iter: int = 100):
   """c* and T'(c*) by the layer's own kernels (closed forms or 2-D quadrature), Newton from
   `start` (an estimate, e.g. the truncated series') or from 0."""
-  c = _solve_cstar(layer, q, start, max_iter)
-  return c, _slope_at_cstar(layer, q, c)
+  c = solve_cstar(layer, q, start, max_iter)
+  return c, slope_at_cstar(layer, q, c)
 
 
 @jax.jit
@@ -125,7 +125,7 @@ def _series_fields(layer: Layer, q):
   s = 1 / Var φ, shift = 0, V = 1.
   """
   act = layer.activation
-  q_eval, lay = _eval_point(layer, q)
+  q_eval, lay = limit_point(layer, q)
   a = act.coefficient(q_eval)
   k = jnp.arange(a.shape[-1] - 1.0)
   terms = jnp.square(a[..., :-1])
@@ -139,8 +139,8 @@ def _series_fields(layer: Layer, q):
   kernel, slope = tables.polynomial(terms), tables.polynomial(slope_terms)
   tmap = lambda c: (s * kernel(c) + shift) / v  # noqa: E731
   tslope = lambda c: s * slope(c) / v  # noqa: E731
-  slope_one = _slope_at_one(layer, q)
-  c = _newton_cstar(tmap, tslope, jnp.shape(q), slope_one)
+  slope_one = slope_at_one(layer, q)
+  c = newton_cstar(tmap, tslope, jnp.shape(q), slope_one)
   chi_c = jnp.where(c == 1.0, slope_one, tslope(c))
   power = c ** (a.shape[-1] - 1.0)  # Parseval tails of the series beyond order K
   tail_t = jnp.maximum(act.second_moment(q_eval) - jnp.sum(jnp.square(a[..., :-1]), -1), 0.0)
@@ -152,7 +152,7 @@ def _series_fields(layer: Layer, q):
   return c, chi_c, ok
 
 
-def _grid_axis(name, values, positive):
+def grid_axis(name, values, positive):
   arr = checks.check_positive(name, values) if positive else checks.check_nonnegative(name, values)
   arr = np.atleast_1d(arr).astype(float)
   if arr.ndim != 1:
@@ -214,9 +214,9 @@ def phase_diagram(activation="relu", sw2=None, sb2=None, norm="none", fan_in=Non
   >>> [mt.REGIMES[r] for r in pd.regime[:, 0]]   # σb² = 0: q* = 0 below σw² = 2, ∞ above
   ['q* = 0', 'critical', 'q* = ∞']
   """
-  sw2 = np.linspace(0.5, 4.0, 200) if sw2 is None else _grid_axis("sw2", sw2, positive=True)
-  sb2 = np.linspace(0.0, 0.3, 150) if sb2 is None else _grid_axis("sb2", sb2, positive=False)
-  act, _, _, factor = _resolve(activation, 1.0, 0.0, norm, fan_in)
+  sw2 = np.linspace(0.5, 4.0, 200) if sw2 is None else grid_axis("sw2", sw2, positive=True)
+  sb2 = np.linspace(0.0, 0.3, 150) if sb2 is None else grid_axis("sb2", sb2, positive=False)
+  act, _, _, factor = resolve_arguments(activation, 1.0, 0.0, norm, fan_in)
   w, b = (a.reshape(-1) for a in np.meshgrid(sw2, sb2, indexing="ij"))
   chunk = checks.check_int("chunk", 65536 if chunk is None else chunk, minimum=1)
   chunk = min(chunk, w.size)
@@ -367,11 +367,11 @@ def critical_line(activation="relu", sb2=None, norm="none", fan_in=None) -> Crit
   >>> [round(float(v), 6) for v in line.sw2]        # σw² = 1 at σb² = 0 (tanh'(0) = 1)
   [1.0, 1.760955]
   """
-  act, _, _, factor = _resolve(activation, 1.0, 0.0, norm, fan_in)
+  act, _, _, factor = resolve_arguments(activation, 1.0, 0.0, norm, fan_in)
   if norm in BATCH_NORMS:
     raise ValueError(f"norm={norm!r} has no critical line: its chi1 does not depend on "
                      "(sw2, sb2); use norm 'none' or 'weight_mean'")
-  sb2 = np.linspace(0.0, 0.3, 150) if sb2 is None else _grid_axis("sb2", sb2, positive=False)
+  sb2 = np.linspace(0.0, 0.3, 150) if sb2 is None else grid_axis("sb2", sb2, positive=False)
   target = f64(sb2)
   if act.homogeneity == 1:
     sw2 = 1.0 / (factor * act.derivative_second_moment(f64(1.0)))
@@ -401,8 +401,8 @@ def critical_line(activation="relu", sb2=None, norm="none", fan_in=None) -> Crit
     n = rows.size
     padded_sw2, padded_sb2 = _bucket(line_sw2, sb2[rows])
     layer = Layer(tab, norm, f64(padded_sw2), f64(padded_sb2), f64(factor))
-    q_r, status = (np.asarray(a)[:n] for a in _solve_qstar_status(layer))
-    zero_fixed = np.asarray(_zero_is_fixed(layer))[:n]
+    q_r, status = (np.asarray(a)[:n] for a in solve_qstar_status(layer))
+    zero_fixed = np.asarray(zero_is_fixed(layer))[:n]
     reached = np.where(roots == 0, (status == COLLAPSED) & zero_fixed,
                        (status == CONVERGED) & (np.abs(q_r - roots) <= 1e-6 * roots))
   width = max(1, int(np.bincount(rows, minlength=sb2.size).max()) if rows.size else 1)

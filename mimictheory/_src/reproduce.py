@@ -25,7 +25,7 @@ from mimictheory._src.plotting import NORM_TITLES, styled
 
 __all__ = ["EXPERIMENTS", "Run", "plan", "reproduce"]
 
-PAPER_TABLE1 = {  # CIFAR-100 accuracy (%), THEORY.md section 8
+PAPER_TABLE1 = {  # CIFAR-100 accuracy (%), the paper's Table 1
     ("vgg11", "batch_norm"): 67.90, ("vgg11", "mimic"): 67.87, ("vgg11", "none"): 65.33,
     ("vgg16", "batch_norm"): 72.28, ("vgg16", "mimic"): 72.47, ("vgg16", "none"): 68.97,
     ("resnet18", "batch_norm"): 74.72, ("resnet18", "fixup"): 70.48, ("resnet18", "mimic"): 74.96,

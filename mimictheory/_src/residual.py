@@ -7,7 +7,7 @@ The network (neural-tangents' NTK parameterisation, as `kernels`):
 with N the identity (`norm="none"`, `"weight_mean"`: every Dense mean-free), exact batch norm
 (`"batch_norm"`, the rows of x are the batch) or Theorem 2's (`"batch_norm_paper"`). At
 infinite width the branch's weights are independent of the stream, so the cross terms vanish
-(THEORY.md §10):
+(the mean-field residual recursion, cf. Yang & Schoenholz 2017, with the NTK term added):
 
     K^{l+1} = K^l + α_l² K_b(K^l),        Θ^{l+1} = Θ^l + α_l² Θ_b(K^l, Θ^l),
 
@@ -29,8 +29,8 @@ import numpy as np
 from mimictheory._src import batch_norm as bn
 from mimictheory._src import checks
 from mimictheory._src.kernels import (
-    _dense_step, _input_kernel, _kernel_layer, _nodes, _normalise, _validate, check_batch,
-    identical_rows)
+    adequate_batch_nodes, check_batch, dense_step, identical_rows, input_kernel, kernel_layer,
+    normalise_full_batch, validate_inputs)
 from mimictheory._src.maps import Layer
 from mimictheory._src.precision import concrete_only, f64, float64
 
@@ -96,16 +96,16 @@ def _branch(layer: Layer, k, ntk, same, nodes):
     k_b, ntk_b, _, _ = bn.exact_step(a, b, k, ntk, layer.sw2, layer.sb2, same, nodes)
     return k_b, ntk_b
   if layer.norm == "batch_norm_paper":
-    k, ntk = _normalise(k, ntk)
+    k, ntk = normalise_full_batch(k, ntk)
     layer = dataclasses.replace(layer, norm="none")
   q = jnp.diagonal(k)
   k = jnp.where(same, jnp.sqrt(q[:, None] * q[None, :]), k)  # ρ = 1 exactly on the diagonal
-  return _dense_step(layer, q, q, k, ntk)
+  return dense_step(layer, q, q, k, ntk)
 
 
 @partial(jax.jit, static_argnames=("nodes",))
 def _residual(layer: Layer, x, gain, alphas, same, nodes):
-  k, _, _ = _input_kernel(layer if layer.norm == "weight_mean" else
+  k, _, _ = input_kernel(layer if layer.norm == "weight_mean" else
                           dataclasses.replace(layer, norm="none"), x, x, gain)
 
   def block(carry, alpha):
@@ -138,8 +138,8 @@ def residual_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, no
   >>> bool(abs(r.stream[-1] - r.stream[0] - np.sum(r.branch[:-1])) < 1e-9)   # K accumulates
   True
   """
-  x, _, depth, gain = _validate(x, None, depth, input_gain)
-  layer = _kernel_layer(activation, sw2, sb2, norm, fan_in)
+  x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
+  layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   alphas = residual_scalars(alpha, depth)
   nodes = 0
   if norm == "batch_norm":
@@ -148,7 +148,7 @@ def residual_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, no
                        f"activation ('relu', 'leaky_relu', 'identity'), got "
                        f"{layer.activation.name!r}")
     x, same = check_batch(x, ntk=True)
-    nodes = _nodes(layer, x, gain, same, True)
+    nodes = adequate_batch_nodes(layer, x, gain, same, True)
   else:
     same = identical_rows(x)
   nngp, ntk, stream, branch = _residual(layer, f64(x), gain, f64(alphas), same, nodes)
