@@ -13,10 +13,12 @@ All theory runs in float64 (thread-locally; the global JAX setting is left alone
 from mimictheory._src.activations import (
     ACTIVATIONS, Activation, Erf, Identity, LeakyReLU, Numerical, ReLU, find_kinks,
     get_activation, relu_dual, relu_dual_derivative)
+from mimictheory._src.experiments import (
+    BatchNormGap, ResidualVariances, batch_norm_gap, official_residual_scalar, residual_variances)
 from mimictheory._src.finite import (
-    BatchNormGap, Estimate, ResidualVariances, batch_norm_gap, official_residual_scalar,
-    residual_variances, FiniteNetwork, MonteCarloKernels, Params, Signal, finite_network,
-    monte_carlo_chi1, monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
+    Estimate, FiniteNetwork, MonteCarloKernels, Params, finite_network, monte_carlo_chi1,
+    monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
+from mimictheory._src.signals import Signal
 from mimictheory._src.plotting import (
     batch_chi1_curve, plot_phase_diagram, plot_phase_diagrams, plot_training)
 from mimictheory._src.kernels import (

@@ -148,7 +148,8 @@ def _crosscheck(args) -> int:
 def _train(args) -> int:
   from mimictheory._src.plotting import plot_training
   from pathlib import Path
-  from mimictheory._src.train import TrainConfig, data_mesh, load_data, train
+  from mimictheory._src.data import load_data
+  from mimictheory._src.train import TrainConfig, data_mesh, train
   config = TrainConfig(
     norm=args.norm,
     model=args.model,
@@ -187,7 +188,7 @@ def _ablation(args) -> int:
   from mimictheory._src.ablation import lr_sweep
   from mimictheory._src.io import ensure_dir
   from mimictheory._src.norms import MODEL_NORMS, check_norm
-  from mimictheory._src.train import load_data
+  from mimictheory._src.data import load_data
   from mimictheory._src.checks import check_int, check_positive
   methods = [check_norm(m, MODEL_NORMS, "method") for m in args.methods]
   for lr in args.lrs:

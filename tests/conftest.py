@@ -75,7 +75,8 @@ def uncentred_input_layer():
 # Examples that build or train whole models or run Monte Carlo (20-40 s each on 2 cores) run
 # with the tests marked slow (`make test-slow`); every other example runs in `make test`.
 SLOW_EXAMPLES = {"mimictheory._src.memory.step_time", "mimictheory._src.models.SqueezeNet",
-                 "mimictheory._src.models.ShuffleNetV2", "mimictheory._src.finite.batch_norm_gap",
+                 "mimictheory._src.models.ShuffleNetV2",
+                 "mimictheory._src.experiments.batch_norm_gap",
                  "mimictheory._src.finite.finite_network"}
 
 

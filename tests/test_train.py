@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from mimictheory._src.train import TrainConfig, digits_split, synthetic_data, train
+from mimictheory._src.data import digits_split, synthetic_data
+from mimictheory._src.train import TrainConfig, train
 
 SMALL = dict(depth=4, width=128, batch_size=64, warmup_epochs=1, milestones=(3,))
 
@@ -38,7 +39,8 @@ def test_resume_after_kill_is_bit_for_bit(tmp_path):
   straight = train(cfg, data, tmp_path / "straight")
   out = tmp_path / "killed"
   script = ("import sys; sys.path.insert(0, %r)\n"
-            "from mimictheory._src.train import TrainConfig, synthetic_data, train\n"
+            "from mimictheory._src.data import synthetic_data\n"
+            "from mimictheory._src.train import TrainConfig, train\n"
             "train(TrainConfig(**%r), synthetic_data(n=2048, d=32, classes=4), %r)\n"
             % (REPO, dict(norm="mimic", epochs=6, **SMALL), str(out)))
   proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=REPO),
@@ -246,7 +248,7 @@ def test_lr_sweep_table(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cifar_model_trains_with_augmentation_and_resumes_exactly(tmp_path):
-  from mimictheory._src.train import synthetic_images
+  from mimictheory._src.data import synthetic_images
   cfg = TrainConfig(norm="mimic", model="resnet18", model_width=0.125, epochs=2, batch_size=32,
                     warmup_epochs=0.5, milestones=())
   data = synthetic_images(n=128)
@@ -258,7 +260,7 @@ def test_cifar_model_trains_with_augmentation_and_resumes_exactly(tmp_path):
 
 
 def test_augmentation_is_a_crop_and_flip():
-  from mimictheory._src.train import _rotate, augment
+  from mimictheory._src.data import _rotate, augment
   x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
   b = augment(x, np.random.default_rng(1))
   np.testing.assert_array_equal(augment(x, np.random.default_rng(1)), b)  # seeded
@@ -282,7 +284,7 @@ def test_fixup_and_skipinit_resnets_train(norm, data, tmp_path):
   """The paper's normalisation-free baselines learn: the training loss falls well below chance
   level (ln classes) within three short epochs (Fixup starts as the identity with a zero
   classifier, so its first epoch barely moves: 2.29, 2.21, 1.66 on the digits)."""
-  from mimictheory._src.train import load_data
+  from mimictheory._src.data import load_data
   train_set, test_set = load_data(data)
   cfg = TrainConfig(model="resnet18", norm=norm, model_width=0.125, epochs=3, batch_size=64,
                     lr=0.1, warmup_epochs=0.5, milestones=(), augment=False, data=data)

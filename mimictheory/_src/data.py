@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["digits", "mnist", "load_images", "cifar", "standardise"]
+from mimictheory._src import checks
+
+__all__ = ["digits", "mnist", "load_images", "cifar", "standardise", "DATASETS", "load_data",
+           "digits_split", "digits_images", "synthetic_data", "synthetic_images", "augment"]
 
 
 def standardise(reference, *others):
@@ -114,3 +117,125 @@ def cifar(path, classes: int = 10):
     return x, y
 
   return load(train_files), load(test_files)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training data: the named data sets of `train` and the CIFAR augmentation.
+# ----------------------------------------------------------------------------------------------
+def synthetic_data(n: int = 512, d: int = 16, classes: int = 4, seed: int = 0):
+  """Gaussian clusters: a tiny learnable problem for tests (train, test splits).
+
+  >>> from mimictheory.train import synthetic_data
+  >>> (x, y), (x_test, y_test) = synthetic_data(n=100, d=8, classes=3)
+  >>> x.shape[1], sorted(set(y.tolist())) == [0, 1, 2]
+  (8, True)
+  """
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(classes, d)) * 2.0
+  y = rng.integers(0, classes, size=n)
+  x = (centres[y] + rng.normal(size=(n, d))).astype(np.float32)
+  cut = n * 3 // 4
+  return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def digits_split(seed: int = 0):
+  """scikit-learn's bundled digits, 80/20 split (train, test), then standardised with the
+  training images' statistics only (nothing of the test set leaks into the inputs).
+
+  >>> from mimictheory.train import digits_split
+  >>> (x_train, y_train), (x_test, y_test) = digits_split()
+  >>> x_train.shape[1], len(x_train) + len(x_test)
+  (64, 1797)
+  """
+  from mimictheory._src.data import digits, standardise
+  x, y = digits(raw=True)
+  order = np.random.default_rng(seed).permutation(len(x))
+  x, y = x[order], y[order]
+  cut = len(x) * 4 // 5
+  train_x, test_x = standardise(x[:cut], x[cut:])
+  return (train_x.astype(np.float32), y[:cut]), (test_x.astype(np.float32), y[cut:])
+
+
+DATASETS = ("digits", "digits_images", "synthetic", "synthetic_images", "cifar10", "cifar100")
+
+
+def digits_images(seed: int = 0):
+  """The digits as 32x32x3 images (each pixel a 4x4 block, grey in three channels): an honest
+  offline stand-in for CIFAR-shaped data, for the CIFAR models."""
+  (x, y), (xt, yt) = digits_split(seed)
+
+  def image(a):
+    a = np.kron(a.reshape(-1, 8, 8), np.ones((1, 4, 4), a.dtype))
+    return np.repeat(a[..., None], 3, axis=-1)
+
+  return (image(x), y), (image(xt), yt)
+
+
+def load_data(name: str, path=None):
+  """((x_train, y_train), (x_test, y_test)) for `name` in digits | digits_images | synthetic |
+  synthetic_images | cifar10 | cifar100 (CIFAR from a local copy in the python-pickle format,
+  NHWC; nothing is downloaded). An MLP flattens images itself.
+
+  >>> from mimictheory.train import load_data
+  >>> (x_train, y_train), _ = load_data("synthetic")
+  >>> x_train.ndim, x_train.dtype
+  (2, dtype('float32'))
+  """
+  checks.check_choice("data", name, DATASETS)
+  if name == "digits":
+    return digits_split()
+  if name == "digits_images":
+    return digits_images()
+  if name == "synthetic":
+    return synthetic_data()
+  if name == "synthetic_images":
+    return synthetic_images()
+  from mimictheory._src.data import cifar
+  (x_train, y_train), (x_test, y_test) = cifar(path, classes=100 if name == "cifar100" else 10)
+  return (x_train, y_train), (x_test, y_test)
+
+
+def synthetic_images(n: int = 256, classes: int = 4, seed: int = 0):
+  """Tiny 32x32x3 images whose class sets a colour pattern: for tests of the CIFAR models."""
+  rng = np.random.default_rng(seed)
+  patterns = rng.normal(size=(classes, 1, 1, 3)).astype(np.float32)
+  y = rng.integers(0, classes, size=n)
+  x = (patterns[y] + 0.5 * rng.normal(size=(n, 32, 32, 3))).astype(np.float32)
+  cut = n * 3 // 4
+  return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def _rotate(x, degrees):
+  """Rotate every image of x (N, H, W, C) about its centre by its angle (bilinear, zero fill),
+  all at once by gathering the four neighbours of every rotated pixel."""
+  n, h, w, _ = x.shape
+  theta = np.deg2rad(degrees)[:, None, None]
+  yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")
+  src_y = np.cos(theta) * yy - np.sin(theta) * xx + (h - 1) / 2  # inverse map: output -> input
+  src_x = np.sin(theta) * yy + np.cos(theta) * xx + (w - 1) / 2
+  y0, x0 = np.floor(src_y).astype(int), np.floor(src_x).astype(int)
+  fy, fx = (src_y - y0)[..., None], (src_x - x0)[..., None]
+  batch = np.arange(n)[:, None, None]
+
+  def pixel(yi, xi):
+    inside = ((yi >= 0) & (yi < h) & (xi >= 0) & (xi < w))[..., None]
+    return np.where(inside, x[batch, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)], 0.0)
+
+  return ((1 - fy) * (1 - fx) * pixel(y0, x0) + (1 - fy) * fx * pixel(y0, x0 + 1)
+          + fy * (1 - fx) * pixel(y0 + 1, x0) + fy * fx * pixel(y0 + 1, x0 + 1)).astype(x.dtype)
+
+
+def augment(x, rng: np.random.Generator, rotation: float = 15.0):
+  """The paper's CIFAR augmentation, seeded: random 32x32 crop of the 4-padded image, a
+  horizontal flip with probability 1/2 and a rotation by up to ±`rotation` degrees (NHWC)."""
+  n, h, w, _ = x.shape
+  padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  dy, dx = rng.integers(0, 9, size=n), rng.integers(0, 9, size=n)
+  rows = dy[:, None] + np.arange(h)[None, :]
+  cols = dx[:, None] + np.arange(w)[None, :]
+  out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  flip = rng.random(n) < 0.5
+  out[flip] = out[flip, :, ::-1]
+  if rotation > 0:
+    out = _rotate(out, rng.uniform(-rotation, rotation, size=n))
+  return out

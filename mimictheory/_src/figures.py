@@ -429,7 +429,8 @@ def last_bn_variance(norm: str, lr: float, epochs: int = 2, depth: int = 16, wid
   """Per-step running variance of the last BN (per class) and training loss of a deep ReLU MLP
   on the digits: the data of supplementary Figure 3."""
   import tempfile
-  from mimictheory._src.train import TrainConfig, digits_split, train
+  from mimictheory._src.data import digits_split
+  from mimictheory._src.train import TrainConfig, train
   steps, variance, loss = [], [], []
 
   def record(step, model, step_loss):

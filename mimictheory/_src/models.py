@@ -28,7 +28,7 @@ from flax import nnx
 
 from mimictheory._src import checks
 from mimictheory._src.norms import check_norm
-from mimictheory._src.finite import pair_statistics, unit_statistics
+from mimictheory._src.signals import pair_statistics, unit_statistics
 from mimictheory._src.nn import (
     MIN_FAN_IN, NORM_OPTIONS, RESIDUAL_BASELINES, CentredKernel, Dense, LastBatchNorm,
     ResidualScalar, centre_kernel, init_sw2)

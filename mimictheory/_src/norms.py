@@ -10,10 +10,12 @@ mean, the last BN and, in residual models, the residual scalars) exist only as m
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from mimictheory._src import checks
 
 __all__ = ["THEORY_NORMS", "MODEL_NORMS", "RESIDUAL_BASELINES", "ALIASES", "ABLATION_METHODS",
-           "check_norm"]
+           "check_norm", "centre_kernel"]
 
 THEORY_NORMS = ("none", "weight_mean", "batch_norm", "batch_norm_paper")
 MODEL_NORMS = ("batch_norm", "none", "weight_mean", "last_bn", "mimic")
@@ -33,3 +35,16 @@ def check_norm(value, allowed, name: str = "norm") -> str:
   """
   value = ALIASES.get(value, value) if isinstance(value, str) else value
   return checks.check_choice(name, value, allowed)
+
+
+def centre_kernel(kernel):
+  """W̄ = W − mean over every axis but the last (the output units or channels): each output's
+  weights have zero mean (eq 10). Dense (in, out) and conv (kh, kw, in, out) kernels alike.
+
+  >>> import numpy as np
+  >>> from mimictheory.nn import centre_kernel
+  >>> w = centre_kernel(np.arange(6.0).reshape(3, 2))
+  >>> np.asarray(w).mean(axis=0).tolist()   # every output unit's incoming weights: mean 0
+  [0.0, 0.0]
+  """
+  return kernel - jnp.mean(kernel, axis=tuple(range(kernel.ndim - 1)), keepdims=True)

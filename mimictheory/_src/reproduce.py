@@ -105,7 +105,8 @@ def reproduce(experiment: str, out, data_path=None, data: str | None = None, epo
 
   Returns {"outputs": [paths], "trained": number of runs that trained, "full": bool}.
   """
-  from mimictheory._src.train import TrainConfig, load_data, train
+  from mimictheory._src.data import load_data
+  from mimictheory._src.train import TrainConfig, train
   runs = plan(experiment, models, norms, lrs, seeds)
   full = data_path is not None
   name = data or ("cifar100" if full else "digits" if experiment == "supp3" else
