@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mimictheory as mt
-from mimictheory._src import figures
+from mimictheory._src import figure_data, figures
 from mimictheory._src.data import digits, mnist
 
 
@@ -15,7 +15,7 @@ def x():
 
 
 def test_figure2_units_drift_apart_with_depth(x):
-  data = figures.unit_boxes("none", x, depth=51, layers=(20, 50), units=30, width=128)
+  data = figure_data.unit_boxes("none", x, depth=51, layers=(20, 50), units=30, width=128)
   ratio = data["spread_ratio"]
   assert data["layer20"].shape == (300, 30) and data["layer50"].shape == (300, 30)
   # each unit concentrates while the units drift apart: the ratio grows with depth
@@ -25,17 +25,17 @@ def test_figure2_units_drift_apart_with_depth(x):
 
 def test_figure3_weight_mean_keeps_units_alike(x):
   # (BN's panel is alike by definition: every unit has batch mean 0 and variance 1.)
-  wm = figures.unit_boxes("weight_mean", x, depth=51, layers=(50,), width=128)
-  plain = figures.unit_boxes("none", x, depth=51, layers=(50,), width=128)
+  wm = figure_data.unit_boxes("weight_mean", x, depth=51, layers=(50,), width=128)
+  plain = figure_data.unit_boxes("none", x, depth=51, layers=(50,), width=128)
   assert wm["spread_ratio"][49] < 0.3 < 2.0 < plain["spread_ratio"][49]
   assert wm["sw2"] == pytest.approx(float(mt.stable_sw2("relu", fan_in=128)))
 
 
 @pytest.mark.slow
 def test_supplementary_correlations(x):
-  plain = figures.pair_correlations("none", x, pairs=60, depth=40, width=256)
-  wm = figures.pair_correlations("weight_mean", x, pairs=60, depth=40, width=256)
-  bn = figures.pair_correlations("batch_norm", x, pairs=60, depth=20, width=256)
+  plain = figure_data.pair_correlations("none", x, pairs=60, depth=40, width=256)
+  wm = figure_data.pair_correlations("weight_mean", x, pairs=60, depth=40, width=256)
+  bn = figure_data.pair_correlations("batch_norm", x, pairs=60, depth=20, width=256)
   # supplementary Figure 1: the straight network drives every pair towards 1 (theory and net)
   assert np.median(plain["finite"][-1]) > 0.9 and np.median(plain["theory"][-1]) > 0.9
   assert np.all(np.diff(np.median(plain["theory"], axis=1)) > 0)
@@ -53,7 +53,7 @@ def test_figure5_residual_branch_suppression():
   mimic = mt.residual_variances("mimic", depth=30, width=128, batch=128, draws=4)
   l = bn.blocks
   # against the infinite-width residual theory (residual_kernels): stream l, branch 1 with BN
-  theory = figures.residual_theory("batch_norm", "one", depth=30, width=128)
+  theory = figure_data.residual_theory("batch_norm", "one", depth=30, width=128)
   np.testing.assert_allclose(theory.stream, l, rtol=1e-12)
   np.testing.assert_allclose(theory.branch, 1.0, rtol=1e-12)
   z = (bn.branch.mean - theory.branch) / bn.branch.se
@@ -70,7 +70,7 @@ def test_figure5_residual_branch_suppression():
 def test_ntk_condition_number_by_phase(tmp_path):
   paths = figures.ntk_condition(tmp_path, depth=40, n_inputs=16)
   data = np.load(tmp_path / "ntk_condition.npz")
-  labels = [str(data[f"label{i}"]) for i in range(len(figures.ntk_condition_points()))]
+  labels = [str(data[f"label{i}"]) for i in range(len(figure_data.ntk_condition_points()))]
   cond = {label.split(" (")[0]: data[f"condition{i}"] for i, label in enumerate(labels)}
   assert cond["erf ordered"][-1] > 1e6 * cond["erf ordered"][0]  # diverges (Theorem 1)
   assert cond["erf chaotic"][-1] < 1.5  # tends to 1: c* = 0
@@ -130,7 +130,7 @@ def test_mnist_errors(tmp_path):
 @pytest.mark.slow
 def test_supplementary3_last_bn_variance_surges_and_training_stays_finite(tmp_path):
   for norm in ("last_bn", "mimic"):
-    data = figures.last_bn_variance(norm, lr=0.1, epochs=1, depth=16, width=128,
+    data = figure_data.last_bn_variance(norm, lr=0.1, epochs=1, depth=16, width=128,
                                     workdir=tmp_path)
     assert data["status"] == "finished" and np.all(np.isfinite(data["loss"]))
     assert data["variance"].shape == (len(data["steps"]), 10)  # per class, per step
