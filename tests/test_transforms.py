@@ -138,8 +138,12 @@ def test_with_x64_off_the_trace_still_runs_in_float64():
 
 
 def test_what_cannot_be_traced_says_so():
-  with pytest.raises(TypeError, match="norm='batch_norm'.*cannot be traced"):
+  with pytest.raises(TypeError, match=r"^kernels\(norm='batch_norm'\) cannot be traced"):
     jax.jit(lambda x: mt.kernels(x, depth=2, norm="batch_norm").nngp)(X)
+  with pytest.raises(TypeError, match=r"^ntk_spectrum\(norm='batch_norm'\) cannot be traced"):
+    jax.jit(lambda x: mt.ntk_spectrum(x, depth=2, norm="batch_norm").condition)(X)
+  with pytest.raises(TypeError, match=r"^layer_kernels\(norm='batch_norm'\) cannot be traced"):
+    jax.grad(lambda s: mt.layer_kernels(X, depth=2, sw2=s, norm="batch_norm").sum())(2.0)
   for call in (lambda s: mt.phase_diagram("erf", sw2=s, sb2=np.array([0.1])).chi1,
                lambda s: mt.fixed_points("erf", sw2=s).qstar,
                lambda s: mt.residual_kernels(X, depth=2, sw2=s).ntk):

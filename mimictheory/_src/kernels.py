@@ -371,9 +371,7 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
   x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   if checks.is_traced(x, layer, gain):
-    if norm == "batch_norm":
-      _refuse_traced("layer_kernels(norm='batch_norm')", "the exact BN kernels choose their "
-                     "quadrature from the values of the batch")
+    _refuse_traced_exact_batch_norm("layer_kernels", norm)
     return _layer_kernels(layer, f64(x), gain, depth)
   if norm == "batch_norm":
     x, same = check_batch(x, ntk=False)
@@ -524,17 +522,18 @@ def validate_inputs(x1, x2, depth, gain):
   return x1, x2, depth, gain if checks.is_traced(gain) else float(gain)
 
 
-def _refuse_traced(what: str, why: str):
-  raise TypeError(f"{what} cannot be traced (jit/grad/vmap): {why}; call it on concrete values, "
-                  "or trace norm 'none', 'weight_mean' or 'batch_norm_paper'")
+def _refuse_traced_exact_batch_norm(what: str, norm: str):
+  """Exact finite-batch BN picks its quadrature from the batch's values: not traceable."""
+  if norm == "batch_norm":
+    raise TypeError(f"{what}(norm='batch_norm') cannot be traced (jit/grad/vmap): the exact BN "
+                    "kernels choose their quadrature from the values of the batch; call it on "
+                    "concrete values, or trace norm 'none', 'weight_mean' or 'batch_norm_paper'")
 
 
 def _traced_kernels(layer, x1, x2, gain, depth):
   """`kernels` under a transformation: the whole Gram matrix in one traced recursion (no
   blocking, tiling or NumPy), the diagonal of a symmetric one pinned to ρ = 1 as in `_pairwise`."""
-  if layer.norm == "batch_norm":
-    _refuse_traced("kernels(norm='batch_norm')", "the exact BN kernels choose their quadrature "
-                   "from the values of the batch")
+  _refuse_traced_exact_batch_norm("kernels", layer.norm)
   if layer.norm == "batch_norm_paper":
     k, ntk, _ = _batch_norm_paper(layer, f64(x1), gain, depth)
     return Kernels(k, ntk)
@@ -888,9 +887,7 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   if checks.is_traced(x, layer, gain):
-    if norm == "batch_norm":
-      _refuse_traced("ntk_spectrum(norm='batch_norm')", "the exact BN kernels choose their "
-                     "quadrature from the values of the batch")
+    _refuse_traced_exact_batch_norm("ntk_spectrum", norm)
     eig = _spectrum(layer, f64(x), gain, depth)
     return NTKSpectrum(jnp.arange(1, depth + 1), eig, _condition(eig, jnp))
   if norm == "batch_norm":
