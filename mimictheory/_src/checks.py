@@ -9,18 +9,14 @@ from __future__ import annotations
 import math
 import numbers
 
-import jax
 import numpy as np
+
+from mimictheory._src.precision import is_traced
 
 __all__ = [
     "check_choice", "check_positive", "check_nonnegative", "check_int", "check_interval",
     "check_data", "check_fan_in", "is_traced",
 ]
-
-
-def is_traced(*values) -> bool:
-  """Any JAX tracer among `values` (pytrees allowed): a transformation is tracing them."""
-  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
 
 
 def _check_traced(name: str, value):

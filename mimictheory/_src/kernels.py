@@ -94,7 +94,7 @@ def _no_overflow(what: str):
       else:
         fields = [out]
       leaves = jax.tree_util.tree_leaves(fields)
-      if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+      if checks.is_traced(leaves):
         return out
       arrays = [np.asarray(a) for a in leaves]
       if all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
@@ -505,7 +505,7 @@ def batch_norm_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0,
 def kernel_layer(activation, sw2, sb2, norm, fan_in):
   """`make_layer` for the Gram-matrix functions, which take one (σw², σb²) each call."""
   for name, value in (("sw2", sw2), ("sb2", sb2)):
-    if value is not None and not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
+    if value is not None and not checks.is_traced(value) and np.ndim(value) != 0:
       raise ValueError(f"{name} must be a single number here, got shape {np.shape(value)}; "
                        "call once per value (or use phase_diagram for a grid)")
   return build_layer(activation, sw2, sb2, norm, fan_in)

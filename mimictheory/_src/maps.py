@@ -251,6 +251,12 @@ def solve_qstar_status(layer: Layer, q0=1.0, max_iter: int = 400):
   return _fixed_point(variance, zero_is_fixed(layer), shape, q0, max_iter)
 
 
+def _fixed_point_tangent(root, d_map, slope):
+  """The implicit function theorem at a fixed point x* = F(x*; θ): dx* = ∂θF dθ / (1 - ∂xF),
+  `d_map` = ∂θF dθ and `slope` = ∂xF at x*; 0 where `root` is False (x* a limit or pinned)."""
+  return jnp.where(root, d_map / jnp.where(root, 1.0 - slope, 1.0), 0.0)
+
+
 @jax.custom_jvp
 def _qstar_and_status(layer: Layer, q0=1.0):
   """(q*, status) reached from q0 (`_fixed_point`), q* differentiable in the layer's σw², σb²
@@ -267,8 +273,7 @@ def _qstar_and_status_jvp(primals, tangents):
   root = jnp.isfinite(q) & (q > 0)
   q_safe = jnp.where(root, q, 1.0)
   dv_dtheta = jax.jvp(lambda lay: lay.variance_map(q_safe), (layer,), (tangents[0],))[1]
-  denom = 1.0 - layer.variance_slope(q_safe)
-  dq = jnp.where(root, dv_dtheta / jnp.where(root, denom, 1.0), 0.0)
+  dq = _fixed_point_tangent(root, dv_dtheta, layer.variance_slope(q_safe))
   no_tangent = np.zeros(jnp.shape(status), jax.dtypes.float0)
   return (q, status), (jnp.broadcast_to(dq, jnp.shape(q)), no_tangent)
 
@@ -376,8 +381,7 @@ def _solve_cstar_jvp(max_iter, primals, tangents):
   root = c < 1.0
   dt = jax.jvp(lambda lay, q: _correlation_map(lay, q, c), (layer, q),
                (tangent_layer, tangent_q))[1]
-  denom = 1.0 - _correlation_slope(layer, q, c)
-  dc = jnp.where(root, dt / jnp.where(root, denom, 1.0), 0.0)
+  dc = _fixed_point_tangent(root, dt, _correlation_slope(layer, q, c))
   return c, jnp.broadcast_to(dc, jnp.shape(c))
 
 

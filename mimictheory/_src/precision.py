@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["float64", "f64", "to_numpy", "concrete_only"]
+__all__ = ["float64", "f64", "to_numpy", "concrete_only", "is_traced"]
 
 
 def to_numpy(tree):
@@ -30,9 +30,9 @@ def to_numpy(tree):
   return jax.tree_util.tree_map(lambda a: np.asarray(a) if isinstance(a, jax.Array) else a, tree)
 
 
-def _traced(args, kwargs) -> bool:
-  leaves = jax.tree_util.tree_leaves((args, kwargs))
-  return any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+def is_traced(*values) -> bool:
+  """Any JAX tracer among `values` (pytrees allowed): a transformation is tracing them."""
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
 
 
 def _as_dtype(tree, dtype):
@@ -52,7 +52,7 @@ def float64(fn):
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    if _traced(args, kwargs):
+    if is_traced(args, kwargs):
       if jnp.result_type(float) == jnp.float64:  # x64 already on: trace as it is
         return fn(*args, **kwargs)
       return _traced_in_float64(fn, args, kwargs)
@@ -68,7 +68,7 @@ def concrete_only(fn):
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    if _traced(args, kwargs):
+    if is_traced(args, kwargs):
       raise TypeError(f"{fn.__name__} takes concrete values only and cannot be traced "
                       "(jit/grad/vmap); call it outside the transformation. Traceable: kernels, "
                       "layer_kernels, ntk_spectrum, chi1, qstar, correlation_map, "
