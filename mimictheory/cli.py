@@ -174,7 +174,8 @@ def _train(args) -> int:
   plot_training(result.history, out / "curves.png",
                 title=f"{args.data}, {args.model}, norm {args.norm}, lr {args.lr}")
   last = result.history[-1] if result.history else {}
-  print(f"{result.status}: {len(result.history)} epochs, test accuracy "
+  resumed = f" (resumed from epoch {result.resumed_from})" if result.resumed_from else ""
+  print(f"{result.status}{resumed}: {len(result.history)} epochs, test accuracy "
         f"{last.get('test_accuracy', float('nan')):.4f}; wrote {out / 'metrics.jsonl'} and "
         f"{out / 'curves.png'}")
   if result.status == "diverged":

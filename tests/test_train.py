@@ -125,6 +125,48 @@ def test_damaged_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
                                                if p.name.isdigit())[-1] == "4"
 
 
+def test_a_bit_flipped_checkpoint_is_detected_and_set_aside(tmp_path):
+  """One bit flipped in the largest file of the latest checkpoint (Orbax restores it without
+  complaint): the SHA-256 digests recorded at save time catch it; the warning names the file
+  and the epoch resumed from, and the run ends exactly where an undisturbed run ends."""
+  data = synthetic_data()
+  straight = train(TrainConfig(epochs=4, **SMALL), data, tmp_path / "straight")
+  out = tmp_path / "flipped"
+  train(TrainConfig(epochs=4, **SMALL), data, out, max_epochs=3)
+  files = [p for p in (out / "checkpoints" / "3").rglob("*") if p.is_file()]
+  largest = max(files, key=lambda p: p.stat().st_size)
+  flipped = bytearray(largest.read_bytes())
+  flipped[len(flipped) // 2] ^= 0x10
+  largest.write_bytes(bytes(flipped))
+  with pytest.warns(RuntimeWarning, match=r"checkpoints/3 is damaged \(file .*"
+                    + largest.name + r" changed .*resuming from epoch 2"):
+    resumed = train(TrainConfig(epochs=4, **SMALL), data, out)
+  assert resumed.resumed_from == 2
+  assert resumed.history == straight.history
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(straight.model), _leaves(resumed.model)))
+
+
+@pytest.mark.parametrize("norm,lr", [("mimic", 1000.0), ("last_bn", 100.0)])
+def test_cli_diverging_last_bn_runs_are_recorded(norm, lr, tmp_path):
+  """The paper's Table 2 regime: a run with a last BN layer that diverges (its per-class
+  variances non-finite too) is recorded as diverged in strict JSON, exit 1, one line."""
+  out = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "mimictheory.cli", "train", "--quiet", "--data", "digits",
+       "--depth", "16", "--width", "64", "--norm", norm, "--lr", str(lr), "--epochs", "4",
+       "--out", str(out)], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      l for l in proc.stderr.strip().splitlines() if l.startswith("mimictheory: training diverged")]
+
+  def strict(token):
+    raise ValueError(f"not JSON: {token}")
+
+  last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1], parse_constant=strict)
+  assert last["diverged"] is True and last["train_loss"] is None
+  assert len(last["last_bn_variance"]) == 10 and None in last["last_bn_variance"]
+
+
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
   import fcntl
   tmp_path.mkdir(exist_ok=True)

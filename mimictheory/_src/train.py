@@ -23,6 +23,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -139,6 +140,7 @@ class TrainResult:
   history: list  # one dict per epoch
   status: str  # "finished", "diverged" or "stopped" (max_epochs reached before the end)
   model: nnx.Module
+  resumed_from: int = 0  # the epoch of the checkpoint this call started from (0: a new run)
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
@@ -361,38 +363,109 @@ def _start_config(out: Path, config: TrainConfig, fingerprint: dict) -> None:
     tmp.write_text(json.dumps(current, sort_keys=True))
 
 
+_DIGESTS = "checkpoint_digests.json"
+
+
+def _digest_files(folder: Path) -> dict:
+  """SHA-256 of every file under a checkpoint folder, by path relative to it."""
+  out = {}
+  for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+      for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    out[str(path.relative_to(folder))] = digest.hexdigest()
+  return out
+
+
+def _read_digests(out: Path) -> dict:
+  try:
+    return json.loads((out / _DIGESTS).read_text())
+  except (OSError, ValueError):  # none yet, or a damaged record: nothing to check against
+    return {}
+
+
+def _record_digest(out: Path, step: int, keep) -> None:
+  """Add checkpoint `step`'s file digests to out/checkpoint_digests.json (atomically), keeping
+  only the steps in `keep` (the checkpoints Orbax still holds)."""
+  digests = {k: v for k, v in _read_digests(out).items() if int(k) in set(keep)}
+  digests[str(step)] = _digest_files(out / "checkpoints" / str(step))
+  with atomic_path(out / _DIGESTS) as tmp:
+    tmp.write_text(json.dumps(digests, sort_keys=True))
+
+
+def _check_digest(out: Path, step: int, digests: dict) -> None:
+  """Raise ValueError naming the first file of checkpoint `step` whose bytes differ from the
+  digest recorded when it was written (a checkpoint written before its digest, by a run killed
+  in between, has none and is not checked)."""
+  expected = digests.get(str(step))
+  if expected is None:
+    return
+  found = _digest_files(out / "checkpoints" / str(step))
+  for name in sorted(set(expected) | set(found)):
+    if expected.get(name) != found.get(name):
+      what = "missing" if name not in found else "unexpected" if name not in expected else \
+          "changed since it was written (SHA-256 mismatch)"
+      raise ValueError(f"file {name} {what}")
+
+
 def _restore(out: Path, model, opt):
   """(manager, epochs): the newest intact checkpoint restored into model and optimiser. A
-  checkpoint that cannot be read is named in a warning and moved to out/damaged/."""
+  checkpoint whose files differ from the SHA-256 digests recorded when it was written, or that
+  Orbax cannot read, is named in a warning (with the epoch resumed from) and moved to
+  out/damaged/."""
   import orbax.checkpoint as ocp
   folder = out / "checkpoints"
   for tmp in folder.glob("*.orbax-checkpoint-tmp*") if folder.exists() else ():
     shutil.rmtree(tmp, ignore_errors=True)  # a save cut short (we hold the lock)
   manager = _checkpointer(out)
   target = {"model": nnx.state(model), "optimizer": nnx.state(opt)}
+  digests = _read_digests(out)
+  damaged = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
+      _check_digest(out, step, digests)
       restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as err:  # Orbax raises many kinds for a damaged checkpoint
       manager.close()
       aside = out / "damaged" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
       aside.parent.mkdir(exist_ok=True)
       shutil.move(str(folder / str(step)), aside)
-      warnings.warn(f"checkpoint {folder / str(step)} is damaged ({type(err).__name__}); moved "
-                    f"to {aside}, resuming from the one before", RuntimeWarning, stacklevel=3)
+      reason = str(err).splitlines()[0][:200] if isinstance(err, ValueError) else \
+          type(err).__name__
+      damaged.append((folder / str(step), reason, aside))
       manager = _checkpointer(out)
       continue
     nnx.update(model, restored["model"])
     nnx.update(opt, restored["optimizer"])
+    _warn_damaged(damaged, step)
     return manager, step
+  _warn_damaged(damaged, 0)
   return manager, 0
 
 
+def _warn_damaged(damaged, step: int) -> None:
+  for path, reason, aside in damaged:
+    resume = f"resuming from epoch {step}" if step else "no intact checkpoint: starting at epoch 0"
+    warnings.warn(f"checkpoint {path} is damaged ({reason}); moved to {aside}, {resume}",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _finite_or_null(value):
+  """`value` with every non-finite float, at any depth of lists, tuples and dicts, as None."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_null(v) for v in value]
+  return value
+
+
 def _json_line(record: dict) -> str:
-  """Strict JSON: non-finite numbers become null."""
-  clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-           for k, v in record.items()}
-  return json.dumps(clean, allow_nan=False)
+  """Strict JSON: non-finite numbers, nested ones included (the per-class last-BN variance),
+  become null."""
+  return json.dumps(_finite_or_null(record), allow_nan=False)
 
 
 def train(config: TrainConfig, data, out, max_epochs: int | None = None,
@@ -441,6 +514,8 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   with _lock(out):
     _start_config(out, config, fingerprint)
     manager, start = _restore(out, model, opt)
+    if start and progress:
+      print(f"resuming {out} from its checkpoint of epoch {start}", file=sys.stderr, flush=True)
     try:
       if start > config.epochs:
         raise ValueError(f"epochs must be >= {start}, the epochs this run in {str(out)!r} has "
@@ -492,7 +567,8 @@ def _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch
       manager.save(epoch + 1, args=ocp.args.StandardSave(
           {"model": nnx.state(model), "optimizer": nnx.state(opt)}))
       manager.wait_until_finished()
-  return TrainResult(history, status, model)
+      _record_digest(out, epoch + 1, manager.all_steps())
+  return TrainResult(history, status, model, start)
 
 
 def _read_history(path: Path, epochs: int) -> list:
