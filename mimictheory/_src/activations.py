@@ -237,6 +237,10 @@ class Activation:
   def derivative_kernel(self, q1, q2, q12):
     raise NotImplementedError
 
+  def require_derivative(self):
+    """Raise ValueError where E[φ'(u)φ'(v)] is not a finite integral (φ jumps): everything
+    built on φ' (χ1, the NTK) calls it first. A no-op for activations continuous in x."""
+
   def kernel_pair(self, q1, q2, q12):
     """(kernel, derivative_kernel) in one pass, sharing the work where a closed form allows
     (ReLU: one arccos for both). The NTK recursion needs both at every entry and layer."""
@@ -462,7 +466,10 @@ class Numerical(Activation):
   def derivative(self, x):
     if self.derivative_fn is not None:
       return self.derivative_fn(x)
-    return jnp.vectorize(jax.grad(self.fn))(x)
+    # The barrier makes x one value: XLA may otherwise recompute x = √q z in two fusions with
+    # different FMA contraction, and JAX's derivative of jnp.maximum / jnp.minimum compares its
+    # input with its output for equality, so φ = max(u, 0.3u) got φ' = 0 at some nodes.
+    return jnp.vectorize(jax.grad(self.fn))(jax.lax.optimization_barrier(x))
 
   # -- quadrature rules ------------------------------------------------------------------------
   def breakpoints(self) -> np.ndarray:
@@ -567,7 +574,7 @@ class Numerical(Activation):
     out = jax.lax.map(lambda a: self._expect_1d(f, a), q.reshape(-1), batch_size=4 * self.chunk)
     return out.reshape(q.shape)
 
-  def _check_derivative(self):
+  def require_derivative(self):
     if self.jumps:
       raise ValueError(
           f"activation {self.name!r} jumps at x = {', '.join(f'{j:g}' for j in self.jumps)}: its "
@@ -582,14 +589,14 @@ class Numerical(Activation):
     return self._map_2d(self.fn, self.fn, q1, q2, q12, which=0)
 
   def derivative_kernel(self, q1, q2, q12):
-    self._check_derivative()
+    self.require_derivative()
     return self._map_2d(self.derivative, self.derivative, q1, q2, q12, which=1)
 
   def second_moment(self, q):
     return self._map_1d(lambda x: jnp.square(self.fn(x)), q)
 
   def derivative_second_moment(self, q):
-    self._check_derivative()
+    self.require_derivative()
     return self._map_1d(lambda x: jnp.square(self.derivative(x)), q)
 
 

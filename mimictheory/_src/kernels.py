@@ -381,7 +381,7 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
   if isinstance(layer.activation, Numerical) and norm in ("none", "weight_mean"):
     first = np.asarray(input_kernel(layer, f64(x), f64(x), gain)[0])
     rest = _numerical_kernels(layer, x, x, gain, depth - 1, True, False,
-                              lambda k, ntk: k)[2]
+                              lambda k, ntk: k, with_ntk=False)[2]
     return np.stack([first] + rest)
   return _layer_kernels(layer, f64(x), gain, depth)
 
@@ -576,6 +576,7 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
   """
   x1, x2, depth, gain = validate_inputs(x1, x2, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
+  layer.activation.require_derivative()  # the NTK needs E[φ'φ']
   if norm in BATCH_NORMS and x2 is not x1:
     raise ValueError(f"x2 must be None with norm={norm!r}: BN couples the inputs of a batch, "
                      "so a cross-kernel depends on the whole batch; pass the whole batch as "
@@ -735,11 +736,11 @@ def _tails(moment, coeffs):
   return np.maximum(moment - np.sum(coeffs**2, axis=-1), 0.0) / np.maximum(moment, 1e-300)
 
 
-def _series_layer(act, tabulated, q1, q2, rho, symmetric: bool):
+def _series_layer(act, tabulated, q1, q2, rho, symmetric: bool, ntk: bool = True):
   """E[φφ] and E[φ'φ'] on the Gram matrix: Mehler's series where its truncation bound is
   below SERIES_TOL, then a longer series on the remaining entries, then 2-D quadrature; on
   the diagonal of a symmetric Gram matrix the 1-D moments. Returns (K, D, moments at q1 and
-  q2, number of entries by 2-D quadrature)."""
+  q2, number of entries by 2-D quadrature). `ntk=False`: D is not needed (zeros; φ may jump)."""
   from mimictheory._src import tables
   m1, m2 = (np.array(tables.moments_jit(tabulated.moment, f64(q))) for q in (q1, q2))
   lo, hi = _q_range(q1, q2)
@@ -748,8 +749,9 @@ def _series_layer(act, tabulated, q1, q2, rho, symmetric: bool):
   kernel, deriv, a1, a2, b1, b2 = (np.array(v) for v in _dense_series(
       table, f64(q1), f64(q2), f64(rho), first))
   power = np.abs(rho) ** (first + 1.0)
-  todo = ((power * np.sqrt(np.outer(_tails(m1[:, 0], a1), _tails(m2[:, 0], a2))) > SERIES_TOL)
-          | (power * np.sqrt(np.outer(_tails(m1[:, 2], b1), _tails(m2[:, 2], b2))) > SERIES_TOL))
+  todo = power * np.sqrt(np.outer(_tails(m1[:, 0], a1), _tails(m2[:, 0], a2))) > SERIES_TOL
+  if ntk:
+    todo |= power * np.sqrt(np.outer(_tails(m1[:, 2], b1), _tails(m2[:, 2], b2))) > SERIES_TOL
   if symmetric:
     np.fill_diagonal(todo, False)
   i, j = np.nonzero(todo)
@@ -766,16 +768,20 @@ def _series_layer(act, tabulated, q1, q2, rho, symmetric: bool):
     power = np.abs(rho[i, j]) ** (longer + 1.0)
     t_a1, t_a2 = _tails(m1[:, 0], a1), _tails(m2[:, 0], a2)
     t_b1, t_b2 = _tails(m1[:, 2], b1), _tails(m2[:, 2], b2)
-    bad = ((power * np.sqrt(t_a1[i] * t_a2[j]) > SERIES_TOL)
-           | (power * np.sqrt(t_b1[i] * t_b2[j]) > SERIES_TOL))
+    bad = power * np.sqrt(t_a1[i] * t_a2[j]) > SERIES_TOL
+    if ntk:
+      bad |= power * np.sqrt(t_b1[i] * t_b2[j]) > SERIES_TOL
     i, j = i[bad], j[bad]
   if i.size:  # 2-D quadrature entry by entry
     q12 = rho[i, j] * np.sqrt(q1[i] * q2[j])
     kernel[i, j] = np.asarray(act.kernel(q1[i], q2[j], q12))
-    deriv[i, j] = np.asarray(act.derivative_kernel(q1[i], q2[j], q12))
+    if ntk:
+      deriv[i, j] = np.asarray(act.derivative_kernel(q1[i], q2[j], q12))
   if symmetric:
     np.fill_diagonal(kernel, m1[:, 0])
     np.fill_diagonal(deriv, m1[:, 2])
+  if not ntk:
+    deriv = np.zeros_like(deriv)
   return kernel, deriv, m1, m2, int(i.size)
 
 
@@ -787,10 +793,11 @@ def _q_range(*qs):
 
 
 def _numerical_kernels(layer: Layer, x1, x2, gain, depth: int, symmetric: bool, progress,
-                       per_depth=None):
+                       per_depth=None, with_ntk: bool = True):
   """NNGP and NTK of a numerically integrated activation, layer by layer (norm none or weight
   mean): K' = σw² f (E[φφ] - centring) + σb², Θ' = K' + σw² f E[φ'φ'] Θ (eq 7).
-  Returns (Kernels, entries by 2-D quadrature, [per_depth(K, Θ) for every layer])."""
+  Returns (Kernels, entries by 2-D quadrature, [per_depth(K, Θ) for every layer]).
+  `with_ntk=False`: the NNGP only (Θ is then meaningless; φ may jump)."""
   from mimictheory._src import tables
   act = layer.activation
   tabulated = tables.tabulated(act)
@@ -804,7 +811,7 @@ def _numerical_kernels(layer: Layer, x1, x2, gain, depth: int, symmetric: bool, 
     # A zero input row with σb² = 0 has q = 0: use q = 1e-16 (its limit to O(1e-16)).
     q1, q2 = np.maximum(q1, 1e-16), np.maximum(q2, 1e-16)
     rho = np.clip(k / np.sqrt(np.outer(q1, q2)), -1.0, 1.0)
-    kern, deriv, m1, m2, n = _series_layer(act, tabulated, q1, q2, rho, symmetric)
+    kern, deriv, m1, m2, n = _series_layer(act, tabulated, q1, q2, rho, symmetric, with_ntk)
     fallback += n
     if layer.norm == "weight_mean":
       kern = kern - np.outer(m1[:, 1], m2[:, 1])
@@ -886,6 +893,7 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   """
   x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
+  layer.activation.require_derivative()
   if checks.is_traced(x, layer, gain):
     _refuse_traced_exact_batch_norm("ntk_spectrum", norm)
     eig = _spectrum(layer, f64(x), gain, depth)

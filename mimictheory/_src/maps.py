@@ -439,7 +439,8 @@ def qstar(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, q0=1.0)
   1.0
   """
   q0 = checks.check_positive("q0", q0)
-  return solve_qstar(build_layer(activation, sw2, sb2, norm, fan_in), f64(q0))
+  layer = build_layer(activation, sw2, sb2, norm, fan_in)
+  return explain_nan(layer, solve_qstar(layer, f64(q0)))
 
 
 @float64
@@ -495,7 +496,19 @@ def chi1(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, batch=No
   layer = build_layer(activation, sw2, sb2, norm, fan_in)
   if batch is not None:
     return _finite_batch_chi1(layer, batch)
-  return _chi1(layer, solve_qstar(layer))
+  return explain_nan(layer, _chi1(layer, solve_qstar(layer)))
+
+
+def explain_nan(layer: Layer, out):
+  """`out`, unless it holds a NaN that a user's activation caused: then a ValueError saying
+  that φ (or φ') returned NaN, and where (`tables.check_finite_activation` on a ladder of
+  variances). Traced values pass unchecked."""
+  if checks.is_traced(out) or not np.isnan(np.asarray(out)).any():
+    return out
+  if hasattr(layer.activation, "nodes_1d"):  # a numerically integrated φ (Numerical)
+    from mimictheory._src.tables import check_finite_activation
+    check_finite_activation(layer.activation, np.geomspace(1e-8, 1e17, 26), limit=26)
+  return out
 
 
 def _finite_batch_chi1(layer: Layer, batch):

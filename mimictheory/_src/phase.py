@@ -155,8 +155,9 @@ def _series_fields(layer: Layer, q):
 def grid_axis(name, values, positive):
   arr = checks.check_positive(name, values) if positive else checks.check_nonnegative(name, values)
   arr = np.atleast_1d(arr).astype(float)
-  if arr.ndim != 1:
-    raise ValueError(f"{name} must be a one-dimensional grid, got shape {arr.shape}")
+  if arr.ndim != 1 or arr.size == 0:
+    raise ValueError(f"{name} must be a one-dimensional grid of at least one value, got shape "
+                     f"{arr.shape}")
   return arr
 
 

@@ -124,6 +124,34 @@ _REGIME_COLOURS = {3: ("0.80", r"$q^* = 0$ (signal dies)"),
 _XI_INFINITE = "deepskyblue"  # ξ_c = ∞: exactly critical cells, in neither colour map
 
 
+def _cell_edges(values) -> tuple[np.ndarray, np.ndarray]:
+  """(order, edges): the grid values' sorting order and the edges of cells centred on the
+  sorted values, midway between neighbours, the outer ones half a neighbour spacing out (a
+  single value gets a cell of ±5%, at least ±0.05): a cell is drawn where its value is, on
+  unsorted and unevenly spaced grids alike."""
+  order = np.argsort(values, kind="stable")
+  v = np.asarray(values, dtype=float)[order]
+  if v.size == 1:
+    half = max(0.05 * abs(v[0]), 0.05)
+    return order, np.array([v[0] - half, v[0] + half])
+  mid = 0.5 * (v[1:] + v[:-1])
+  return order, np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]])
+
+
+class _Cells:
+  """Draws (σw², σb²) grid values as cells at their coordinates (`pcolormesh`), sorted."""
+
+  def __init__(self, pd):
+    self.rows, self.y = _cell_edges(pd.sw2)
+    self.cols, self.x = _cell_edges(pd.sb2)
+    self.extent = [self.x[0], self.x[-1], self.y[0], self.y[-1]]
+
+  def __call__(self, ax, values, **kw):
+    grid = np.asarray(values)[self.rows][:, self.cols]
+    return ax.pcolormesh(self.x, self.y, np.ma.masked_invalid(grid), shading="flat",
+                         rasterized=True, **kw)
+
+
 def _regime_overlay(ax, pd, style):
   """Cells whose regime is q* = 0, q* = ∞ or not converged, each in its own flat colour,
   drawn over a panel; returns legend handles."""
@@ -133,8 +161,7 @@ def _regime_overlay(ax, pd, style):
   for code, (colour, label) in _REGIME_COLOURS.items():
     mask = pd.regime == code
     if mask.any():
-      ax.imshow(np.where(mask, 1.0, np.nan), cmap=ListedColormap([colour]), vmin=0, vmax=1,
-                **style)
+      style(ax, np.where(mask, 1.0, np.nan), cmap=ListedColormap([colour]), vmin=0, vmax=1)
       handles.append(Patch(color=colour, label=label))
   return handles
 
@@ -168,14 +195,13 @@ def _phase_row(fig, axes, pd):
   import matplotlib
   from matplotlib.colors import LogNorm, TwoSlopeNorm
   from matplotlib.patches import Patch
-  extent = [pd.sb2[0], pd.sb2[-1], pd.sw2[0], pd.sw2[-1]]
-  style = dict(origin="lower", aspect="auto", extent=extent, interpolation="nearest")
+  style = _Cells(pd)
+  extent = style.extent
   special = pd.regime >= _ZERO
   name = NORM_TITLES.get(pd.norm, pd.norm)
   chi = np.where(special, np.nan, pd.chi1)
   lo, hi = (np.nanmin(chi), np.nanmax(chi)) if np.isfinite(chi).any() else (0.5, 1.5)
-  im = axes[0].imshow(chi, cmap="RdBu_r", norm=TwoSlopeNorm(1.0, min(lo, 0.999), max(hi, 1.001)),
-                      **style)
+  im = style(axes[0], chi, cmap="RdBu_r", norm=TwoSlopeNorm(1.0, min(lo, 0.999), max(hi, 1.001)))
   _colorbar(fig, im, axes[0], r"$\chi_1$")
   axes[0].set_title(f"{name}: " + r"$\chi_1$ (blue ordered, red chaotic)")
   handles = []
@@ -194,21 +220,20 @@ def _phase_row(fig, axes, pd):
   finite_q = np.where(np.isfinite(pd.qstar) & (pd.qstar > 0), pd.qstar, np.nan)
   q_lo, q_hi = np.nanpercentile(finite_q, [2, 98]) if np.isfinite(finite_q).any() else (1, 10)
   q_lo = max(q_lo, 1e-4)
-  im = axes[1].imshow(finite_q, cmap="viridis", norm=LogNorm(q_lo, max(q_hi, q_lo * 1.01)),
-                      **style)
+  im = style(axes[1], finite_q, cmap="viridis", norm=LogNorm(q_lo, max(q_hi, q_lo * 1.01)))
   _colorbar(fig, im, axes[1], r"$q^*$", extend="both")
   axes[1].set_title(f"{name}: " + r"variance fixed point $q^*$")
   # magma without its near-white top, so that white never reads as a value
   magma = matplotlib.colormaps["magma"].resampled(256)
   xi_map = matplotlib.colors.ListedColormap(magma(np.linspace(0.0, 0.85, 256)))
   xi = np.where(np.isfinite(pd.xi_c) & (pd.xi_c > 0), pd.xi_c, np.nan)
-  im = axes[2].imshow(xi, cmap=xi_map, norm=LogNorm(1.0, 1e3), **style)
+  im = style(axes[2], xi, cmap=xi_map, norm=LogNorm(1.0, 1e3))
   _colorbar(fig, im, axes[2], r"$\xi_c$", extend="max")
   infinite = np.isinf(pd.xi_c) & ~special
   if infinite.any():
     from matplotlib.colors import ListedColormap
-    axes[2].imshow(np.where(infinite, 1.0, np.nan), cmap=ListedColormap([_XI_INFINITE]),
-                   vmin=0, vmax=1, **style)
+    style(axes[2], np.where(infinite, 1.0, np.nan), cmap=ListedColormap([_XI_INFINITE]),
+          vmin=0, vmax=1)
     regime_handles = regime_handles + [Patch(color=_XI_INFINITE,
                                              label=r"$\xi_c = \infty$ (exactly critical)")]
   axes[2].set_title(f"{name}: " + r"correlation depth $\xi_c$")

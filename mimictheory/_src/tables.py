@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,9 @@ import numpy as np
 from mimictheory._src.activations import Activation, Numerical
 from mimictheory._src.precision import f64
 
-__all__ = ["Table", "moment_table", "coefficient_table", "hermite_coefficients", "mehler",
-           "Tabulated", "tabulated", "MOMENT_RANGE", "ORDER", "ORDERS", "horner", "polynomial"]
+__all__ = ["Table", "moment_table", "check_finite_activation", "coefficient_table",
+           "hermite_coefficients", "mehler", "Tabulated", "tabulated", "MOMENT_RANGE", "ORDER",
+           "ORDERS", "horner", "polynomial"]
 
 #: q range of the moment table; below it the moments are linear in q (analytic at 0) to 1e-16.
 MOMENT_RANGE = (1e-18, 1e17)
@@ -46,27 +48,46 @@ _CUTOFF, _PANELS, _NODES = 16.0, 64, 12
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["coeffs"],
-                   meta_fields=["t0", "width"])
+                   meta_fields=["t0", "width", "bad", "direct"])
 @dataclasses.dataclass(frozen=True)
 class Table:
   """f(q), q = e^t, piecewise Chebyshev in t: segment j covers [t0 + j·width, t0 + (j+1)·width]
-  and holds the coefficients coeffs[j] of shape (P, F) (P Chebyshev terms, F functions)."""
+  and holds the coefficients coeffs[j] of shape (P, F) (P Chebyshev terms, F functions).
+
+  `bad`: the segments whose interpolation did not reach the tolerance (a sorted tuple, usually
+  empty); at a q in one of them the table calls `direct(q)`, the direct quadrature, instead."""
 
   t0: float
   width: float
   coeffs: jax.Array
+  bad: tuple = ()
+  direct: object = None
 
   @property
   def q_range(self):
     return math.exp(self.t0), math.exp(self.t0 + self.width * self.coeffs.shape[0])
 
+  def _segment(self, q):
+    n = self.coeffs.shape[0]
+    u = jnp.clip((jnp.log(jnp.maximum(q, 1e-300)) - self.t0) / self.width, 0.0, float(n))
+    return u, jnp.clip(jnp.floor(u).astype(jnp.int32), 0, n - 1)
+
   def __call__(self, q):
     """f at q by Clenshaw's recurrence; shape q.shape + (F,). q outside is clamped to the ends
-    (callers check `q_range`)."""
+    (callers check `q_range`). In a `bad` segment, the direct quadrature."""
+    values = self._interpolate(q)
+    if not self.bad:
+      return values
+    _, j = self._segment(q)
+    in_bad = jnp.isin(j, jnp.asarray(self.bad))
+    # Direct quadrature only where needed when q is concrete; under a trace, at every q.
+    if not isinstance(q, jax.core.Tracer) and not np.any(np.asarray(in_bad)):
+      return values
+    return jnp.where(in_bad[..., None], self.direct(q), values)
+
+  def _interpolate(self, q):
     n, p = self.coeffs.shape[:2]
-    t = jnp.log(jnp.maximum(q, 1e-300))
-    u = jnp.clip((t - self.t0) / self.width, 0.0, float(n))
-    j = jnp.clip(jnp.floor(u).astype(jnp.int32), 0, n - 1)
+    u, j = self._segment(q)
     x = (2.0 * (u - j) - 1.0)[..., None]
 
     if self.coeffs.shape[2] >= 16 and n <= 64:
@@ -142,12 +163,51 @@ def _evaluate(act, q, order, batch: int = 256):
 _P = 16  # Chebyshev terms per segment
 
 
+def check_finite_activation(act, qs, limit: int = 8) -> None:
+  """Raise ValueError if φ or φ' is NaN or infinite at a quadrature node of E[f(√q z)] for a q
+  in `qs` (where a moment came out non-finite), naming the activation, the value and x. A
+  moment that merely overflows float64 (φ growing like e^x) passes."""
+  with jax.enable_x64(True):
+    for q in np.asarray(qs, dtype=float).reshape(-1)[:limit]:
+      z, _ = act.nodes_1d(q)
+      x = np.asarray(jnp.sqrt(q) * z)
+      for what, values in (("φ", act.fn(jnp.asarray(x))), ("φ'", act.derivative(jnp.asarray(x)))):
+        bad = ~np.isfinite(np.asarray(values))
+        if bad.any():
+          where = x[bad][np.argmin(np.abs(x[bad]))]
+          raise ValueError(
+              f"activation {act.name!r}: {what} returned {np.asarray(values)[bad][0]} at "
+              f"x = {where:.6g} (a quadrature node of the Gaussian integrals at variance "
+              f"q = {q:.3g}); an activation must be finite, with a finite derivative, on the "
+              "whole real line")
+
+
+def _direct(act, order, q):
+  """The tabulated functions at q (any shape) by direct quadrature: a bad segment's values."""
+  q = jnp.asarray(q, dtype=float)
+  flat = q.reshape(-1)
+  if order is None:
+    out = jax.lax.map(lambda qi: _moments(act, qi), flat)
+  else:
+    out = jax.lax.map(lambda qi: _coefficients(act, qi, order), flat)
+  return out.reshape(q.shape + out.shape[-1:])
+
+
+#: (activation, what) of the tables already reported as partly direct (warned once)
+_WARNED: set = set()
+
+
 def _build(act, order, lo: float, hi: float, width: float, scale, tol: float,
            max_halvings: int = 5):
   """A Table on [ln lo, ln hi] whose per-segment error estimate is below tol·scale.
 
   The estimate is the size of the last two Chebyshev coefficients of each segment (for
   functions analytic on the segment they decay geometrically, so this bounds the error).
+  Segments that do not reach it after `max_halvings` halvings of the width are marked `bad`
+  and answered by direct quadrature (with one warning naming the q range and the cost): a
+  moment that is not analytic in ln q there, such as E[max(u - 0.5, 0)²] ~ e^(-1/(8q)) as
+  q -> 0, or E[sin(u)²] = (1 - e^(-2q))/2, whose integrand oscillates faster than the
+  quadrature resolves beyond q ~ 100.
   """
   t0, t1 = math.log(lo), math.log(hi)
   theta = np.pi * (np.arange(_P) + 0.5) / _P
@@ -158,14 +218,28 @@ def _build(act, order, lo: float, hi: float, width: float, scale, tol: float,
     n = int(math.ceil((t1 - t0) / width))
     t = t0 + width * (np.arange(n)[:, None] + 0.5 * (nodes[None, :] + 1.0))
     values = _evaluate(act, np.exp(t.reshape(-1)), order).reshape(n, _P, -1)
+    if not np.all(np.isfinite(values)):
+      check_finite_activation(act, np.exp(t.reshape(-1))[
+          ~np.isfinite(values.reshape(n * _P, -1)).all(axis=-1)])
     coeffs = np.einsum("kp,npf->nkf", dct, values)
     err = np.max(np.abs(coeffs[:, -2:]), axis=1) / scale(values.max(axis=1))
     worst = float(np.max(err))
     if worst <= tol:
       return Table(t0, width, f64(coeffs)), worst
     width /= 2.0
-  raise ArithmeticError(f"interpolation table did not reach {tol:g} (worst {worst:.1e}) with "
-                        f"segments {width * 2:.2e} wide in ln q")
+  width *= 2.0
+  bad = tuple(int(i) for i in np.nonzero(~(np.max(err, axis=-1) <= tol))[0])
+  edges = np.exp(t0 + width * np.array([bad[0], bad[-1] + 1]))
+  what = "moments" if order is None else f"Hermite coefficients (order {order})"
+  if (act, what) not in _WARNED:
+    _WARNED.add((act, what))
+    warnings.warn(
+        f"activation {act.name!r}: its {what} cannot be interpolated to {tol:g} (worst "
+        f"{worst:.1e}) in {len(bad)} of {n} segments, q in [{edges[0]:.2g}, {edges[1]:.2g}]; "
+        "there each value is a direct quadrature (a few hundred evaluations of φ per q, "
+        "instead of one table lookup: slower, as accurate as the quadrature)",
+        RuntimeWarning, stacklevel=4)
+  return Table(t0, width, f64(coeffs), bad, functools.partial(_direct, act, order)), worst
 
 
 @functools.lru_cache(maxsize=16)
@@ -271,7 +345,11 @@ class Tabulated(Activation):
   def second_moment(self, q):
     return self._moments(q)[..., 0]
 
+  def require_derivative(self):
+    self.base.require_derivative()
+
   def derivative_second_moment(self, q):
+    self.require_derivative()
     return self._moments(q)[..., 2]
 
   def _series(self, q1, q2, q12):
@@ -285,6 +363,7 @@ class Tabulated(Activation):
     return self._series(q1, q2, q12)[0]
 
   def derivative_kernel(self, q1, q2, q12):
+    self.require_derivative()
     return self._series(q1, q2, q12)[1]
 
   def kernel_bound(self, q1, q2, q12):
