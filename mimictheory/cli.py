@@ -76,6 +76,9 @@ def _phase(args) -> int:
     raise ValueError(f"--sw2 x --sb2 has {args.sw2.size} x {args.sb2.size} cells; at most "
                      f"{MAX_GRID_CELLS:,} fit in memory here (split the grid)")
   norms = [check_choice("norm", n, NORMS) for n in args.norm]
+  if not norms:
+    raise ValueError(f"--norm must name at least one of {', '.join(NORMS)}, got ''")
+  _check_fan_in_norm(args.fan_in, norms)
   check_fan_in(args.fan_in)
   out = ensure_dir(args.out)
   with exit_cleanly_on_interrupt():
@@ -87,14 +90,32 @@ def _phase(args) -> int:
   return 0
 
 
+def _check_fan_in_norm(fan_in, norms) -> None:
+  """--fan-in is Lemma 1's finite fan-in of weight mean; elsewhere it would be ignored."""
+  if fan_in is not None and any(n != "weight_mean" for n in norms):
+    raise ValueError(f"--fan-in applies to --norm weight_mean only (Lemma 1's (n-1)/n), got "
+                     f"--norm {','.join(norms)}")
+
+
 def _maps(args) -> int:
   import mimictheory as mt
+  _check_fan_in_norm(args.fan_in, [args.norm])
+  if args.batch is not None and args.norm != "batch_norm":
+    raise ValueError(f"--batch applies to --norm batch_norm only, got --norm {args.norm}")
   kw = dict(activation=args.activation, sw2=args.sw2, sb2=args.sb2, norm=args.norm,
             fan_in=args.fan_in)
+  finite_chi1 = (None if args.batch is None else
+                 float(mt.chi1(args.activation, norm="batch_norm", batch=args.batch)))
   fp = mt.fixed_points(**kw)
   scales = mt.depth_scales(**kw)
   print(f"q* = {fp.qstar:.10g}   chi1 = {fp.chi1:.10g}   c* = {float(scales.cstar):.10g}   "
         f"xi_c = {float(scales.xi_c):.6g}   xi_q = {float(scales.xi_q):.6g}")
+  if args.norm == "batch_norm":
+    print("batch_norm: the values above are Theorem 2's full-batch limit (B -> infinity)"
+          + ("" if finite_chi1 is None else
+             f"; at batch {args.batch} the exact chi1 = {finite_chi1:.10g}")
+          + ("; give --batch B for the exact chi1 at a finite batch" if finite_chi1 is None
+             else ""))
   for p, d, s in zip(fp.points, fp.slopes, fp.stable):
     print(f"fixed point rho* = {p:+.10f}   T'(rho*) = {d:.10f}   {'stable' if s else 'unstable'}")
   return 0
@@ -147,7 +168,6 @@ def _crosscheck(args) -> int:
 
 def _train(args) -> int:
   from mimictheory._src.plotting import plot_training
-  from pathlib import Path
   from mimictheory._src.data import load_data
   from mimictheory._src.train import TrainConfig, data_mesh, train
   config = TrainConfig(
@@ -168,7 +188,8 @@ def _train(args) -> int:
     data=args.data,
   ).validate()
   data = load_data(args.data, args.data_path)
-  out = Path(args.out)
+  from mimictheory._src.io import ensure_dir
+  out = ensure_dir(args.out)
   mesh = data_mesh() if args.data_parallel else None
   result = train(config, data, out, progress=not args.quiet, mesh=mesh)  # writes once valid
   plot_training(result.history, out / "curves.png",
@@ -192,6 +213,10 @@ def _ablation(args) -> int:
   from mimictheory._src.data import load_data
   from mimictheory._src.checks import check_int, check_positive
   methods = [check_norm(m, MODEL_NORMS, "method") for m in args.methods]
+  if not methods:
+    raise ValueError(f"--methods must name at least one of {', '.join(MODEL_NORMS)}")
+  if not args.lrs:
+    raise ValueError("--lrs must list at least one learning rate, got ''")
   for lr in args.lrs:
     check_positive("lr", lr)
   check_int("epochs", args.epochs)
@@ -284,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
   _common(p)
   p.add_argument("--sw2", type=_float_or_none, default=2.0, help="a number or 'stable'")
   p.add_argument("--sb2", type=float, default=0.0)
+  p.add_argument("--batch", type=int, default=None,
+                 help="with --norm batch_norm: also the exact chi1 at this batch size (>= 4)")
   p.set_defaults(run=_maps)
   p = sub.add_parser("crosscheck", help="compare NNGP/NTK with neural-tangents (make nt-env)")
   p.add_argument("--out", default="crosscheck", help="folder for crosscheck.md and .json")

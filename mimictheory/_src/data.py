@@ -6,6 +6,7 @@ image subtracted, unit overall variance), with integer labels.
 from __future__ import annotations
 
 import gzip
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ def standardise(reference, *others):
   flat = [np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in (reference,) + others]
   mean = flat[0].mean(axis=0, keepdims=True)
   scale = (flat[0] - mean).std()
+  if not np.isfinite(scale) or scale == 0:
+    raise ValueError(f"the images must vary: their {len(flat[0])} rows are identical (or not "
+                     "finite), so they cannot be standardised")
   out = tuple((a - mean) / scale for a in flat)
   return out if others else out[0]
 
@@ -60,10 +64,23 @@ def mnist(path):
     raise FileNotFoundError(f"mnist: {str(path)!r} does not exist (give mnist.npz or the folder "
                             "with train-images-idx3-ubyte)")
   if path.is_file() and path.suffix == ".npz":
-    with np.load(path) as data:
-      if "x_train" not in data.files:
-        raise ValueError(f"mnist: {str(path)!r} has no x_train array")
-      return standardise(data["x_train"]), np.asarray(data["y_train"], dtype=np.int64)
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("x_train", "y_train") if k not in data.files]
+        if missing:
+          raise ValueError(f"mnist: {str(path)!r} has no {' or '.join(missing)} array (it holds "
+                           f"{', '.join(data.files) or 'nothing'})")
+        x, y = data["x_train"], data["y_train"]
+    except ValueError as err:
+      if str(err).startswith("mnist:"):
+        raise
+      raise ValueError(f"mnist: {str(path)!r} is not a NumPy .npz archive of arrays") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+      raise ValueError(f"mnist: {str(path)!r} cannot be read as .npz ({err})") from None
+    if x.ndim < 2 or len(x) < 2 or y.shape != (len(x),):
+      raise ValueError(f"mnist: {str(path)!r} must hold x_train of shape (N, ...) with N >= 2 "
+                       f"and y_train of shape (N,), got {x.shape} and {y.shape}")
+    return standardise(x), np.asarray(y, dtype=np.int64)
   folder = path if path.is_dir() else path.parent
   for suffix in ("", ".gz"):
     images = folder / f"train-images-idx3-ubyte{suffix}"
@@ -86,10 +103,24 @@ CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, classes: int, key: bytes) -> dict:
+  """One CIFAR batch file, checked: a dict with b"data" (N, 3072) uint8 and N labels."""
   import pickle
-  with open(path, "rb") as fh:
-    return pickle.load(fh, encoding="bytes")
+  what = f"data_path: {str(path)!r} is not a CIFAR-{classes} batch in the python-pickle format"
+  try:
+    with open(path, "rb") as fh:
+      batch = pickle.load(fh, encoding="bytes")
+  except Exception as err:  # EOFError, UnpicklingError, ...: any unreadable file
+    raise ValueError(f"{what} ({type(err).__name__}: {str(err)[:80] or 'empty file'})") from None
+  if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
+    found = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch) \
+        if isinstance(batch, dict) else type(batch).__name__
+    raise ValueError(f"{what} (it needs the keys 'data' and {key.decode()!r}; found {found})")
+  data = np.asarray(batch[b"data"])
+  if data.ndim != 2 or data.shape[1] != 3072 or len(batch[key]) != len(data):
+    raise ValueError(f"{what} (data must be (N, 3072) with N labels, got {data.shape} and "
+                     f"{len(batch[key])} labels)")
+  return batch
 
 
 def cifar(path, classes: int = 10):
@@ -109,7 +140,7 @@ def cifar(path, classes: int = 10):
     raise FileNotFoundError(f"data_path: CIFAR-{classes} files not found: {', '.join(missing)}")
 
   def load(files):
-    parts = [_unpickle(f) for f in files]
+    parts = [_unpickle(f, classes, key) for f in files]
     x = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     y = np.concatenate([np.asarray(p[key]) for p in parts]).astype(np.int64)
     x = (x.astype(np.float32) / 255.0 - np.float32(CIFAR_MEAN[classes])) / np.float32(
@@ -182,6 +213,9 @@ def load_data(name: str, path=None):
   (2, dtype('float32'))
   """
   checks.check_choice("data", name, DATASETS)
+  if path is not None and not name.startswith("cifar"):
+    raise ValueError(f"data_path applies to cifar10 and cifar100 only (a local copy); data "
+                     f"{name!r} is bundled or generated, got data_path {str(path)!r}")
   if name == "digits":
     return digits_split()
   if name == "digits_images":

@@ -9,11 +9,12 @@ import signal
 import sys
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_paths", "ensure_dir", "progress_bar", "exit_cleanly_on_interrupt"]
+__all__ = ["atomic_path", "atomic_paths", "ensure_dir", "progress_bar", "exit_cleanly_on_interrupt",
+           "remove_stale_temporaries"]
 
 _temporaries: set[Path] = set()  # written but not yet renamed: removed on an interrupt
 _renaming = 0  # > 0 while a set of files is being renamed into place
-_interrupted = False
+_interrupted = 0  # the signal that asked us to stop (SIGINT or SIGTERM), 0 if none
 
 
 def progress_bar(iterable, enabled: bool, desc: str):
@@ -26,6 +27,8 @@ def progress_bar(iterable, enabled: bool, desc: str):
 
 def ensure_dir(path) -> Path:
   """Create `path` (and parents) and check that it is a writable folder."""
+  if not str(path).strip():
+    raise ValueError("--out must name a folder, got ''")
   path = Path(path)
   try:
     path.mkdir(parents=True, exist_ok=True)
@@ -33,6 +36,11 @@ def ensure_dir(path) -> Path:
     raise OSError(f"--out {str(path)!r} cannot be created: {err.strerror or err}") from None
   if not os.access(path, os.W_OK):
     raise OSError(f"--out {str(path)!r} is not writable")
+  try:  # a real write, before any work: /proc and read-only mounts pass os.access as root
+    os.remove(_new_temporary(path / "probe"))
+  except OSError as err:
+    raise OSError(f"--out {str(path)!r} is not writable: {err.strerror or err}") from None
+  remove_stale_temporaries(path)
   return path
 
 
@@ -89,7 +97,8 @@ def atomic_path(path):
 
 
 def _exit_interrupted():
-  """Remove the unfinished temporaries and leave at once with status 130 (128 + SIGINT).
+  """Remove the unfinished temporaries and leave at once with status 128 + the signal (130 for
+  SIGINT, 143 for SIGTERM).
 
   `os._exit`, not KeyboardInterrupt: an exception raised while XLA compiles or runs on other
   threads can end in a crash at interpreter shutdown (seen: a segfault in 2 of 6 interrupts)."""
@@ -98,24 +107,45 @@ def _exit_interrupted():
       os.unlink(tmp)
   with contextlib.suppress(Exception):
     sys.stdout.flush()
-  os.write(2, b"mimictheory: interrupted; every file written so far is complete\n")
-  os._exit(130)
+  what = b"terminated" if _interrupted == signal.SIGTERM else b"interrupted"
+  os.write(2, b"mimictheory: " + what + b"; every file written so far is complete\n")
+  os._exit(128 + int(_interrupted or signal.SIGINT))
 
 
 def _on_interrupt(signum, frame):
   global _interrupted
-  _interrupted = True
+  _interrupted = signum
   if not _renaming:
     _exit_interrupted()
 
 
+def remove_stale_temporaries(folder, age: float = 120.0) -> list[Path]:
+  """Remove temporaries of our own naming (`.NAME.<12 hex>.tmp.SUFFIX`, see `_new_temporary`)
+  left in `folder` by a process killed without a chance to clean up (SIGKILL, power loss),
+  untouched for `age` seconds (a live job's temporary is being written, so it is recent)."""
+  import re
+  import time
+  pattern = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[^.]+)?$")
+  removed = []
+  for path in Path(folder).iterdir() if Path(folder).is_dir() else ():
+    if path.is_file() and pattern.match(path.name):
+      with contextlib.suppress(OSError):
+        if time.time() - path.stat().st_mtime < age:
+          continue
+        path.unlink()
+        removed.append(path)
+  return removed
+
+
 @contextlib.contextmanager
 def exit_cleanly_on_interrupt():
-  """While active, Ctrl-C (SIGINT) exits with status 130 leaving no temporary file and no
-  half-written set of files (see `atomic_paths`). For jobs whose progress lives in their output
-  files (figures, phase diagrams); training saves a checkpoint instead (module `train`)."""
-  previous = signal.signal(signal.SIGINT, _on_interrupt)
+  """While active, Ctrl-C (SIGINT) exits with status 130, and SIGTERM (a scheduler's or
+  `kill`'s stop) with 143, leaving no temporary file and no half-written set of files (see
+  `atomic_paths`). For jobs whose progress lives in their output files (figures, phase
+  diagrams); training saves a checkpoint instead (module `train`)."""
+  previous = {s: signal.signal(s, _on_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
   try:
     yield
   finally:
-    signal.signal(signal.SIGINT, previous)
+    for s, handler in previous.items():
+      signal.signal(s, handler)

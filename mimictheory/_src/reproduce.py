@@ -114,10 +114,13 @@ def reproduce(experiment: str, out, data_path=None, data: str | None = None, epo
   dataset = load_data(name, data_path)
   out = Path(out)
   results, trained, steps = {}, 0, {}
+  configs = {run: TrainConfig(model=run.model, norm=run.norm, lr=run.lr, seed=run.seed,
+                              data=name, **_settings(experiment, run, full, epochs,
+                                                     model_width)).validate()
+             for run in runs}  # every run validated before the first is drawn or trained
   for run in progress_bar(runs, progress, f"reproduce {experiment}"):
-    kw = _settings(experiment, run, full, epochs, model_width)
-    config = TrainConfig(model=run.model, norm=run.norm, lr=run.lr, seed=run.seed, data=name,
-                         **kw).validate()
+    config = configs[run]
+    kw = dataclasses.asdict(config)
     record = []
     on_step = (lambda step, model, loss: record.append(
         (step, np.asarray(model.last_bn.var[...]).tolist()))) if experiment == "supp3" else None

@@ -104,6 +104,9 @@ class TrainConfig:
     checks.check_int("seed", self.seed, minimum=0)
     for m in self.milestones:
       checks.check_positive("milestones", m)
+    if list(self.milestones) != sorted(set(self.milestones)):
+      raise ValueError(f"milestones must be strictly increasing epochs, got "
+                       f"{tuple(self.milestones)}")
     if not isinstance(self.data, str) or not self.data:
       raise ValueError(f"data must be a non-empty name, got {self.data!r}")
     return self
