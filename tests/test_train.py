@@ -383,3 +383,31 @@ print(json.dumps(out))
     np.testing.assert_allclose(out[norm]["many"], out[norm]["one"], rtol=2e-5, atol=1e-6)
     assert out[norm]["resumed"]
   assert "batch_size must be a multiple of the 4 devices" in out["error"]
+
+
+def test_cli_full_disk_is_one_line_and_resumes(tmp_path):
+  """A disk that fills up at the second checkpoint: one line on stderr (Orbax's threads printed
+  427), exit 2; the first checkpoint intact, and the run resumes from it elsewhere."""
+  import shutil
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(disk)],
+                           capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip("needs a small tmpfs (mount as root) to fill a disk")
+  argv = [sys.executable, "-m", "mimictheory.cli", "train", "--quiet", "--data", "digits",
+          "--depth", "4", "--width", "128", "--epochs", "3", "--milestones", "2"]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  try:
+    proc = subprocess.run(argv + ["--out", str(disk / "run")], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no space left" in lines[0] and "epoch 1 is intact" in lines[0]
+    shutil.copytree(disk / "run", tmp_path / "run")
+  finally:
+    subprocess.run(["umount", str(disk)], capture_output=True)
+  proc = subprocess.run(argv + ["--out", str(tmp_path / "run")], capture_output=True, text=True,
+                        env=env)
+  assert proc.returncode == 0, proc.stderr
+  assert "finished (resumed from epoch 1): 3 epochs" in proc.stdout

@@ -567,11 +567,27 @@ def _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch
       # The metrics line first, then the checkpoint: a run killed in between resumes from the
       # previous checkpoint and drops the line (`_read_history`), so the two never disagree.
       _append(out / "metrics.jsonl", history)
-      manager.save(epoch + 1, args=ocp.args.StandardSave(
-          {"model": nnx.state(model), "optimizer": nnx.state(opt)}))
+      state = {"model": nnx.state(model), "optimizer": nnx.state(opt)}
+      _check_space(out, state, epoch)
+      manager.save(epoch + 1, args=ocp.args.StandardSave(state))
       manager.wait_until_finished()
       _record_digest(out, epoch + 1, manager.all_steps())
   return TrainResult(history, status, model, start)
+
+
+def _check_space(out: Path, state, epoch: int) -> None:
+  """Refuse, with one OSError (ENOSPC), a checkpoint the disk cannot hold, before Orbax starts
+  writing it: a full disk in the middle of Orbax's asynchronous save printed hundreds of lines
+  of tracebacks from its threads. The previous checkpoint stays intact; a rerun resumes."""
+  import errno
+  need = sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(state))
+  need = int(need * 1.1) + (1 << 16)  # Orbax's metadata and OCDBT manifests
+  free = shutil.disk_usage(out).free
+  if free < need:
+    raise OSError(errno.ENOSPC, f"no space left on the device of {out} for the checkpoint of "
+                  f"epoch {epoch + 1} (about {need / 1e6:.1f} MB needed, {free / 1e6:.1f} MB "
+                  f"free); {f'epoch {epoch} is intact' if epoch else 'nothing is lost'}: free "
+                  "space and run the same command again to resume")
 
 
 def _read_history(path: Path, epochs: int) -> list:
