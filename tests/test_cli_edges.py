@@ -122,3 +122,18 @@ def test_activation_that_jax_cannot_trace_is_named():
     mt.chi1(np.tanh, 1.5, 0.1)
   with pytest.raises(TypeError, match=r"activation '<lambda>' must be an elementwise"):
     mt.kernels(np.eye(3), activation=lambda u: u if u > 0 else 0 * u)
+
+
+def test_work_that_cannot_fit_is_refused_before_it_starts(tmp_path):
+  """Estimated from the sizes, before anything is built (the depth-100000 run was killed by
+  the OOM killer after 7 minutes, without a word)."""
+  import mimictheory as mt
+  t0 = time.time()
+  proc = _run("train", "--depth", "100000", "--width", "100000", "--epochs", "1", "--out",
+              str(tmp_path / "run"))
+  _one_line_exit_2(proc, "train would need about 12 PB (1e+15 float32 parameters")
+  assert not (tmp_path / "run").exists() and time.time() - t0 < 60
+  with pytest.raises(ValueError, match=r"kernels would need about 2\d\d GB \(60000 x 60000"):
+    mt.kernels(np.zeros((60000, 3)))
+  with pytest.raises(ValueError, match=r"layer_kernels would need .*208 float64 arrays.*depth"):
+    mt.layer_kernels(np.zeros((5000, 3)), depth=100)

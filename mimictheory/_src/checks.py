@@ -15,8 +15,44 @@ from mimictheory._src.precision import is_traced
 
 __all__ = [
     "check_choice", "check_positive", "check_nonnegative", "check_int", "check_interval",
-    "check_data", "check_fan_in", "is_traced",
+    "check_data", "check_fan_in", "is_traced", "available_memory", "check_memory",
 ]
+
+
+def available_memory() -> int:
+  """Bytes the computation may use: the first device's limit on an accelerator, else the host's
+  available memory (MemAvailable, or the physical memory where /proc/meminfo is missing)."""
+  import jax
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    stats = device.memory_stats() or {}
+    if stats.get("bytes_limit"):
+      return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+  try:
+    with open("/proc/meminfo") as fh:
+      for line in fh:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  import os
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(what: str, need: float, detail: str, hint: str) -> None:
+  """Refuse, before any work, a computation estimated to need more memory than there is:
+  ValueError naming the estimate (`detail` says what it counts) and a way out (`hint`)."""
+  have = 0.9 * available_memory()  # the rest for the interpreter, XLA and the OS
+  if need > have:
+    raise ValueError(f"{what} would need about {_bytes(need)} ({detail}), more than the "
+                     f"{_bytes(have)} available here; {hint}")
+
+
+def _bytes(n: float) -> str:
+  for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+    if n >= size:
+      return f"{n / size:.3g} {unit}"
+  return f"{n / 1e3:.3g} kB"
 
 
 def _check_traced(name: str, value):

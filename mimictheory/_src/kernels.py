@@ -370,6 +370,8 @@ def layer_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm=
   """
   x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
+  if not checks.is_traced(x):
+    check_gram_memory("layer_kernels", x.shape[0], x.shape[0], stored=depth)
   if checks.is_traced(x, layer, gain):
     _refuse_traced_exact_batch_norm("layer_kernels", norm)
     return _layer_kernels(layer, f64(x), gain, depth)
@@ -522,6 +524,23 @@ def validate_inputs(x1, x2, depth, gain):
   return x1, x2, depth, gain if checks.is_traced(gain) else float(gain)
 
 
+#: float64 N1 × N2 arrays alive at once while a Gram matrix is computed (results, the tiles'
+#: assembly, Mehler's series and its bounds): the memory estimate's factor
+GRAM_ARRAYS = 8
+
+
+def check_gram_memory(what: str, n1: int, n2: int, stored: int = 0) -> None:
+  """Refuse, before any work, Gram matrices that do not fit (`stored`: N1 × N2 arrays kept per
+  layer, as `layer_kernels` keeps one per depth)."""
+  arrays = GRAM_ARRAYS + 2 * stored  # the stacked layers, on the device and as NumPy
+  need = 8.0 * n1 * n2 * arrays
+  hint = ("use fewer inputs, or a smaller depth" if stored else "use fewer inputs"
+          + (" (or compute the Gram matrix in blocks of rows with x2)"
+             if what == "kernels" else ""))
+  checks.check_memory(what, need, f"{n1} x {n2} entries, {arrays} float64 arrays of that size",
+                      hint)
+
+
 def _refuse_traced_exact_batch_norm(what: str, norm: str):
   """Exact finite-batch BN picks its quadrature from the batch's values: not traceable."""
   if norm == "batch_norm":
@@ -577,6 +596,8 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
   x1, x2, depth, gain = validate_inputs(x1, x2, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   layer.activation.require_derivative()  # the NTK needs E[φ'φ']
+  if not checks.is_traced(x1, x2):
+    check_gram_memory("kernels", x1.shape[0], x2.shape[0])
   if norm in BATCH_NORMS and x2 is not x1:
     raise ValueError(f"x2 must be None with norm={norm!r}: BN couples the inputs of a batch, "
                      "so a cross-kernel depends on the whole batch; pass the whole batch as "
@@ -894,6 +915,8 @@ def ntk_spectrum(x, depth: int = 50, activation="relu", sw2=2.0, sb2=0.0, norm="
   x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   layer.activation.require_derivative()
+  if not checks.is_traced(x):
+    check_gram_memory("ntk_spectrum", x.shape[0], x.shape[0])
   if checks.is_traced(x, layer, gain):
     _refuse_traced_exact_batch_norm("ntk_spectrum", norm)
     eig = _spectrum(layer, f64(x), gain, depth)

@@ -288,6 +288,23 @@ def _build(config: TrainConfig, shape, classes: int, steps_per_epoch: int):
   return model, optimizer(model, schedule, config.momentum, config.weight_decay)
 
 
+def _check_model_memory(config: TrainConfig, shape, classes: int) -> None:
+  """Refuse, before building, an MLP whose parameters (with their gradients and momentum) and
+  activations (kept for the backward pass) do not fit: `train --depth 100000 --width 100000`
+  ran for 7 minutes before the kernel's OOM killer ended it without a word. The CIFAR models
+  have fixed sizes (`width` is their channel multiplier; the `memory` command measures them)."""
+  if config.model != "mlp":
+    return
+  d, w, depth = int(np.prod(shape)), config.width, config.depth
+  params = d * w + (depth - 1) * w * w + w * classes + (depth + 1) * w
+  activations = 4 * config.batch_size * w * depth  # pre/post activation, norm, gradient
+  need = 4.0 * (3 * params + activations)
+  checks.check_memory(
+      "train", need, f"{params:.3g} float32 parameters with their gradients and momentum, and "
+      f"{activations:.3g} activations at batch {config.batch_size}",
+      "use a smaller depth, width or batch_size")
+
+
 def _last_bn_variance(model):
   return None if model.last_bn is None else np.asarray(model.last_bn.var[...]).tolist()
 
@@ -508,6 +525,7 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   if mesh is not None and config.batch_size % mesh.devices.size:
     raise ValueError(f"batch_size must be a multiple of the {mesh.devices.size} devices of the "
                      f"mesh, got {config.batch_size}")
+  _check_model_memory(config, x_train.shape[1:], classes)
   model, opt = _build(config, x_train.shape[1:], classes, steps_per_epoch)  # validates shapes
   if mesh is not None:
     nnx.update((model, opt), _replicate(nnx.state((model, opt)), mesh))
