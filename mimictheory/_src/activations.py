@@ -462,23 +462,6 @@ class Numerical(Activation):
     check_elementwise(self.fn, self.name)
 
 
-def check_elementwise(fn, name: str) -> None:
-  """Refuse, naming `activation`, a callable that JAX cannot apply to an array elementwise: one
-  built on NumPy (np.tanh), on Python control flow (`if u > 0`), or not shape-preserving."""
-  probe = jax.ShapeDtypeStruct((5,), jnp.float32)
-  try:
-    out = jax.eval_shape(lambda u: fn(u), probe)
-  except Exception as err:  # TracerArrayConversionError, ConcretizationTypeError, ...
-    first = (str(err).strip().splitlines() or [""])[0][:160]
-    raise TypeError(
-        f"activation {name!r} must be an elementwise function of a JAX array, written with "
-        "jax.numpy (it is traced, vectorised and differentiated by JAX: no NumPy functions, "
-        f"no Python `if` on its argument); applied to an array of shape (5,) it raised "
-        f"{type(err).__name__}: {first}") from None
-  if getattr(out, "shape", None) != (5,):
-    raise ValueError(f"activation {name!r} must be elementwise (same shape out as in); on an "
-                     f"array of shape (5,) it returned {getattr(out, 'shape', type(out))}")
-
   def __call__(self, x):
     return self.fn(x)
 
@@ -617,6 +600,25 @@ def check_elementwise(fn, name: str) -> None:
   def derivative_second_moment(self, q):
     self.require_derivative()
     return self._map_1d(lambda x: jnp.square(self.derivative(x)), q)
+
+
+def check_elementwise(fn, name: str) -> None:
+  """Refuse, naming `activation`, a callable that JAX cannot apply to an array elementwise: one
+  built on NumPy (np.tanh), on Python control flow (`if u > 0`), or not shape-preserving."""
+  probe = jax.ShapeDtypeStruct((5,), jnp.float32)
+  try:
+    out = jax.eval_shape(lambda u: fn(u), probe)
+  except Exception as err:  # TracerArrayConversionError, ConcretizationTypeError, ...
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    raise TypeError(
+        f"activation {name!r} must be an elementwise function of a JAX array, written with "
+        "jax.numpy (it is traced, vectorised and differentiated by JAX: no NumPy functions, "
+        f"no Python `if` on its argument); applied to an array of shape (5,) it raised "
+        f"{type(err).__name__}: {first}") from None
+  if getattr(out, "shape", None) != (5,):
+    raise ValueError(f"activation {name!r} must be elementwise (same shape out as in); on an "
+                     f"array of shape (5,) it returned {getattr(out, 'shape', type(out))}")
+
 
 
 def find_kinks(fn, derivative_fn=None, limit: float = 50.0, points: int = 20001):
