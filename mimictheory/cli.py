@@ -78,8 +78,8 @@ def _phase(args) -> int:
   norms = [check_choice("norm", n, NORMS) for n in args.norm]
   if not norms:
     raise ValueError(f"--norm must name at least one of {', '.join(NORMS)}, got ''")
-  _check_fan_in_norm(args.fan_in, norms)
   check_fan_in(args.fan_in)
+  _check_fan_in_norm(args.fan_in, norms)
   out = ensure_dir(args.out)
   with exit_cleanly_on_interrupt():
     paths = phase_figure(out, args.activation, norms, sw2=args.sw2, sb2=args.sb2,
@@ -91,8 +91,8 @@ def _phase(args) -> int:
 
 
 def _check_fan_in_norm(fan_in, norms) -> None:
-  """--fan-in is Lemma 1's finite fan-in of weight mean; elsewhere it would be ignored."""
-  if fan_in is not None and any(n != "weight_mean" for n in norms):
+  """--fan-in is Lemma 1's finite fan-in of weight mean; without it, it would be ignored."""
+  if fan_in is not None and "weight_mean" not in norms:
     raise ValueError(f"--fan-in applies to --norm weight_mean only (Lemma 1's (n-1)/n), got "
                      f"--norm {','.join(norms)}")
 

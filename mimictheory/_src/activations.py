@@ -15,6 +15,7 @@ All functions broadcast over their arguments and are meant to run in float64.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from functools import partial
 from typing import Callable
@@ -221,6 +222,8 @@ class Activation:
   #: Degree of positive homogeneity φ(a x) = a^k φ(x), a > 0, or None. With k = 1 the
   #: correlation map does not depend on the variance scale (used when q* is infinite).
   homogeneity: int | None = None
+  #: sup φ² for a bounded φ (then q* <= σw² sup φ² + σb² for every σw²: never infinite), or None
+  sup_square: float | None = None
 
   def __call__(self, x):
     raise NotImplementedError
@@ -343,6 +346,7 @@ class Erf(Activation):
   """
 
   name: str = "erf"
+  sup_square = 1.0
 
   def __call__(self, x):
     return jax.scipy.special.erf(x)
@@ -353,6 +357,15 @@ class Erf(Activation):
   def mean(self, q):
     return jnp.zeros_like(jnp.asarray(q, dtype=float))
 
+  def second_moment(self, q):
+    # (2/π) arcsin(2q/(1+2q)) = (2/π) arctan(2q/√(1+4q)): no cancellation in the value or in
+    # its derivative at any q (the variance map's Newton step needs V' at q* ~ σw² = 1e300).
+    q = jnp.asarray(q, dtype=float)
+    return 2.0 / jnp.pi * jnp.arctan(2.0 * q / jnp.sqrt(1.0 + 4.0 * q))
+
+  def derivative_second_moment(self, q):
+    return 4.0 / jnp.pi / jnp.sqrt(1.0 + 4.0 * jnp.asarray(q, dtype=float))
+
   def kernel(self, q1, q2, q12):
     return self.kernel_pair(q1, q2, q12)[0]
 
@@ -360,13 +373,19 @@ class Erf(Activation):
     return self.kernel_pair(q1, q2, q12)[1]
 
   def kernel_pair(self, q1, q2, q12):
-    # x = 2 q12 / √((1+2q1)(1+2q2)), with the square roots taken per variance (O(N) for a Gram
-    # matrix). E[exp(-u²-v²)] = det(I + 2Σ)^(-1/2) = g1 g2 / √(1 - x²), times (2/√π)².
-    g1, g2 = 1.0 / jnp.sqrt(1.0 + 2.0 * q1), 1.0 / jnp.sqrt(1.0 + 2.0 * q2)
-    x = 2.0 * q12 * g1 * g2
-    # √(1/w), not 1/√w: XLA rewrites the latter as rsqrt, 3x slower in float64 on CPU.
-    inverse = jnp.sqrt(1.0 / jnp.maximum((1.0 - x) * (1.0 + x), 0.0))
-    return 2.0 / jnp.pi * _arcsin(x), 4.0 / jnp.pi * g1 * g2 * inverse
+    # x = 2 q12 / √((1+2q1)(1+2q2)), with the factors taken per variance (O(N) for a Gram
+    # matrix). E[exp(-u²-v²)] = det(I + 2Σ)^(-1/2) = g1 g2 / √(1 - x²), times (2/√π)². 1 - x²
+    # is written without cancellation or overflow, with s = 1/(1+2q), h = q s <= 1/2:
+    #   1 - x² = s1 s2 + 2 h1 s2 + 2 h2 s1 + 4 h1 h2 (1 - ρ²)   (> 0 for every finite q),
+    # so that at q = 1e12 (x = 1 - 5e-13) both kernels keep full precision, and q = 1e300
+    # does not overflow; arcsin x = atan2(x, √(1 - x²)).
+    s1, s2 = 1.0 / (1.0 + 2.0 * q1), 1.0 / (1.0 + 2.0 * q2)
+    h1, h2 = q1 * s1, q2 * s2
+    rho, _ = _correlation(q1, q2, q12)
+    w = s1 * s2 + 2.0 * (h1 * s2 + h2 * s1) + 4.0 * h1 * h2 * ((1.0 - rho) * (1.0 + rho))
+    x = 2.0 * q12 * jnp.sqrt(s1) * jnp.sqrt(s2)
+    # √(a/w), not √a/√w: XLA rewrites a division by a root as rsqrt, 3x slower on CPU.
+    return 2.0 / jnp.pi * jnp.arctan2(x, jnp.sqrt(w)), 4.0 / jnp.pi * jnp.sqrt(s1 * s2 / w)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,6 +418,9 @@ class Identity(Activation):
   def derivative_kernel(self, q1, q2, q12):
     return jnp.ones(jnp.broadcast_shapes(jnp.shape(q1), jnp.shape(q2), jnp.shape(q12)))
 
+
+#: above this variance a saturating `Numerical` φ uses its large-q expansion (`saturation`)
+Q_ASYMPTOTIC = 1e12
 
 # Breakpoints around a feature of φ (its transition region or a kink), in units of `scale`:
 # geometric, so that panels follow the integrand at every variance q (in z the feature has
@@ -584,8 +606,71 @@ class Numerical(Activation):
           "integrals (infinite at ρ = 1); only the NNGP kernel is defined")
 
   # -- the dual activation -----------------------------------------------------------------------
+  # -- large variances: the asymptotic expansion for saturating φ ------------------------------
+  @functools.cached_property
+  def saturation(self):
+    """For φ that tends to limits L± at ±∞ faster than any power (tanh, erf, sigmoid), the
+    coefficients of the large-q expansion of the one-dimensional moments, else None.
+
+    For g integrable, E[g(√q z)] = (1/√(2πq)) Σ_k (-1/(2q))^k / k! ∫ u^(2k) g(u) du. With
+    g = φ - L_sign(u) for E[φ] (and φ² - L² for E[φ²], φ'² for E[φ'²]):
+
+        E[φ]   = (L+ + L-)/2   + (A0 - A2/(2q)) / √(2πq) + O(q^(-5/2)),
+        E[φ²]  = (L+² + L-²)/2 + (B0 - B2/(2q)) / √(2πq) + O(q^(-5/2)),
+        E[φ'²] =                 (C0 - C2/(2q)) / √(2πq) + O(q^(-5/2)),
+
+    A_j = ∫ u^j (φ(u) - L_sign(u)) du and likewise B_j, C_j (tanh: B0 = -2, C0 = 4/3). Used
+    above Q_ASYMPTOTIC, where the neglected term is below 1e-24 relative; returns (L+, L-,
+    A0, A2, B0, B2, C0, C2) and sup φ².
+    """
+    with jax.enable_x64(True):
+      far = 40.0 * self.scale + max((abs(k) for k in self.kinks), default=0.0)
+      ends = np.asarray(self.fn(jnp.array([-4 * far, -2 * far, 2 * far, 4 * far])), float)
+      if not np.all(np.isfinite(ends)) or abs(ends[0] - ends[1]) > 1e-15 * (1 + abs(ends[0])) \
+         or abs(ends[2] - ends[3]) > 1e-15 * (1 + abs(ends[3])):
+        return None  # unbounded, oscillating, or saturating too slowly for the expansion
+      lo, hi = float(ends[1]), float(ends[2])
+      x, w = np.polynomial.legendre.leggauss(20)
+      edges = np.unique(np.concatenate([np.linspace(-2 * far, 2 * far, 801),
+                                        np.asarray(self.kinks, float)]))
+      a, b = edges[:-1, None], edges[1:, None]
+      u = (0.5 * (a + b) + 0.5 * (b - a) * x).reshape(-1)
+      wu = (0.5 * (b - a) * w).reshape(-1)
+      phi = np.asarray(self.fn(jnp.asarray(u)), float)
+      limit = np.where(u > 0, hi, lo)
+      g = (phi - limit, phi**2 - limit**2)
+      if self.jumps:
+        deriv = np.zeros_like(u)
+      else:
+        deriv = np.asarray(self.derivative(jnp.asarray(u)), float) ** 2
+      coeffs = [float(np.sum(wu * f * u**j)) for f in g + (deriv,) for j in (0, 2)]
+      sup = float(max(np.max(phi**2), lo**2, hi**2))
+    return (hi, lo, *coeffs), sup
+
+  @property
+  def sup_square(self):
+    s = self.saturation
+    return None if s is None else s[1]
+
+  def asymptotic_moments(self, q):
+    """(E[φ²], E[φ], E[φ'²]) at large q from `saturation` (stacked on the last axis)."""
+    (hi, lo, a0, a2, b0, b2, c0, c2), _ = self.saturation
+    q = jnp.asarray(q, dtype=float)
+    root = jnp.sqrt(2.0 * math.pi * q)
+    return jnp.stack([0.5 * (hi**2 + lo**2) + (b0 - b2 / (2 * q)) / root,
+                      0.5 * (hi + lo) + (a0 - a2 / (2 * q)) / root,
+                      (c0 - c2 / (2 * q)) / root], -1)
+
+  def _large_q(self, which: int, q, direct):
+    """`direct(q)` (the quadrature), or above Q_ASYMPTOTIC the expansion for a saturating φ."""
+    q = jnp.asarray(q, dtype=float)
+    if self.saturation is None:
+      return direct(q)
+    far = self.asymptotic_moments(jnp.maximum(q, Q_ASYMPTOTIC))[..., which]
+    return jnp.where(q > Q_ASYMPTOTIC, far, direct(jnp.minimum(q, Q_ASYMPTOTIC)))
+
   def mean(self, q):
-    return self._map_1d(self.fn, q)
+    return self._large_q(1, q, lambda q: self._map_1d(self.fn, q))
 
   def kernel(self, q1, q2, q12):
     return self._map_2d(self.fn, self.fn, q1, q2, q12, which=0)
@@ -595,11 +680,12 @@ class Numerical(Activation):
     return self._map_2d(self.derivative, self.derivative, q1, q2, q12, which=1)
 
   def second_moment(self, q):
-    return self._map_1d(lambda x: jnp.square(self.fn(x)), q)
+    return self._large_q(0, q, lambda q: self._map_1d(lambda x: jnp.square(self.fn(x)), q))
 
   def derivative_second_moment(self, q):
     self.require_derivative()
-    return self._map_1d(lambda x: jnp.square(self.derivative(x)), q)
+    return self._large_q(2, q, lambda q: self._map_1d(lambda x: jnp.square(self.derivative(x)),
+                                                      q))
 
 
 def check_elementwise(fn, name: str) -> None:

@@ -183,7 +183,7 @@ CONVERGED, COLLAPSED, DIVERGED, NOT_CONVERGED = 0, 1, 2, 3
 QSTAR_STATUS = ("converged", "q* = 0", "q* = ∞", "not converged")
 
 
-def _fixed_point(variance, zero_is_fixed, shape, q0, max_iter: int):
+def _fixed_point(variance, zero_is_fixed, shape, q0, max_iter: int, cap=Q_MAX):
   """q* reached from q0 by q -> V(q): safeguarded Newton on g(q) = V(q) - q, and its status.
 
   The iteration q -> V(q) moves monotonically towards q* (V is increasing); Newton's step is
@@ -192,10 +192,11 @@ def _fixed_point(variance, zero_is_fixed, shape, q0, max_iter: int):
   relative step is below 4e-15. Where V(0) = 0 (`zero_is_fixed`) and the iterates fall below
   Q_MIN, q* = 0: in float64, V(q)/q is 1 to rounding there at a critical point (V(q) = q - 2q²
   for tanh at σw² = 1), so a smaller fixed point could not be told from 0. Diverged: no fixed
-  point below Q_MAX.
+  point below `cap` (Q_MAX; for a bounded φ above its bound on q*, so never).
   """
   q = jnp.broadcast_to(f64(q0), shape)
-  lo, hi = jnp.zeros(shape), jnp.full(shape, Q_MAX)
+  cap = jnp.broadcast_to(f64(cap), shape)
+  lo, hi = jnp.zeros(shape), cap
 
   def body(state):
     q, lo, hi, done, it, last = state
@@ -211,16 +212,16 @@ def _fixed_point(variance, zero_is_fixed, shape, q0, max_iter: int):
     q_new = q + step
     # Expand geometrically towards the open ends (∞ above, 0 below: a collapse to q* = 0
     # would otherwise take ~50 halvings), bisect inside a bracket.
-    bisect = jnp.where(hi >= Q_MAX, jnp.minimum(2.0 * hi, 10.0 * jnp.maximum(q, 1.0)),
+    bisect = jnp.where(hi >= cap, jnp.minimum(2.0 * hi, 10.0 * jnp.maximum(q, 1.0)),
                        jnp.where(lo <= 0.0, 0.01 * jnp.minimum(q, hi), 0.5 * (lo + hi)))
-    q_new = jnp.where((q_new < lo) | (q_new > hi), jnp.minimum(bisect, Q_MAX), q_new)
+    q_new = jnp.where((q_new < lo) | (q_new > hi), jnp.minimum(bisect, cap), q_new)
     q_new = jnp.where(g == 0, q, q_new)  # V(q) = q exactly (e.g. the identity at σw² = 1)
     q_new = jnp.where(done, q, q_new)
     move = jnp.abs(q_new - q)
     # Converged: a step at rounding level, or Newton stalling at the noise floor of V (a step
     # below 1e-9 q that is not smaller than half the one before; quadratic convergence would be).
     finished = ((move <= 4e-15 * q) | ((move <= 1e-9 * q) & (move >= 0.5 * last))
-                | (lo >= Q_MAX) | (q_new >= Q_MAX) | (zero_is_fixed & (q_new <= Q_MIN)))
+                | (lo >= cap) | (q_new >= cap) | (zero_is_fixed & (q_new <= Q_MIN)))
     return q_new, lo, hi, done | finished, it + 1, move
 
   def cond(state):
@@ -229,7 +230,7 @@ def _fixed_point(variance, zero_is_fixed, shape, q0, max_iter: int):
   state = (q, lo, hi, jnp.zeros(shape, bool), 0, jnp.full(shape, jnp.inf))
   q, _, _, done, _, _ = jax.lax.while_loop(cond, body, state)
   collapsed = zero_is_fixed & (q <= Q_MIN)
-  diverged = q >= Q_MAX * 0.999
+  diverged = q >= cap * 0.999
   status = jnp.where(collapsed, COLLAPSED, jnp.where(diverged, DIVERGED,
                                                      jnp.where(done, CONVERGED, NOT_CONVERGED)))
   q = jnp.where(collapsed, 0.0, jnp.where(diverged, jnp.inf, q))
@@ -248,7 +249,16 @@ def zero_is_fixed(layer: Layer):
 def solve_qstar_status(layer: Layer, q0=1.0, max_iter: int = 400):
   shape = jnp.broadcast_shapes(jnp.shape(layer.sw2), jnp.shape(layer.sb2), jnp.shape(q0))
   variance = lambda q: layer.variance_map(jnp.maximum(q, 1e-300))  # noqa: E731 (never at q = 0)
-  return _fixed_point(variance, zero_is_fixed(layer), shape, q0, max_iter)
+  return _fixed_point(variance, zero_is_fixed(layer), shape, q0, max_iter, search_cap(layer))
+
+
+def search_cap(layer: Layer):
+  """Where the search for q* gives up (q* = ∞): Q_MAX, or for a bounded φ (`sup_square`) four
+  times its bound σw² sup φ² + σb² on q*, which a bounded φ never exceeds (so never ∞)."""
+  sup = layer.activation.sup_square
+  if sup is None or layer.norm in BATCH_NORMS:
+    return Q_MAX
+  return jnp.maximum(Q_MAX, 4.0 * (layer.sw2 * sup + layer.sb2) + 1.0)
 
 
 def _fixed_point_tangent(root, d_map, slope):

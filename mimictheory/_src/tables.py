@@ -336,8 +336,19 @@ class Tabulated(Activation):
   def derivative(self, x):
     return self.base.derivative(x)
 
+  @property
+  def sup_square(self):
+    return self.base.sup_square
+
   def _moments(self, q):
-    return moments(self.moment, jnp.asarray(q, dtype=float))
+    q = jnp.asarray(q, dtype=float)
+    table = moments(self.moment, q)
+    if self.base.saturation is None:
+      return table
+    # Beyond the table (q > 1e17): the large-q expansion of a saturating φ (not the clamp).
+    top = MOMENT_RANGE[1]
+    return jnp.where((q > top)[..., None], self.base.asymptotic_moments(jnp.maximum(q, top)),
+                     table)
 
   def mean(self, q):
     return self._moments(q)[..., 1]
