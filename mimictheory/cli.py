@@ -99,6 +99,8 @@ def _check_fan_in_norm(fan_in, norms) -> None:
 
 def _maps(args) -> int:
   import mimictheory as mt
+  from mimictheory._src.checks import check_fan_in
+  check_fan_in(args.fan_in)
   _check_fan_in_norm(args.fan_in, [args.norm])
   if args.batch is not None and args.norm != "batch_norm":
     raise ValueError(f"--batch applies to --norm batch_norm only, got --norm {args.norm}")

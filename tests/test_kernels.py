@@ -228,6 +228,11 @@ def test_overflow_is_a_clear_error_never_nan(call, needle, rng):
 
 
 def test_singular_ntk_keeps_infinite_condition_number(rng):
-  """κ = ∞ (λmin <= 0 in the deep ordered phase) is a result, not an overflow."""
+  """κ = ∞ (λmin <= 0 in the deep ordered phase) is a result, not an overflow. Numerically
+  singular: λmin is at rounding level, so whether it comes out <= 0 (κ = ∞) or just above
+  (κ ~ 1e16) depends on the last bits of the kernels."""
   spec = mt.ntk_spectrum(_data(rng), depth=120, activation="erf", sw2=0.5, sb2=0.05)
-  assert np.isinf(spec.condition[-1]) and np.isfinite(spec.eigenvalues).all()
+  eig = spec.eigenvalues[-1]
+  assert np.isfinite(spec.eigenvalues).all() and abs(eig[0]) < 1e-14 * eig[-1]
+  assert np.isinf(spec.condition[-1]) or spec.condition[-1] > 1e14
+  assert spec.condition[0] < 1e6  # not singular at depth 1

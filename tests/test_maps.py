@@ -1,6 +1,7 @@
 """The paper's statements about the maps, derived independently and checked against the code."""
 import math
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -134,6 +135,28 @@ def test_tanh_cstar_in_chaotic_phase_against_scipy():
 
   c_star = optimize.brentq(lambda c: t(c) - c, 0.0, 0.99, xtol=1e-12)
   assert float(mt.stable_correlation("tanh", sw2, sb2)) == pytest.approx(c_star, abs=1e-9)
+
+
+def test_tanh_fixed_points_by_mehlers_series_against_scipy():
+  """fixed_points for a numerical φ runs on Mehler's series (issue 20, item 12: it took 47-59 s
+  by 2-D quadrature at every grid point); its nontrivial fixed point against scipy."""
+  from mimictheory._src import maps, tables
+  sw2, sb2 = 3.0, 0.2
+  q = _scipy_tanh_qstar(sw2, sb2)
+  with jax.enable_x64(True):
+    layer = maps.build_layer("tanh", sw2, sb2, "none", None)
+    assert isinstance(maps.series_layer(layer, q).activation, tables.Tabulated)
+
+  def t(c):
+    s = math.sqrt(1 - c * c)
+    inner = lambda z1: _gauss(lambda z2: math.tanh(math.sqrt(q) * (c * z1 + s * z2)))
+    return (sw2 * _gauss(lambda z1: math.tanh(math.sqrt(q) * z1) * inner(z1)) + sb2) / q
+
+  c_star = optimize.brentq(lambda c: t(c) - c, 0.0, 0.99, xtol=1e-12)
+  fp = mt.fixed_points("tanh", sw2, sb2)
+  assert fp.points[-1] == 1.0 and not fp.stable[-1] and fp.stable[0]
+  assert fp.points[0] == pytest.approx(c_star, abs=1e-9)
+  assert fp.qstar == pytest.approx(q, rel=1e-12)
 
 
 def _closed_form_maps(name, sw2, sb2):

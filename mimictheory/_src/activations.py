@@ -621,9 +621,10 @@ class Numerical(Activation):
 
     A_j = ∫ u^j (φ(u) - L_sign(u)) du and likewise B_j, C_j (tanh: B0 = -2, C0 = 4/3). Used
     above Q_ASYMPTOTIC, where the neglected term is below 1e-24 relative; returns (L+, L-,
-    A0, A2, B0, B2, C0, C2) and sup φ².
+    A0, A2, B0, B2, C0, C2) and sup φ². Computed once, eagerly even when first asked for
+    inside a jit trace.
     """
-    with jax.enable_x64(True):
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
       far = 40.0 * self.scale + max((abs(k) for k in self.kinks), default=0.0)
       ends = np.asarray(self.fn(jnp.array([-4 * far, -2 * far, 2 * far, 4 * far])), float)
       if not np.all(np.isfinite(ends)) or abs(ends[0] - ends[1]) > 1e-15 * (1 + abs(ends[0])) \

@@ -650,6 +650,34 @@ class FixedPoints:
     return f"FixedPoints(qstar={self.qstar:.6g}, chi1={self.chi1:.6g}, points=[{pts}])"
 
 
+SERIES_TOL = 1e-12  # truncation bound of Mehler's series accepted for T(ρ) and T'(ρ)
+
+
+def series_layer(layer: Layer, q) -> Layer:
+  """`layer` with a numerically integrated φ replaced by Mehler's series on its coefficient
+  table around q (`tables.tabulated`: a table once, then a polynomial in ρ per evaluation, as
+  the phase grid does), at the first order in `tables.ORDERS` whose truncation bounds for
+  E[φφ] and E[φ'φ'] are below SERIES_TOL at ρ = ±1, where they are largest (|ρ|^(K+1)). Else,
+  and for closed forms, `layer` itself (the 2-D quadrature)."""
+  from mimictheory._src import tables
+  from mimictheory._src.activations import Numerical
+  if not isinstance(layer.activation, Numerical) or layer.norm in BATCH_NORMS:
+    return layer
+  q_eval, limit = limit_point(layer, q)
+  edges = f64(np.array([-1.0, 1.0])) * q_eval
+  scale = float(np.asarray(limit.sw2 * limit.factor / limit.variance_map(q_eval)))
+  for order in tables.ORDERS:
+    series = tables.tabulated(layer.activation, *tables.coefficient_range(np.asarray(q_eval)),
+                              order)
+    # T = σw² f E[φφ] / V(q) and T' = σw² f q E[φ'φ'] / V(q): their truncation errors
+    bound = scale * max(float(np.max(np.asarray(series.kernel_bound(q_eval, q_eval, edges)))),
+                        float(np.max(np.asarray(series.derivative_bound(q_eval, q_eval, edges))))
+                        * float(np.asarray(q_eval)))
+    if bound <= SERIES_TOL:
+      return dataclasses.replace(layer, activation=series)
+  return layer
+
+
 @partial(jax.jit, static_argnames=("steps",))
 def _bisect(layer, q, lo, hi, steps: int = 60):
   g_lo = _correlation_map(layer, q, lo) - lo
@@ -681,8 +709,9 @@ def fixed_points(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None,
   ([0.0, 1.0], [True, False])
   """
   checks.check_int("grid", grid, minimum=11)
-  layer = build_layer(activation, sw2, sb2, norm, fan_in)
-  q = solve_qstar(layer)
+  exact = build_layer(activation, sw2, sb2, norm, fan_in)
+  q = solve_qstar(exact)
+  layer = series_layer(exact, q)  # T and T' at many ρ: Mehler's series where it has converged
   rho = jnp.linspace(-1.0, 1.0, grid)
   g = np.asarray(_correlation_map(layer, q, rho) - rho)
   rho = np.asarray(rho)
@@ -708,5 +737,5 @@ def fixed_points(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None,
   attract_right = (points >= 1.0) | (right < 0)
   stable = np.where(np.abs(slopes) < 1 - 1e-9, True,
                     np.where(np.abs(slopes) > 1 + 1e-9, False, attract_left & attract_right))
-  chi = float(_chi1(layer, q))
+  chi = float(_chi1(exact, q))
   return FixedPoints(float(q), chi, points, slopes, stable)

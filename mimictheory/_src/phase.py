@@ -183,13 +183,6 @@ def _map_chunks(fn, arrays, chunk, progress, desc):
   return [np.concatenate(p) for p in zip(*pieces)]
 
 
-def _coefficient_range(q):
-  """[lo, hi] covering q, widened to powers of ten (so that tables are shared across calls)."""
-  lo = 10.0 ** math.floor(math.log10(max(float(np.min(q)), 1e-16)))
-  hi = 10.0 ** math.ceil(math.log10(float(np.max(q))) + 1e-12)
-  return lo, max(hi, lo * 10)
-
-
 @concrete_only
 @float64
 def phase_diagram(activation="relu", sw2=None, sb2=None, norm="none", fan_in=None,
@@ -242,7 +235,7 @@ def phase_diagram(activation="relu", sw2=None, sb2=None, norm="none", fan_in=Non
   if open_.any():
     idx = np.nonzero(open_)[0]
     for order in tables.ORDERS if numerical else ():  # Mehler's series, longer where needed
-      series = tables.tabulated(act, *_coefficient_range(q[idx]), order)
+      series = tables.tabulated(act, *tables.coefficient_range(q[idx]), order)
       c, s, ok = _map_chunks(lambda ws, bs, qs: _series_fields(layer(series, ws, bs), f64(qs)),
                              [w[idx], b[idx], q[idx]], min(chunk, idx.size), progress,
                              f"{desc}, Mehler order {order}")

@@ -34,7 +34,7 @@ from mimictheory._src.precision import f64
 
 __all__ = ["Table", "moment_table", "check_finite_activation", "coefficient_table",
            "hermite_coefficients", "mehler", "Tabulated", "tabulated", "MOMENT_RANGE", "ORDER",
-           "ORDERS", "horner", "polynomial"]
+           "ORDERS", "horner", "polynomial", "coefficient_range"]
 
 #: q range of the moment table; below it the moments are linear in q (analytic at 0) to 1e-16.
 MOMENT_RANGE = (1e-18, 1e17)
@@ -341,14 +341,8 @@ class Tabulated(Activation):
     return self.base.sup_square
 
   def _moments(self, q):
-    q = jnp.asarray(q, dtype=float)
-    table = moments(self.moment, q)
-    if self.base.saturation is None:
-      return table
-    # Beyond the table (q > 1e17): the large-q expansion of a saturating φ (not the clamp).
-    top = MOMENT_RANGE[1]
-    return jnp.where((q > top)[..., None], self.base.asymptotic_moments(jnp.maximum(q, top)),
-                     table)
+    self.base.saturation  # noqa: B018  (computed eagerly, before the trace)
+    return _tabulated_moments(self, jnp.asarray(q, dtype=float))
 
   def mean(self, q):
     return self._moments(q)[..., 1]
@@ -364,11 +358,9 @@ class Tabulated(Activation):
     return self._moments(q)[..., 2]
 
   def _series(self, q1, q2, q12):
+    self.base.saturation  # noqa: B018
     q1, q2, q12 = jnp.broadcast_arrays(*(jnp.asarray(a, dtype=float) for a in (q1, q2, q12)))
-    rho = q12 / jnp.sqrt(q1 * q2)
-    m1, m2 = self._moments(q1), self._moments(q2)
-    return mehler(self.coefficient(q1), self.coefficient(q2), m1[..., 0], m2[..., 0],
-                  m1[..., 2], m2[..., 2], q1, q2, rho, centred=False)
+    return _tabulated_series(self, q1, q2, q12)
 
   def kernel(self, q1, q2, q12):
     return self._series(q1, q2, q12)[0]
@@ -382,6 +374,34 @@ class Tabulated(Activation):
 
   def derivative_bound(self, q1, q2, q12):
     return self._series(q1, q2, q12)[3]
+
+
+# Compiled once per table (a Tabulated is hashed by identity, and `tabulated` caches them): the
+# eager calls (fixed points, a few ρ at a time) took ~0.5 s each op by op.
+@functools.partial(jax.jit, static_argnums=0)
+def _tabulated_moments(tab: Tabulated, q):
+  table = moments(tab.moment, q)
+  if tab.base.saturation is None:
+    return table
+  # Beyond the table (q > 1e17): the large-q expansion of a saturating φ (not the clamp).
+  top = MOMENT_RANGE[1]
+  return jnp.where((q > top)[..., None], tab.base.asymptotic_moments(jnp.maximum(q, top)),
+                   table)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _tabulated_series(tab: Tabulated, q1, q2, q12):
+  rho = q12 / jnp.sqrt(q1 * q2)
+  m1, m2 = _tabulated_moments(tab, q1), _tabulated_moments(tab, q2)
+  return mehler(tab.coefficient(q1), tab.coefficient(q2), m1[..., 0], m2[..., 0],
+                m1[..., 2], m2[..., 2], q1, q2, rho, centred=False)
+
+
+def coefficient_range(q):
+  """[lo, hi] covering q, widened to powers of ten (so that tables are shared across calls)."""
+  lo = 10.0 ** math.floor(math.log10(max(float(np.min(q)), 1e-16)))
+  hi = 10.0 ** math.ceil(math.log10(float(np.max(q))) + 1e-12)
+  return lo, max(hi, lo * 10)
 
 
 @functools.lru_cache(maxsize=64)
