@@ -41,7 +41,8 @@ ax.plot(rho, mean, label="weight mean T̄")
 ax.plot(rho, bn, ":", lw=3, label="batch norm (Theorem 2)")
 ax.set_xlabel("input correlation ρ")
 ax.set_ylabel("output correlation")
-ax.legend()
+ax.set_xticks([-1, -0.5, 0, 0.5, 1])
+ax.legend();
 
 # %% [markdown]
 # ## Iterating the maps: correlation against depth
@@ -61,4 +62,4 @@ for k, v in traj.items():
     ax.plot(v, label=k)
 ax.set_xlabel("layer")
 ax.set_ylabel("correlation")
-ax.legend()
+ax.legend();

@@ -39,6 +39,16 @@ for norm, pd in pds.items():
 mt.plot_phase_diagrams(pds.values())  # a Figure: shown as the cell's value
 
 # %% [markdown]
+# The plain and weight-mean rows of erf are the same: erf is odd, so E[φ] = 0 and centring the
+# weights removes nothing after the first layer (Lemma 1 subtracts E[φ]²). Weight mean moves
+# the phase boundary only for activations with a mean, such as ReLU:
+
+# %%
+relu = {norm: mt.phase_diagram("relu", sw2=sw2, sb2=sb2, norm=norm)
+        for norm in ("none", "weight_mean")}
+mt.plot_phase_diagrams(relu.values())
+
+# %% [markdown]
 # ## What each cell is
 # Every cell has a regime (`mt.REGIMES`): ordered, critical, chaotic, or one where the variance
 # itself has no finite positive fixed point (q* = 0: it collapses; q* = ∞: it explodes, as for
@@ -76,6 +86,6 @@ fig, ax = plt.subplots(figsize=(6, 4))
 ax.semilogy(tanh.sw2, xi)
 ax.axvline(critical, color="k", ls="--", label=f"critical σw² = {critical:.3f}")
 ax.set_xlabel("σw²")
-ax.set_ylabel("ξ_c (layers)")
+ax.set_ylabel(r"$\xi_c$ (layers)")
 ax.set_title("tanh, σb² = 0.05")
 ax.legend();

@@ -19,8 +19,11 @@
 # 3. the NTK's eigenvalues on 32 inputs at the chosen depth, and its condition number against
 #    depth (Theorem 1: it blows up in the ordered phase).
 #
-# The sliders act on release. The static picture below the controls is the same function
-# called once with the defaults, so the notebook also reads without a running kernel.
+# The sliders act on release. The three static pictures above the controls are the same
+# function called at three settings, so the notebook also reads without a running kernel;
+# the controls themselves appear only when the notebook runs in a live kernel (a saved
+# notebook shows no widget). In the phase panel, grey cells have no finite positive q* (the
+# variance collapses or explodes); blue is ordered, red chaotic, near-white near-critical.
 # `MIMICTHEORY_NOTEBOOK_SMALL=1` shrinks the phase grid (the tests use it).
 
 # %%
@@ -49,7 +52,7 @@ state = {}  # the last drawn values (the tests read them)
 
 
 def draw(activation="relu", norm="none", sw2=2.0, sb2=0.0, depth=20):
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.1), layout="constrained", dpi=72)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained", dpi=110)
     rho = np.linspace(-1, 1, 201)
     ax = axes[0]
     ax.plot(rho, rho, color="0.6", ls="--", lw=1, label="identity")
@@ -75,21 +78,24 @@ def draw(activation="relu", norm="none", sw2=2.0, sb2=0.0, depth=20):
         pd = phase(activation, norm)
         chi = float(mt.chi1(activation, sw2=sw2, sb2=sb2, norm=norm))
         chi_map = np.ma.masked_invalid(np.where(pd.regime >= 3, np.nan, pd.chi1))
+        ax.set_facecolor("0.75")  # q* = 0 or ∞: no colour of the χ1 scale
         ax.pcolormesh(SB2, SW2, chi_map, cmap="RdBu_r", vmin=0, vmax=2, shading="nearest")
+        ax.set_xlim(SB2[0] - 0.01, SB2[-1] + 0.01)
+        ax.set_ylim(SW2[0] - 0.05, SW2[-1] + 0.05)
         line = pd.critical
         if line is not None and line.exists.any():
             ax.plot(line.sb2[line.exists], line.sw2[line.exists], "k-", lw=1.5)
-        ax.plot([sb2], [sw2], "k*", ms=14, mfc="yellow")
+        ax.plot([sb2], [sw2], "k*", ms=14, mfc="yellow", clip_on=False)
         ax.set(xlabel="σb²", ylabel="σw²", title=f"phase point: χ1 = {chi:.3f}")
     ax = axes[2]
     spec = mt.ntk_spectrum(x, depth=depth, activation=activation, sw2=sw2, sb2=sb2, norm=norm)
     ax.semilogy(np.arange(1, len(x) + 1), spec.eigenvalues[-1][::-1], "o-", ms=3,
                 label=f"eigenvalues at depth {depth}")
-    inset = ax.inset_axes([0.55, 0.55, 0.42, 0.4])
+    inset = ax.inset_axes([0.55, 0.5, 0.42, 0.36])
     inset.plot(spec.depths, spec.condition, color="tab:purple")
     if np.nanmax(spec.condition) / np.nanmin(spec.condition) > 30:
         inset.set_yscale("log")
-    inset.set_title("κ against depth", fontsize=8)
+    inset.set_title("κ against depth", fontsize=8, pad=2)
     inset.tick_params(labelsize=7)
     ax.set(xlabel="index", ylabel="NTK eigenvalue",
            title=f"NTK on {len(x)} inputs: κ = {spec.condition[-1]:.3g}")
@@ -108,8 +114,9 @@ draw(norm="weight_mean", sw2=float(mt.stable_sw2("relu")))
 draw(norm="batch_norm")
 
 # %% [markdown]
-# ## The controls  # its first drawing is at the defaults again
-# In a running Jupyter kernel (`make lab`), drag the sliders.
+# ## The controls
+# In a running Jupyter kernel (`make lab`), run the cell below and drag the sliders; its first
+# drawing is at the defaults again. A saved notebook cannot show a live widget.
 
 # %%
 slider = dict(continuous_update=False, readout_format=".2f")
@@ -122,4 +129,4 @@ controls = widgets.interactive(
     sb2=widgets.FloatSlider(value=0.0, min=0.0, max=0.3, step=0.01, description="σb²", **slider),
     depth=widgets.IntSlider(value=20, min=1, max=100, continuous_update=False, description="depth"),
 )
-controls  # its first drawing is at the defaults again
+display(controls)  # noqa: F821 (IPython's display)

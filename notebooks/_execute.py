@@ -53,6 +53,11 @@ def execute(path, small: bool = False, extra_cells=(), timeout: int = 1800):
     NotebookClient(nb, timeout=timeout, kernel_name=KERNEL["name"],
                    resources={"metadata": {"path": str(pathlib.Path(path).parent)}}).execute()
   nb.metadata.pop("widgets", None)  # live widgets need a kernel; the static plots stay
+  for cell in nb.cells:  # a widget's output without its state reads as a cut-off repr
+    outputs = cell.get("outputs", [])
+    if any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs):
+      cell.outputs = [o for o in outputs if "application/vnd.jupyter.widget-view+json" not in
+                      o.get("data", {}) and "image/png" in o.get("data", {})]
   return nb
 
 

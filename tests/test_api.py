@@ -39,9 +39,12 @@ def test_plotting_leaves_the_backend_alone():
       "fig = mt.plot_phase_diagrams([pd]); import matplotlib.pyplot as plt\n"
       "from matplotlib.figure import Figure\n"
       "print(matplotlib.get_backend(), len(plt.get_fignums()), isinstance(fig, Figure),\n"
-      "      fig._repr_png_()[:4] == b'\\x89PNG')")
+      "      fig._repr_png_()[0][:4] == b'\\x89PNG', fig._repr_png_()[1]['width'])")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-  assert out.stdout.split() == ["svg", "0", "True", "True"], out.stdout + out.stderr
+  # shown at 100 dpi (half the 200-dpi pixels): 10.5 in wide, about 1000 px once trimmed
+  words = out.stdout.split()
+  assert words[:4] == ["svg", "0", "True", "True"], out.stdout + out.stderr
+  assert 900 < int(words[4]) < 1100
 
 
 def test_readme_table_names_real_functions_and_tests():

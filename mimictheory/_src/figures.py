@@ -297,9 +297,12 @@ def ntk_condition(out, progress=False, data_source=None, depth: int = 200,
     beyond = np.flatnonzero(~(cond <= top))
     if beyond.size:
       where = spec.depths[beyond[0]]
-      at = min(50, len(cond))
-      ax.annotate(f"{label.split(' (')[0]}: off the scale from L = {where}\n"
-                  f"(κ = {_power_of_ten(cond[at - 1])} at L = {at}, then ∞)",
+      # Past ~1e12 κ is rounding (λmin at float64's noise floor): its value, and whether it is
+      # finite, differ between machines; only the depth where it gets there is robust.
+      singular = np.flatnonzero(~(cond <= 1e12))
+      tail = (f"\n(numerically singular, κ > {_power_of_ten(1e12)}, from L ≈ "
+              f"{spec.depths[singular[0]]})" if singular.size else "")
+      ax.annotate(f"{label.split(' (')[0]}: off the scale from L = {where}{tail}",
                   (where, top), xytext=(where + 12, top / 4), color=color, fontsize=8,
                   arrowprops=dict(arrowstyle="->", color=color, lw=0.8))
     data[f"condition{i}"] = cond
