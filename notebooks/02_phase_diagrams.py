@@ -52,7 +52,8 @@ mt.plot_phase_diagrams(relu.values())
 # ## What each cell is
 # Every cell has a regime (`mt.REGIMES`): ordered, critical, chaotic, or one where the variance
 # itself has no finite positive fixed point (q* = 0: it collapses; q* = ∞: it explodes, as for
-# ReLU with σw² > 2, where χ1 > 1 but the correlation map is marginal). GELU shows all of them.
+# ReLU with σw² > 2, where χ1 > 1 but the correlation map is marginal). On this grid GELU has
+# ordered, chaotic, q* = 0 and q* = ∞ cells (exactly critical cells are a set of measure 0).
 
 # %%
 gelu = mt.phase_diagram("gelu", sw2=sw2, sb2=sb2)

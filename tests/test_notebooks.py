@@ -71,6 +71,15 @@ def test_committed_ipynb_is_in_sync_and_has_outputs(path):
   assert runner.images(committed) >= 1, f"{ipynb.name} has no plot outputs: make notebooks"
   errors = [o for c in committed.cells for o in c.get("outputs", ()) if o.output_type == "error"]
   assert not errors, f"{ipynb.name} was committed with an error output"
+  # What a reader saw instead of a plot or a widget (issue 20, item 15)
+  texts = ["".join(o.get("data", {}).get("text/plain", "")) for c in committed.cells
+           for o in c.get("outputs", ())]
+  stray = [t[:60] for t in texts if "<matplotlib.legend.Legend" in t or "interactive(children" in t]
+  assert not stray, f"{ipynb.name} shows reprs instead of pictures: {stray}"
+  low = [o["metadata"]["image/png"] for c in committed.cells for o in c.get("outputs", ())
+         if "image/png" in o.get("metadata", {}) and o["metadata"]["image/png"].get("width", 999)
+         < 400]
+  assert not low, f"{ipynb.name} has figures drawn below 400 px: {low}"
 
 
 def test_runner_finds_only_numbered_notebooks():
