@@ -129,4 +129,4 @@ controls = widgets.interactive(
     sb2=widgets.FloatSlider(value=0.0, min=0.0, max=0.3, step=0.01, description="σb²", **slider),
     depth=widgets.IntSlider(value=20, min=1, max=100, continuous_update=False, description="depth"),
 )
-display(controls)  # noqa: F821 (IPython's display)
+controls
