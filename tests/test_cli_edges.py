@@ -137,3 +137,5 @@ def test_work_that_cannot_fit_is_refused_before_it_starts(tmp_path):
     mt.kernels(np.zeros((600000, 3)))
   with pytest.raises(ValueError, match=r"layer_kernels would need .*208 float64 arrays.*depth"):
     mt.layer_kernels(np.zeros((5000, 3)), depth=100)
+  with pytest.raises(ValueError, match=r"phase_diagram would need about 1.92 TB \(100000 x"):
+    mt.phase_diagram(sw2=np.linspace(1, 2, 100000), sb2=np.linspace(0, 1, 100000))

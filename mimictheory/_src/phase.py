@@ -211,6 +211,9 @@ def phase_diagram(activation="relu", sw2=None, sb2=None, norm="none", fan_in=Non
   sw2 = np.linspace(0.5, 4.0, 200) if sw2 is None else grid_axis("sw2", sw2, positive=True)
   sb2 = np.linspace(0.0, 0.3, 150) if sb2 is None else grid_axis("sb2", sb2, positive=False)
   act, _, _, factor = resolve_arguments(activation, 1.0, 0.0, norm, fan_in)
+  cells = sw2.size * sb2.size  # the fields, their flat copies and the meshgrid: ~24 per cell
+  checks.check_memory("phase_diagram", 8.0 * 24 * cells, f"{sw2.size} x {sb2.size} cells, "
+                      "24 float64 values each", "use a coarser grid, or split it")
   w, b = (a.reshape(-1) for a in np.meshgrid(sw2, sb2, indexing="ij"))
   chunk = checks.check_int("chunk", 65536 if chunk is None else chunk, minimum=1)
   chunk = min(chunk, w.size)
