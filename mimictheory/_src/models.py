@@ -155,9 +155,24 @@ VGG_CONFIGS = {
 }
 
 
+#: The official VGG's conv initialisation without BN (`vgg_nobn.py`): N(0, 2.8/n) for every
+#: conv, the stem included, whatever the norm (none, last BN, weight mean, MimicNorm); with BN,
+#: He's N(0, 2/n) (`vgg.py`). Its Linear layers are N(0, 2/n) and never centred.
+VGG_CONV_SW2 = 2.8
+VGG_HIDDEN = 4096  # the classifier's hidden width at width 1
+
+
 class VGG(_Net):
-  """VGG-11/13/16/19 for 32×32 images (the paper's VGG experiments), with `norm` one of
+  """VGG-11/16 for 32×32 images as the paper's official code builds it, with `norm` one of
   `NORM_OPTIONS`: BN after every conv, MimicNorm (weight-mean convs + last BN), or none.
+
+  The features (3×3 convs, ReLU, five 2×2 max pools: 1×1×512 for a 32×32 image) feed the
+  official classifier, `head="paper"`: 512 → 4096 → 4096 → classes, ReLU and Dropout(0.5)
+  after each hidden Linear, then the last BN for last_bn and MimicNorm (34.0M parameters for
+  VGG16 on CIFAR-100). `width` scales every channel count and the hidden width. Initialisation
+  as the official code: convs N(0, 2.8/n) without BN, N(0, 2/n) with BN (`VGG_CONV_SW2`);
+  Linear N(0, 2/n), not centred by weight mean; biases 0. `head="light"` (global average
+  pooling and one Linear, 14.8M for VGG16) is the lighter classifier of earlier versions.
 
   >>> import jax
   >>> from flax import nnx
@@ -169,28 +184,48 @@ class VGG(_Net):
   """
 
   def __init__(self, depth: int = 11, classes: int = 100, *, norm: str = "mimic",
-               rngs: nnx.Rngs, width: float = 1.0):
+               rngs: nnx.Rngs, width: float = 1.0, head: str = "paper"):
     self._setup(norm, rngs)
+    checks.check_choice("head", head, ("paper", "light"))
+    sw2 = None if self.norm == "batch_norm" else VGG_CONV_SW2
     convs, bns, pools, cin = [], [], [], 3
     for item in VGG_CONFIGS[depth]:
       if item == "M":
         pools.append(len(convs) - 1)  # pool after the conv just added
         continue
       cout = max(1, int(item * width))
-      convs.append(self.conv(cin, cout))
+      convs.append(self.conv(cin, cout, sw2=sw2 if sw2 is not None else 2.0))
       bns.append(self.bn(cout))
       cin = cout
     self.convs = nnx.List(convs)
     self.bns = nnx.List(bns) if self.norm == "batch_norm" else None
     self.pool_after = tuple(pools)
-    self.head(cin, classes)
+    if head == "paper":
+      hidden = max(1, int(VGG_HIDDEN * width))
+      dense = lambda a, b: Dense(a, b, weight_mean=False, rngs=self.rngs, sw2=2.0)  # noqa: E731
+      self.hidden = nnx.List([dense(cin, hidden), dense(hidden, hidden)])
+      self.dropout = nnx.Dropout(0.5, rngs=self.rngs)
+      self.classifier = dense(hidden, classes)
+      self.classifier_bias = None
+      self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
+                      if self.norm in ("last_bn", "mimic") else None)
+      del self.rngs, self.residual_init
+    else:
+      self.hidden = None
+      self.head(cin, classes)
 
   def __call__(self, x):
     for i, conv in enumerate(self.convs):
       x = jax.nn.relu(_apply(None if self.bns is None else self.bns[i], conv(x)))
       if i in self.pool_after:
         x = nnx.max_pool(x, (2, 2), (2, 2))
-    return self.classify(x)
+    if self.hidden is None:
+      return self.classify(x)
+    x = x.reshape(x.shape[0], -1)  # 1×1×C after the fifth pool: the official view(N, -1)
+    for layer in self.hidden:
+      x = self.dropout(jax.nn.relu(layer(x)))
+    logits = self.classifier(x)
+    return logits if self.last_bn is None else self.last_bn(logits)
 
 
 # ----------------------------------------------------------------------------------------------

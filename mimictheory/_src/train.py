@@ -598,7 +598,7 @@ def _check_space(out: Path, state, epoch: int) -> None:
   writing it: a full disk in the middle of Orbax's asynchronous save printed hundreds of lines
   of tracebacks from its threads. The previous checkpoint stays intact; a rerun resumes."""
   import errno
-  need = sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(state))
+  need = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state))
   need = int(need * 1.1) + (1 << 16)  # Orbax's metadata and OCDBT manifests
   free = shutil.disk_usage(out).free
   if free < need:

@@ -1,0 +1,95 @@
+"""The paper's networks as the official code builds them (issue 21): parameter counts and the
+initialisation of every layer against rules written here from the official PyTorch code
+(Kid-key/MimicNorm, Cifar100/models/vgg_nobn.py and vgg.py at d64fb51)."""
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from mimictheory._src.models import make_model
+from mimictheory._src.nn import CentredKernel
+
+# cfg 'A' and 'D' of the official vgg.py; 'M' is a 2x2 max pool
+OFFICIAL_CFG = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
+              "M"],
+}
+
+
+def official_vgg_parameters(name, classes, batch_norm):
+  """Conv2d(cin, l, 3, padding=1, bias=True) [+ BatchNorm2d(l): weight and bias], then the
+  classifier Linear(512, 4096), Linear(4096, 4096), Linear(4096, classes), all with bias."""
+  total, cin = 0, 3
+  for item in OFFICIAL_CFG[name]:
+    if item == "M":
+      continue
+    total += 9 * cin * item + item + (2 * item if batch_norm else 0)
+    cin = item
+  return total + (512 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * classes + classes)
+
+
+def _count(model):
+  return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg16"])
+@pytest.mark.parametrize("norm", ["batch_norm", "mimic", "none"])
+def test_vgg_parameter_count_is_the_official_one(name, norm):
+  count = _count(make_model(name, classes=100, norm=norm))
+  assert count == official_vgg_parameters(name, 100, norm == "batch_norm")
+  if name == "vgg16" and norm != "batch_norm":
+    assert round(count / 1e6, 1) == 34.0  # the issue's figure for VGG16-CIFAR100
+  light = _count(nnx.eval_shape(lambda: make_model(name, classes=100, norm=norm).__class__(
+      int(name[3:]), 100, norm=norm, rngs=nnx.Rngs(0), head="light")))
+  assert light == count - (512 * 4096 + 4096) - (4096 * 4096 + 4096) - (4096 * 100 + 100) + (
+      512 * 100 + 100)
+
+
+def _within(values, variance, what):
+  """Sample variance of `values` (mean taken as 0, as drawn) against `variance`, 5 SE."""
+  values = np.asarray(values, dtype=np.float64).reshape(-1)
+  estimate = float(np.mean(values**2))
+  se = variance * np.sqrt(2.0 / values.size)
+  assert abs(estimate - variance) < 5 * se, (what, estimate, variance)
+
+
+@pytest.mark.parametrize("norm,conv_sw2", [("none", 2.8), ("last_bn", 2.8), ("weight_mean", 2.8),
+                                           ("mimic", 2.8), ("batch_norm", 2.0)])
+def test_vgg_initialisation_follows_the_official_rule(norm, conv_sw2):
+  """vgg_nobn.py: every Conv2d N(0, 2.8/n) with n = k·k·in_channels, the stem included;
+  vgg.py (BN): N(0, 2/n). Linear N(0, 2/n) with n = in_features, never centred; biases 0.
+  Weight mean (main.py's `meanweigh`) centres each output channel's k·k·in weights of the
+  convs with n > 50 (so not the 27-input stem): variance 2.8/n · (1 - 1/n)."""
+  model = make_model("vgg16", classes=100, norm=norm, seed=3)
+  for i, conv in enumerate(model.convs):
+    kernel = np.asarray(conv.kernel[...])
+    n = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+    centred = norm in ("weight_mean", "mimic") and n > 50
+    assert isinstance(conv.kernel, CentredKernel) == centred, i
+    if centred:
+      np.testing.assert_allclose(kernel.reshape(n, -1).mean(axis=0), 0.0, atol=1e-6)
+    _within(kernel, conv_sw2 / n * ((1 - 1 / n) if centred else 1.0), f"conv {i}")
+    assert not np.any(np.asarray(conv.bias[...]))
+  for j, layer in enumerate(list(model.hidden) + [model.classifier]):
+    kernel = np.asarray(layer.kernel[...])
+    assert not isinstance(layer.kernel, CentredKernel), j
+    _within(kernel, 2.0 / kernel.shape[0], f"linear {j}")
+    assert not np.any(np.asarray(layer.bias[...]))
+  assert (model.last_bn is not None) == (norm in ("last_bn", "mimic"))
+
+
+def test_the_init_check_can_fail():
+  """He's 2/n where the official rule says 2.8/n is caught (a 40% difference)."""
+  rng = np.random.default_rng(0)
+  with pytest.raises(AssertionError):
+    _within(rng.normal(size=(3, 3, 64, 64)) * np.sqrt(2.0 / 576), 2.8 / 576, "planted")
+
+
+def test_vgg_dropout_trains_and_evaluates_deterministically():
+  model = make_model("vgg11", classes=10, norm="mimic", width=0.125)
+  x = jax.numpy.asarray(np.random.default_rng(0).normal(size=(8, 32, 32, 3)), jax.numpy.float32)
+  model.train()
+  assert not np.allclose(model(x), model(x))  # a new dropout mask per call
+  model.eval()
+  np.testing.assert_array_equal(model(x), model(x))
