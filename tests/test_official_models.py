@@ -93,3 +93,46 @@ def test_vgg_dropout_trains_and_evaluates_deterministically():
   assert not np.allclose(model(x), model(x))  # a new dropout mask per call
   model.eval()
   np.testing.assert_array_equal(model(x), model(x))
+
+
+# squeezenet_nobn.py / squeezenet.py: (in, out, squeeze) of fires 2-9
+OFFICIAL_FIRES = [(96, 128, 16), (128, 128, 16), (128, 256, 32), (256, 256, 32), (256, 384, 48),
+                  (384, 384, 48), (384, 512, 64), (512, 512, 64)]
+
+
+def official_squeezenet_parameters(classes, batch_norm):
+  bn = 2 if batch_norm else 0
+  total = 27 * 96 + 96 + bn * 96  # stem
+  for cin, out, squeeze in OFFICIAL_FIRES:
+    half = out // 2
+    total += cin * squeeze + squeeze + squeeze * half + half + 9 * squeeze * half + half
+    total += bn * (squeeze + 2 * half)
+  return total + 512 * classes + classes  # conv10, no BN after it
+
+
+@pytest.mark.parametrize("norm", ["batch_norm", "mimic", "none"])
+def test_squeezenet_is_the_official_network(norm):
+  from mimictheory._src import models
+  model = make_model("squeezenet", classes=100, norm=norm, seed=1)
+  assert _count(model) == official_squeezenet_parameters(100, norm == "batch_norm")
+  shapes = []
+  token = models._RECORDING.set(shapes)
+  try:
+    model.eval()
+    model(jax.numpy.zeros((2, 32, 32, 3)))
+  finally:
+    models._RECORDING.reset(token)
+  sizes = [s.shape[1] for s in shapes]
+  # stem at 32, pool; fires 2-4 at 16, pool; fires 5-8 at 8, pool; fire 9 and conv10 at 4
+  assert sizes == [32] + [16] * 9 + [8] * 12 + [4] * 3 + [4]
+  centred = norm == "mimic"
+  convs = [model.stem] + [c for f in model.fires for c in (f.squeeze, f.e1, f.e3)] + [
+      model.conv10]
+  for i, conv in enumerate(convs):
+    kernel = np.asarray(conv.kernel[...])
+    k, cin = kernel.shape[0], kernel.shape[2]
+    n = k * k * cin
+    variance = 2.0 / n if norm == "batch_norm" else 2.8 / (k * k * max(4, cin))
+    is_centred = centred and n > 50
+    assert isinstance(conv.kernel, CentredKernel) == is_centred, i
+    _within(kernel, variance * ((1 - 1 / n) if is_centred else 1.0), f"conv {i}")

@@ -395,11 +395,20 @@ class ShuffleNetV2(_Net):
     return self.classify(jax.nn.relu(_apply(self.conv5_bn, self.conv5(x))))
 
 
+def official_sw2(cin: int, groups: int = 1, gain: float = 2.8) -> float:
+  """σw² (on this library's fan-in k·k·cin/groups) of the official code's rule
+  N(0, gain/(k·k·max(4, cin/groups))) for SqueezeNet and ShuffleNetV2: `gain` below 4 inputs
+  per group, gain·(cin/groups)/4 below (the stem's 3 channels; depthwise convs)."""
+  per_group = cin / groups
+  return gain * per_group / max(4.0, per_group)
+
+
 class _Fire(nnx.Module):
-  def __init__(self, net: _Net, cin, squeeze, expand):
-    self.squeeze = net.conv(cin, squeeze, 1)
-    self.e1 = net.conv(squeeze, expand, 1)
-    self.e3 = net.conv(squeeze, expand, 3)
+  def __init__(self, net: _Net, cin, squeeze, expand, sw2):
+    """`sw2(c_in)`: each conv's initial σw² from its input channels."""
+    self.squeeze = net.conv(cin, squeeze, 1, sw2=sw2(cin))
+    self.e1 = net.conv(squeeze, expand, 1, sw2=sw2(squeeze))
+    self.e3 = net.conv(squeeze, expand, 3, sw2=sw2(squeeze))
     self.bns = nnx.List([net.bn(squeeze), net.bn(expand), net.bn(expand)]) \
         if net.norm == "batch_norm" else None
 
@@ -410,7 +419,14 @@ class _Fire(nnx.Module):
 
 
 class SqueezeNet(_Net):
-  """SqueezeNet 1.1 for 32×32 images with `norm` one of `NORM_OPTIONS`.
+  """SqueezeNet for 32×32 images as the paper's official code builds it, with `norm` one of
+  `NORM_OPTIONS`: a 3×3 stem of 96 channels and a 2×2 max pool, fires 2-9 of (squeeze,
+  expand) (16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)
+  (each expand a 1×1 and a 3×3 half), shortcut additions around fires 3, 5 and 7, max pools
+  after fires 4 and 8, and a 1×1 conv10 to the classes, averaged over positions (then the last
+  BN for last_bn and MimicNorm). Initialisation as the official code: N(0, 2.8/(k²·max(4,
+  c_in))) without BN, He's N(0, 2/(k²·c_in)) with it; weight mean centres the convs with more
+  than 50 inputs per output (conv10 included). `width` scales the channels.
 
   >>> import jax
   >>> from flax import nnx
@@ -425,29 +441,35 @@ class SqueezeNet(_Net):
                width: float = 1.0):
     self._setup(norm, rngs)
     w = lambda c: max(2, int(c * width))  # noqa: E731
-    self.stem = self.conv(3, w(64))
-    self.stem_bn = self.bn(w(64))
-    spec = [(16, 64), (16, 64), "M", (32, 128), (32, 128), "M", (48, 192), (48, 192),
-            (64, 256), (64, 256)]
-    fires, cin, self.pools = [], w(64), []
-    for item in spec:
-      if item == "M":
-        self.pools.append(len(fires))
-        continue
-      fires.append(_Fire(self, cin, w(item[0]), w(item[1])))
-      cin = 2 * w(item[1])
-    self.pools = tuple(self.pools)
+    bn = self.norm == "batch_norm"
+    sw2 = (lambda cin: 2.0) if bn else official_sw2  # noqa: E731
+    self.stem = self.conv(3, w(96), sw2=sw2(3))
+    self.stem_bn = self.bn(w(96))
+    # (squeeze, expand half, shortcut addition, max pool after)
+    spec = [(16, 64, False, False), (16, 64, True, False), (32, 128, False, True),
+            (32, 128, True, False), (48, 192, False, False), (48, 192, True, False),
+            (64, 256, False, True), (64, 256, False, False)]
+    fires, cin = [], w(96)
+    for squeeze, expand, _, _ in spec:
+      fires.append(_Fire(self, cin, w(squeeze), w(expand), sw2))
+      cin = 2 * w(expand)
     self.fires = nnx.List(fires)
-    self.head(cin, classes)
+    self.shortcut_at = tuple(i for i, s in enumerate(spec) if s[2])
+    self.pool_after = tuple(i for i, s in enumerate(spec) if s[3])
+    self.conv10 = self.conv(cin, classes, 1, sw2=sw2(cin))
+    self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
+                    if self.norm in ("last_bn", "mimic") else None)
+    del self.rngs, self.residual_init
 
   def __call__(self, x):
     x = jax.nn.relu(_apply(self.stem_bn, self.stem(x)))
     x = nnx.max_pool(x, (2, 2), (2, 2))
     for i, fire in enumerate(self.fires):
-      if i in self.pools:
+      x = fire(x) + x if i in self.shortcut_at else fire(x)
+      if i in self.pool_after:
         x = nnx.max_pool(x, (2, 2), (2, 2))
-      x = fire(x)
-    return self.classify(x)
+    logits = jnp.mean(self.conv10(x), axis=(1, 2))
+    return logits if self.last_bn is None else self.last_bn(logits)
 
 
 _MODE_ATTRIBUTES = ("deterministic", "use_running_average")
