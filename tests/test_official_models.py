@@ -136,3 +136,51 @@ def test_squeezenet_is_the_official_network(norm):
     is_centred = centred and n > 50
     assert isinstance(conv.kernel, CentredKernel) == is_centred, i
     _within(kernel, variance * ((1 - 1 / n) if is_centred else 1.0), f"conv {i}")
+
+
+def official_shufflenet_parameters(classes, batch_norm):
+  """shufflenetv2_nobn.py (batch_norm False) / shufflenetv2.py: ratio 1, out channels 116, 232,
+  464, 1024; a stride-2 unit then 3, 7, 3 stride-1 units. Without BN every MyScaleLayer is one
+  parameter and every unit has a scalar scale and bias; with BN, BatchNorm2d has 2 per channel."""
+  bn = (lambda c: 2 * c) if batch_norm else (lambda c: 0)  # noqa: E731
+  scalar = 0 if batch_norm else 1
+  conv = lambda cin, cout, k, groups=1: k * k * (cin // groups) * cout + cout  # noqa: E731
+  total = conv(3, 24, 3) + bn(24)
+  cin = 24
+  for cout, repeat in ((116, 3), (232, 7), (464, 3)):
+    half = cout // 2
+    total += (conv(cin, cin, 1) + bn(cin) + conv(cin, cin, 3, cin) + bn(cin)
+              + conv(cin, half, 1) + bn(half) + scalar)  # branch, its 1.2² scale
+    total += conv(cin, cin, 3, cin) + bn(cin) + conv(cin, half, 1) + bn(half) + scalar
+    total += 2 * scalar  # the unit's scale and bias
+    for _ in range(repeat):
+      total += (conv(half, half, 1) + bn(half) + conv(half, half, 3, half) + bn(half)
+                + conv(half, half, 1) + bn(half) + scalar + 2 * scalar)
+    cin = cout
+  total += conv(464, 1024, 1) + bn(1024) + scalar
+  return total + 1024 * classes + classes
+
+
+@pytest.mark.parametrize("norm", ["batch_norm", "mimic", "none"])
+def test_shufflenetv2_is_the_official_network(norm):
+  model = make_model("shufflenetv2", classes=100, norm=norm, seed=2)
+  assert _count(model) == official_shufflenet_parameters(100, norm == "batch_norm")
+  bn = norm == "batch_norm"
+  convs = [model.stem, model.conv5] + [c for u in model.units for c in (
+      (u.pw1, u.dw, u.pw2) + ((u.proj_dw, u.proj_pw) if u.stride == 2 else ()))]
+  for i, conv in enumerate(convs):
+    kernel = np.asarray(conv.kernel[...])
+    k, per_group = kernel.shape[0], kernel.shape[2]
+    variance = 2.0 / (k * k * max(4, per_group))  # He with n = k²·max(4, c_in/groups)
+    n = k * k * per_group
+    centred = norm == "mimic" and n > 50
+    assert isinstance(conv.kernel, CentredKernel) == centred, i
+    _within(kernel, variance * ((1 - 1 / n) if centred else 1.0), f"conv {i}")
+  _within(model.classifier.kernel[...], 2.0 / 1024, "fc")
+  if not bn:  # the official scalars: 1.2² on every branch, 1.2 on shortcuts and conv5
+    assert all(float(u.scale.scale[...]) == pytest.approx(1.44) for u in model.units)
+    assert all(float(u.proj_scale.scale[...]) == pytest.approx(1.2) for u in model.units
+               if u.stride == 2)
+    assert float(model.conv5_scale.scale[...]) == pytest.approx(1.2)
+    assert all(float(u.out_scale[...]) == 1 and float(u.out_bias[...]) == 0
+               for u in model.units)

@@ -1,14 +1,15 @@
 """CIFAR models with a `norm` switch: VGG11/16, ResNet18/50, ShuffleNetV2 and SqueezeNet.
 
 `norm` = "batch_norm" (BatchNorm after every conv, the baseline; "bn" also reads), "none",
-"weight_mean", "last_bn" or "mimic" (weight mean + last BN, the paper's MimicNorm). Without BN
-every residual branch ends in a learnable `ResidualScalar` initialised at the official code's
-1.2^k / l (k convs in the branch, l the block index), and its convs start at He's scale, the
-1.2 per conv being folded into the scalar as in the official code; all other covered kernels
-start at Theorem 3's σw².
-The scalar multiplies the branch's last conv (kernel and bias), which saves memory; in
-ShuffleNetV2 that conv is followed by a ReLU, so this equals scaling the branch output while
-the scalar stays positive.
+"weight_mean", "last_bn" or "mimic" (weight mean + last BN, the paper's MimicNorm). VGG,
+SqueezeNet and ShuffleNetV2 are the official code's networks (architecture, initialisation per
+norm, scalars and classifier; see each class). Without BN every ResNet branch ends in a
+learnable `ResidualScalar` initialised at the official code's 1.2^k / l (k convs in the
+branch, l the block index), and its convs start at He's scale, the 1.2 per conv being folded
+into the scalar as in the official code; the other covered ResNet kernels start at Theorem 3's
+σw². A scalar multiplies the branch's last conv (kernel and bias), which saves memory (the
+official code multiplies the activation instead); where that conv is followed by a ReLU
+(ShuffleNetV2) this equals scaling the branch output while the scalar stays positive.
 The residual models also take the normalisation-free baselines the paper compares with:
 `norm="fixup"` (Zhang et al. 2019: the last conv of every branch and the classifier start at
 zero, the other branch convs at He's scale times L^(-1/(2m-2)) for L branches of m convs, a
@@ -319,21 +320,43 @@ def _shuffle(x, groups=2):
   return x.reshape(n, h, w, groups, c // groups).swapaxes(3, 4).reshape(n, h, w, c)
 
 
+#: ShuffleNetV2's official scalars without BN (`shufflenetv2_nobn.py`): every branch's last
+#: conv times a learnable 1.2² (no 1/l: with concatenation no variance builds up along the
+#: identity path), the stride-2 shortcut's and conv5's times a learnable 1.2.
+SHUFFLE_BRANCH_SCALE, SHUFFLE_SCALE = 1.2**2, 1.2
+
+
 class _ShuffleUnit(nnx.Module):
-  def __init__(self, net: _Net, cin, cout, stride, block_index):
+  """The official unit. Stride 1: the channels split in halves; one half passes, the other
+  goes through 1×1 (ReLU), 3×3 depthwise, 1×1 (ReLU). Stride 2: both branches see the whole
+  input; the branch's 1×1 convs keep c_in channels until the last (c_out/2), the shortcut is a
+  3×3 depthwise and a 1×1 (ReLU). Without BN the branch's last conv is scaled by a learnable
+  1.2² (`residual_init` "official"; a constant or callable replaces it), the shortcut's by a
+  learnable 1.2, and the branch output then by a learnable scale (1) plus a learnable bias (0)."""
+
+  def __init__(self, net: _Net, cin, cout, stride, block_index, sw2):
     self.stride = stride
     branch_in = cin if stride == 2 else cin // 2
-    mid = cout // 2
-    sw2 = net.branch_sw2(3, 0)[0]  # (Fixup and SkipInit are for the ResNets only)
-    self.pw1 = net.conv(branch_in, mid, 1, sw2=sw2)
-    self.dw = net.conv(mid, mid, 3, stride, groups=mid, sw2=sw2)  # depthwise: skipped by WM
-    self.pw2 = net.conv(mid, mid, 1, sw2=sw2)
-    self.bns = nnx.List([net.bn(mid) for _ in range(3)]) if net.norm == "batch_norm" else None
-    self.scale = net.scalar(block_index, 3)
+    mid = branch_in
+    bn = net.norm == "batch_norm"
+    self.pw1 = net.conv(branch_in, mid, 1, sw2=sw2(branch_in, 1))
+    self.dw = net.conv(mid, mid, 3, stride, groups=mid, sw2=sw2(mid, mid))  # skipped by WM
+    self.pw2 = net.conv(mid, cout // 2, 1, sw2=sw2(mid, 1))
+    self.bns = nnx.List([net.bn(mid), net.bn(mid), net.bn(cout // 2)]) if bn else None
+    if bn:
+      self.scale = self.out_scale = self.out_bias = None
+    else:
+      init = net.residual_init
+      value = (SHUFFLE_BRANCH_SCALE if init == "official" else
+               init(block_index, 3) if callable(init) else float(init))
+      self.scale = ResidualScalar(value)
+      self.out_scale = nnx.Param(jnp.ones(()))
+      self.out_bias = nnx.Param(jnp.zeros(()))
     if stride == 2:
-      self.proj_dw = net.conv(cin, cin, 3, 2, groups=cin)
-      self.proj_pw = net.conv(cin, mid, 1)
-      self.proj_bns = nnx.List([net.bn(cin), net.bn(mid)]) if net.norm == "batch_norm" else None
+      self.proj_dw = net.conv(cin, cin, 3, 2, groups=cin, sw2=sw2(cin, cin))
+      self.proj_pw = net.conv(cin, cout // 2, 1, sw2=sw2(cin, 1))
+      self.proj_bns = nnx.List([net.bn(cin), net.bn(cout // 2)]) if bn else None
+      self.proj_scale = None if bn else ResidualScalar(SHUFFLE_SCALE)
 
   def _branch(self, x):
     h = x
@@ -343,6 +366,8 @@ class _ShuffleUnit(nnx.Module):
         h = self.bns[i](h)
       if i != 1:
         h = jax.nn.relu(h)
+    if self.out_scale is not None:
+      h = h * self.out_scale[...] + self.out_bias[...]
     return h
 
   def __call__(self, x):
@@ -352,15 +377,20 @@ class _ShuffleUnit(nnx.Module):
     left = self.proj_dw(x)
     if self.proj_bns is not None:
       left = self.proj_bns[0](left)
-    left = self.proj_pw(left)
+    left = self.proj_pw(left, None if self.proj_scale is None else self.proj_scale.scale[...])
     if self.proj_bns is not None:
       left = self.proj_bns[1](left)
     return _shuffle(jnp.concatenate([jax.nn.relu(left), self._branch(x)], axis=-1))
 
 
 class ShuffleNetV2(_Net):
-  """ShuffleNetV2 (1×) for 32×32 images with `norm` one of `NORM_OPTIONS`; MimicNorm scales
-  each residual branch by a residual scalar.
+  """ShuffleNetV2 (1×) for 32×32 images as the paper's official code builds it, with `norm` one
+  of `NORM_OPTIONS`: a 3×3 stem of 24 channels (no ReLU), stages of 4, 8 and 4 units
+  (`_ShuffleUnit`) to 116, 232 and 464 channels, a 1×1 conv5 to 1024 (ReLU; without BN scaled
+  by a learnable 1.2), global average pooling, a Linear classifier (then the last BN for
+  last_bn and MimicNorm). Initialisation as the official code: He's N(0, 2/(k²·max(4,
+  c_in/groups))) for every conv (a depthwise 3×3: 2/36), Linear N(0, 2/n); weight mean
+  centres the convs with more than 50 inputs per output channel.
 
   >>> import jax
   >>> from flax import nnx
@@ -374,25 +404,32 @@ class ShuffleNetV2(_Net):
   def __init__(self, classes: int = 100, *, norm: str = "mimic", rngs: nnx.Rngs,
                width: float = 1.0, residual_init="official"):
     self._setup(norm, rngs, residual_init)
+    sw2 = lambda cin, groups: official_sw2(cin, groups, gain=2.0)  # noqa: E731
     channels = [max(2, 2 * int(c * width / 2)) for c in (24, 116, 232, 464)]
-    self.stem = self.conv(3, channels[0])
+    self.stem = self.conv(3, channels[0], sw2=sw2(3, 1))
     self.stem_bn = self.bn(channels[0])
     units, cin, index = [], channels[0], 1
     for cout, repeat in zip(channels[1:], (4, 8, 4)):
       for i in range(repeat):
-        units.append(_ShuffleUnit(self, cin, cout, 2 if i == 0 else 1, index))
+        units.append(_ShuffleUnit(self, cin, cout, 2 if i == 0 else 1, index, sw2))
         cin, index = cout, index + 1
     self.units = nnx.List(units)
     last = max(2, int(1024 * width))
-    self.conv5 = self.conv(cin, last, 1)
+    self.conv5 = self.conv(cin, last, 1, sw2=sw2(cin, 1))
     self.conv5_bn = self.bn(last)
-    self.head(last, classes)
+    self.conv5_scale = None if self.norm == "batch_norm" else ResidualScalar(SHUFFLE_SCALE)
+    self.classifier = Dense(last, classes, weight_mean=False, rngs=self.rngs, sw2=2.0)
+    self.classifier_bias = None
+    self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
+                    if self.norm in ("last_bn", "mimic") else None)
+    del self.rngs, self.residual_init
 
   def __call__(self, x):
-    x = jax.nn.relu(_apply(self.stem_bn, self.stem(x)))
+    x = _apply(self.stem_bn, self.stem(x))  # the official stem has no ReLU
     for unit in self.units:
       x = unit(x)
-    return self.classify(jax.nn.relu(_apply(self.conv5_bn, self.conv5(x))))
+    scale = None if self.conv5_scale is None else self.conv5_scale.scale[...]
+    return self.classify(jax.nn.relu(_apply(self.conv5_bn, self.conv5(x, scale))))
 
 
 def official_sw2(cin: int, groups: int = 1, gain: float = 2.8) -> float:
