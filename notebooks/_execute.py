@@ -38,19 +38,53 @@ def _environment(small: bool):
       os.environ["MIMICTHEORY_NOTEBOOK_SMALL"] = saved
 
 
+def _client_class():
+  """nbclient's NotebookClient, its wait for a cell's execute reply polled every second.
+
+  With an ipywidget in a cell, nbclient sometimes misses the reply and waits out the whole
+  cell timeout before reading it (jupyter/nbclient#312, open): the explorer notebook's test
+  took 917 s once. Polling the shell channel in one-second steps up to the same deadline
+  reads the reply as soon as it is there."""
+  import asyncio
+  import time
+  from queue import Empty
+
+  from nbclient import NotebookClient
+
+  class Client(NotebookClient):
+    async def async_start_new_kernel_client(self):
+      kc = await super().async_start_new_kernel_client()
+      get = kc.shell_channel.get_msg
+
+      async def polled(timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+          step = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+          try:
+            reply = get(timeout=step)
+            return await reply if asyncio.iscoroutine(reply) else reply
+          except Empty:
+            if deadline is not None and time.monotonic() >= deadline:
+              raise
+
+      kc.shell_channel.get_msg = polled
+      return kc
+
+  return Client
+
+
 def execute(path, small: bool = False, extra_cells=(), timeout: int = 1800):
   """Run the notebook of jupytext source `path` in a fresh ipykernel and return it with its
   outputs (an nbformat NotebookNode). `extra_cells` (code strings) run after the last cell,
   in the same kernel; an error in any cell raises nbclient's CellExecutionError."""
   import jupytext
   import nbformat
-  from nbclient import NotebookClient
   nb = jupytext.read(path)
   nb.metadata["kernelspec"] = dict(KERNEL)
   for code in extra_cells:
     nb.cells.append(nbformat.v4.new_code_cell(code))
   with _environment(small):
-    NotebookClient(nb, timeout=timeout, kernel_name=KERNEL["name"],
+    _client_class()(nb, timeout=timeout, kernel_name=KERNEL["name"],
                    resources={"metadata": {"path": str(pathlib.Path(path).parent)}}).execute()
   nb.metadata.pop("widgets", None)  # live widgets need a kernel; the static plots stay
   for cell in nb.cells:  # a widget's output without its state reads as a cut-off repr
