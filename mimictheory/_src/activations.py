@@ -244,6 +244,11 @@ class Activation:
     """Raise ValueError where E[φ'(u)φ'(v)] is not a finite integral (φ jumps): everything
     built on φ' (χ1, the NTK) calls it first. A no-op for activations continuous in x."""
 
+  def check_finite(self, qs, limit: int = 8):
+    """Raise ValueError where φ or φ' returns NaN or ∞ at the points the Gaussian integrals at
+    the variances `qs` evaluate it (called where a moment came out non-finite). A no-op for
+    the closed forms; a user's `Numerical` callable may return NaN."""
+
   def kernel_pair(self, q1, q2, q12):
     """(kernel, derivative_kernel) in one pass, sharing the work where a closed form allows
     (ReLU: one arccos for both). The NTK recursion needs both at every entry and layer."""
@@ -480,7 +485,6 @@ class Numerical(Activation):
       )
     check_elementwise(self.fn, self.name)
 
-
   def __call__(self, x):
     return self.fn(x)
 
@@ -595,6 +599,25 @@ class Numerical(Activation):
     out = jax.lax.map(lambda a: self._expect_1d(f, a), q.reshape(-1), batch_size=4 * self.chunk)
     return out.reshape(q.shape)
 
+  def check_finite(self, qs, limit: int = 8):
+    """Raise ValueError naming the activation, the value and x if φ or φ' is NaN or infinite
+    at a quadrature node of E[f(√q z)] for the first `limit` variances in `qs`. A moment that
+    merely overflows float64 (φ growing like e^x) passes."""
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+      for q in np.asarray(qs, dtype=float).reshape(-1)[:limit]:
+        x = np.asarray(jnp.sqrt(q) * self.nodes_1d(q)[0])
+        for what, values in (("φ", self.fn(jnp.asarray(x))),
+                             ("φ'", self.derivative(jnp.asarray(x)))):
+          values = np.asarray(values)
+          bad = ~np.isfinite(values)
+          if bad.any():
+            where = x[bad][np.argmin(np.abs(x[bad]))]
+            raise ValueError(
+                f"activation {self.name!r}: {what} returned {values[bad][0]} at x = "
+                f"{where:.6g} (a quadrature node of the Gaussian integrals at variance "
+                f"q = {q:.3g}); an activation must be finite, with a finite derivative, on "
+                "the whole real line")
+
   def require_derivative(self):
     if self.jumps:
       raise ValueError(
@@ -602,7 +625,6 @@ class Numerical(Activation):
           "derivative has a Dirac delta there, so E[φ'(u)φ'(v)] and the NTK are not finite "
           "integrals (infinite at ρ = 1); only the NNGP kernel is defined")
 
-  # -- the dual activation -----------------------------------------------------------------------
   # -- large variances: the asymptotic expansion for saturating φ ------------------------------
   @functools.cached_property
   def saturation(self):
@@ -667,6 +689,7 @@ class Numerical(Activation):
     far = self.asymptotic_moments(jnp.maximum(q, Q_ASYMPTOTIC))[..., which]
     return jnp.where(q > Q_ASYMPTOTIC, far, direct(jnp.minimum(q, Q_ASYMPTOTIC)))
 
+  # -- the dual activation -----------------------------------------------------------------------
   def mean(self, q):
     return self._large_q(1, q, lambda q: self._map_1d(self.fn, q))
 
@@ -702,7 +725,6 @@ def check_elementwise(fn, name: str) -> None:
   if getattr(out, "shape", None) != (5,):
     raise ValueError(f"activation {name!r} must be elementwise (same shape out as in); on an "
                      f"array of shape (5,) it returned {getattr(out, 'shape', type(out))}")
-
 
 
 def find_kinks(fn, derivative_fn=None, limit: float = 50.0, points: int = 20001):

@@ -757,21 +757,22 @@ def _tails(moment, coeffs):
   return np.maximum(moment - np.sum(coeffs**2, axis=-1), 0.0) / np.maximum(moment, 1e-300)
 
 
-def _series_layer(act, tabulated, q1, q2, rho, symmetric: bool, ntk: bool = True):
+def _series_layer(act, tabulated, q1, q2, rho, symmetric: bool, with_ntk: bool = True):
   """E[φφ] and E[φ'φ'] on the Gram matrix: Mehler's series where its truncation bound is
   below SERIES_TOL, then a longer series on the remaining entries, then 2-D quadrature; on
   the diagonal of a symmetric Gram matrix the 1-D moments. Returns (K, D, moments at q1 and
-  q2, number of entries by 2-D quadrature). `ntk=False`: D is not needed (zeros; φ may jump)."""
+  q2, number of entries by 2-D quadrature). `with_ntk=False`: D is not needed (zeros; φ may
+  jump)."""
   from mimictheory._src import tables
   m1, m2 = (np.array(tables.moments_jit(tabulated.moment, f64(q))) for q in (q1, q2))
-  lo, hi = _q_range(q1, q2)
+  lo, hi = tables.coefficient_range(np.concatenate([q1, q2]))
   first, longer = tables.ORDERS
   table = tables.coefficient_table(act, lo, hi, first)
   kernel, deriv, a1, a2, b1, b2 = (np.array(v) for v in _dense_series(
       table, f64(q1), f64(q2), f64(rho), first))
   power = np.abs(rho) ** (first + 1.0)
   todo = power * np.sqrt(np.outer(_tails(m1[:, 0], a1), _tails(m2[:, 0], a2))) > SERIES_TOL
-  if ntk:
+  if with_ntk:
     todo |= power * np.sqrt(np.outer(_tails(m1[:, 2], b1), _tails(m2[:, 2], b2))) > SERIES_TOL
   if symmetric:
     np.fill_diagonal(todo, False)
@@ -790,27 +791,20 @@ def _series_layer(act, tabulated, q1, q2, rho, symmetric: bool, ntk: bool = True
     t_a1, t_a2 = _tails(m1[:, 0], a1), _tails(m2[:, 0], a2)
     t_b1, t_b2 = _tails(m1[:, 2], b1), _tails(m2[:, 2], b2)
     bad = power * np.sqrt(t_a1[i] * t_a2[j]) > SERIES_TOL
-    if ntk:
+    if with_ntk:
       bad |= power * np.sqrt(t_b1[i] * t_b2[j]) > SERIES_TOL
     i, j = i[bad], j[bad]
   if i.size:  # 2-D quadrature entry by entry
     q12 = rho[i, j] * np.sqrt(q1[i] * q2[j])
     kernel[i, j] = np.asarray(act.kernel(q1[i], q2[j], q12))
-    if ntk:
+    if with_ntk:
       deriv[i, j] = np.asarray(act.derivative_kernel(q1[i], q2[j], q12))
   if symmetric:
     np.fill_diagonal(kernel, m1[:, 0])
     np.fill_diagonal(deriv, m1[:, 2])
-  if not ntk:
+  if not with_ntk:
     deriv = np.zeros_like(deriv)
   return kernel, deriv, m1, m2, int(i.size)
-
-
-def _q_range(*qs):
-  lo = min(float(np.min(q)) for q in qs)
-  hi = max(float(np.max(q)) for q in qs)
-  lo = 10.0 ** math.floor(math.log10(max(lo, 1e-16)))
-  return lo, max(10.0 ** math.ceil(math.log10(hi) + 1e-12), 10 * lo)
 
 
 def _numerical_kernels(layer: Layer, x1, x2, gain, depth: int, symmetric: bool, progress,

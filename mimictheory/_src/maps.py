@@ -511,13 +511,10 @@ def chi1(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None, batch=No
 
 def explain_nan(layer: Layer, out):
   """`out`, unless it holds a NaN that a user's activation caused: then a ValueError saying
-  that φ (or φ') returned NaN, and where (`tables.check_finite_activation` on a ladder of
-  variances). Traced values pass unchecked."""
-  if checks.is_traced(out) or not np.isnan(np.asarray(out)).any():
-    return out
-  if hasattr(layer.activation, "nodes_1d"):  # a numerically integrated φ (Numerical)
-    from mimictheory._src.tables import check_finite_activation
-    check_finite_activation(layer.activation, np.geomspace(1e-8, 1e17, 26), limit=26)
+  that φ (or φ') returned NaN, and where (`Activation.check_finite` on a ladder of variances).
+  Traced values pass unchecked."""
+  if not checks.is_traced(out) and np.isnan(np.asarray(out)).any():
+    layer.activation.check_finite(np.geomspace(1e-8, 1e17, 26), limit=26)
   return out
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from mimictheory._src.activations import Activation, Numerical
 from mimictheory._src.precision import f64
 
-__all__ = ["Table", "moment_table", "check_finite_activation", "coefficient_table",
+__all__ = ["Table", "moment_table", "coefficient_table",
            "hermite_coefficients", "mehler", "Tabulated", "tabulated", "MOMENT_RANGE", "ORDER",
            "ORDERS", "horner", "polynomial", "coefficient_range"]
 
@@ -163,25 +163,6 @@ def _evaluate(act, q, order, batch: int = 256):
 _P = 16  # Chebyshev terms per segment
 
 
-def check_finite_activation(act, qs, limit: int = 8) -> None:
-  """Raise ValueError if φ or φ' is NaN or infinite at a quadrature node of E[f(√q z)] for a q
-  in `qs` (where a moment came out non-finite), naming the activation, the value and x. A
-  moment that merely overflows float64 (φ growing like e^x) passes."""
-  with jax.enable_x64(True):
-    for q in np.asarray(qs, dtype=float).reshape(-1)[:limit]:
-      z, _ = act.nodes_1d(q)
-      x = np.asarray(jnp.sqrt(q) * z)
-      for what, values in (("φ", act.fn(jnp.asarray(x))), ("φ'", act.derivative(jnp.asarray(x)))):
-        bad = ~np.isfinite(np.asarray(values))
-        if bad.any():
-          where = x[bad][np.argmin(np.abs(x[bad]))]
-          raise ValueError(
-              f"activation {act.name!r}: {what} returned {np.asarray(values)[bad][0]} at "
-              f"x = {where:.6g} (a quadrature node of the Gaussian integrals at variance "
-              f"q = {q:.3g}); an activation must be finite, with a finite derivative, on the "
-              "whole real line")
-
-
 def _direct(act, order, q):
   """The tabulated functions at q (any shape) by direct quadrature: a bad segment's values."""
   q = jnp.asarray(q, dtype=float)
@@ -219,7 +200,7 @@ def _build(act, order, lo: float, hi: float, width: float, scale, tol: float,
     t = t0 + width * (np.arange(n)[:, None] + 0.5 * (nodes[None, :] + 1.0))
     values = _evaluate(act, np.exp(t.reshape(-1)), order).reshape(n, _P, -1)
     if not np.all(np.isfinite(values)):
-      check_finite_activation(act, np.exp(t.reshape(-1))[
+      act.check_finite(np.exp(t.reshape(-1))[
           ~np.isfinite(values.reshape(n * _P, -1)).all(axis=-1)])
     coeffs = np.einsum("kp,npf->nkf", dct, values)
     err = np.max(np.abs(coeffs[:, -2:]), axis=1) / scale(values.max(axis=1))
@@ -341,7 +322,6 @@ class Tabulated(Activation):
     return self.base.sup_square
 
   def _moments(self, q):
-    self.base.saturation  # noqa: B018  (computed eagerly, before the trace)
     return _tabulated_moments(self, jnp.asarray(q, dtype=float))
 
   def mean(self, q):
@@ -353,12 +333,14 @@ class Tabulated(Activation):
   def require_derivative(self):
     self.base.require_derivative()
 
+  def check_finite(self, qs, limit: int = 8):
+    self.base.check_finite(qs, limit)
+
   def derivative_second_moment(self, q):
     self.require_derivative()
     return self._moments(q)[..., 2]
 
   def _series(self, q1, q2, q12):
-    self.base.saturation  # noqa: B018
     q1, q2, q12 = jnp.broadcast_arrays(*(jnp.asarray(a, dtype=float) for a in (q1, q2, q12)))
     return _tabulated_series(self, q1, q2, q12)
 
