@@ -169,7 +169,6 @@ def _crosscheck(args) -> int:
 
 
 def _train(args) -> int:
-  from pathlib import Path
   from mimictheory._src.plotting import plot_training
   from mimictheory._src.data import load_data
   from mimictheory._src.train import TrainConfig, data_mesh, train
@@ -191,9 +190,8 @@ def _train(args) -> int:
     data=args.data,
   ).validate()
   data = load_data(args.data, args.data_path)
-  if not args.out.strip():
-    raise ValueError("--out must name a folder, got ''")
-  out = Path(args.out)  # made by train once everything is validated
+  from mimictheory._src.io import out_path
+  out = out_path(args.out)  # made by train once everything is validated
   mesh = data_mesh() if args.data_parallel else None
   result = train(config, data, out, progress=not args.quiet, mesh=mesh)  # writes once valid
   plot_training(result.history, out / "curves.png",

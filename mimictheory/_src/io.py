@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_paths", "ensure_dir", "progress_bar", "exit_cleanly_on_interrupt",
-           "remove_stale_temporaries"]
+           "remove_stale_temporaries", "out_path"]
 
 _temporaries: set[Path] = set()  # written but not yet renamed: removed on an interrupt
 _renaming = 0  # > 0 while a set of files is being renamed into place
@@ -25,11 +25,16 @@ def progress_bar(iterable, enabled: bool, desc: str):
   return tqdm(iterable, desc=desc, leave=False)
 
 
-def ensure_dir(path) -> Path:
-  """Create `path` (and parents) and check that it is a writable folder."""
+def out_path(path) -> Path:
+  """`path` as a Path, refusing an empty name (Path("") is the current folder)."""
   if not str(path).strip():
     raise ValueError("--out must name a folder, got ''")
-  path = Path(path)
+  return Path(path)
+
+
+def ensure_dir(path) -> Path:
+  """Create `path` (and parents) and check that it is a writable folder."""
+  path = out_path(path)
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as err:
