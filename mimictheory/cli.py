@@ -185,7 +185,9 @@ def _train(args) -> int:
     momentum=args.momentum,
     weight_decay=args.weight_decay,
     warmup_epochs=args.warmup_epochs,
+    warmup_start=args.warmup_start,
     milestones=args.milestones,
+    drop_last=args.drop_last,
     seed=args.seed,
     data=args.data,
   ).validate()
@@ -332,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", default="mlp", help="mlp, vgg11, vgg16, resnet18, resnet50, "
                  "shufflenetv2 or squeezenet (the CIFAR models need 32x32x3 images)")
   p.add_argument("--model-width", type=float, default=1.0, help="channel multiplier")
-  p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+  p.add_argument("--no-augment", action="store_true", help="no random crop / flip / rotation")
   p.add_argument("--data-path", default=None, help="folder of a local CIFAR copy (python pickle)")
   p.add_argument("--norm", default="mimic",
                  choices=MODEL_NORMS + RESIDUAL_BASELINES + ("bn",),
@@ -348,7 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--momentum", type=float, default=0.9)
   p.add_argument("--weight-decay", type=float, default=5e-4)
   p.add_argument("--warmup-epochs", type=float, default=2.0)
-  p.add_argument("--milestones", type=_floats, default=(80, 110, 135), help="comma list")
+  p.add_argument("--warmup-start", type=float, default=1e-4,
+                 help="the rate at the warm-up's first step")
+  p.add_argument("--milestones", type=_floats, default=(82, 112, 137),
+                 help="comma list of epochs where the rate drops (the official 80,110,135 "
+                 "counted after 2 warm-up epochs)")
+  p.add_argument("--drop-last", action="store_true",
+                 help="drop each epoch's last, partial batch (the official code keeps it)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="runs/train", help="output folder (resumes if it holds a run)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")

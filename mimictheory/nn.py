@@ -12,6 +12,7 @@ from mimictheory._src.nn import (  # noqa: F401
   init_sw2,
   per_channel_fan_in,
   project_weight_mean,
+  pytorch_init,
 )
 from mimictheory._src.models import (  # noqa: F401
     MODELS, VGG, Conv, ResNet, ShuffleNetV2, SqueezeNet, make_model, signals)
@@ -29,6 +30,7 @@ __all__ = [
   "init_sw2",
   "per_channel_fan_in",
   "project_weight_mean",
+  "pytorch_init",
   "MODELS",
   "VGG",
   "Conv",

@@ -1,6 +1,6 @@
 """The paper's networks as the official code builds them (issue 21): parameter counts and the
 initialisation of every layer against rules written here from the official PyTorch code
-(Kid-key/MimicNorm, Cifar100/models/vgg_nobn.py and vgg.py at d64fb51)."""
+(Kid-key/MimicNorm, Cifar100/models/ at d64fb51: VGG, SqueezeNet, ShuffleNetV2, ResNet)."""
 import jax
 import numpy as np
 import pytest
@@ -184,3 +184,128 @@ def test_shufflenetv2_is_the_official_network(norm):
     assert float(model.conv5_scale.scale[...]) == pytest.approx(1.2)
     assert all(float(u.out_scale[...]) == 1 and float(u.out_bias[...]) == 0
                for u in model.units)
+
+
+def official_resnet_parameters(depth, classes, norm):
+  """resnet_nobn.py (none, last BN, weight mean, MimicNorm: conv biases, except the bottleneck
+  shortcut; one scalar per block), resnet.py (BN: no conv biases, BatchNorm2d 2 per channel
+  after every conv) and resnet_fixup.py (no conv biases; per block a scale and 2 scalar biases
+  per conv; 2 more around the stem and the classifier)."""
+  bottleneck = depth == 50
+  counts = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
+  bn, fixup = norm == "batch_norm", norm == "fixup"
+  bias = 0 if (bn or fixup) else 1
+  conv = lambda cin, cout, k, with_bias=True: (  # noqa: E731
+      k * k * cin * cout + (cout * bias if with_bias else 0) + (2 * cout if bn else 0))
+  total, cin = conv(3, 64, 3), 64
+  for stage, count in enumerate(counts):
+    planes = 64 * 2**stage
+    cout = planes * (4 if bottleneck else 1)
+    for i in range(count):
+      stride = 2 if stage > 0 and i == 0 else 1
+      if bottleneck:
+        total += conv(cin, planes, 1) + conv(planes, planes, 3) + conv(planes, cout, 1)
+        convs = 3
+      else:
+        total += conv(cin, planes, 3) + conv(planes, planes, 3)
+        convs = 2
+      if stride != 1 or cin != cout:
+        total += conv(cin, cout, 1, with_bias=not bottleneck)
+      total += 0 if bn else 1  # the block's scalar (Fixup's multiplier)
+      total += 2 * convs if fixup else 0
+      cin = cout
+  return total + (2 if fixup else 0) + cin * classes + classes
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("norm", ["batch_norm", "mimic", "fixup"])
+def test_resnet_parameter_count_is_the_official_one(depth, norm):
+  model = nnx.eval_shape(lambda: make_model(f"resnet{depth}", classes=100, norm=norm))
+  assert _count(model) == official_resnet_parameters(depth, 100, norm)
+
+
+def _uniform_within(values, bound, what):
+  """U(±bound): every value inside, variance bound²/3 within 5 SE (a uniform's fourth moment
+  is 9/5 of its squared variance)."""
+  values = np.asarray(values, dtype=np.float64).reshape(-1)
+  assert np.abs(values).max() <= bound * (1 + 1e-6), what
+  variance = bound**2 / 3
+  se = np.sqrt((9 / 5 - 1) * variance**2 / values.size)
+  assert abs(float(np.mean(values**2)) - variance) < 5 * se, what
+
+
+def _resnet_convs(model):
+  for b, block in enumerate(model.blocks):
+    for i, conv in enumerate(block.convs):
+      yield f"block {b} conv {i}", conv, i == len(block.convs) - 1
+    if block.shortcut is not None:
+      yield f"block {b} shortcut", block.shortcut, None
+
+
+@pytest.mark.parametrize("norm", ["none", "mimic", "batch_norm", "fixup"])
+def test_resnet_initialisation_follows_the_official_rule(norm):
+  """resnet_nobn.py: every Conv2d (stem, branch, shortcut) and the Linear N(0, 2/n) with zero
+  biases, n the fan-in; weight mean centres the convs with n > 50, never the Linear.
+  resnet.py (BN): PyTorch's defaults, U(±1/√n) for the weights (and the Linear's bias), no
+  conv biases. resnet_fixup.py: the stem PyTorch's default; a branch's convs N(0, 2/(k²·c_out))
+  (fan-out) times L^(-1) (basic block, L = 8 for ResNet18), its last conv 0, the shortcut
+  N(0, 2/c_out), the Linear 0."""
+  model = make_model("resnet18", classes=100, norm=norm, seed=4)
+  stem = np.asarray(model.stem.kernel[...])
+  if norm in ("batch_norm", "fixup"):
+    _uniform_within(stem, 1 / np.sqrt(27), "stem")
+    assert model.stem.bias is None
+  else:
+    _within(stem, 2.0 / 27, "stem")
+  for what, conv, last in _resnet_convs(model):
+    kernel = np.asarray(conv.kernel[...])
+    k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    n = k * k * cin
+    if norm == "batch_norm":
+      _uniform_within(kernel, 1 / np.sqrt(n), what)
+      assert conv.bias is None
+    elif norm == "fixup":
+      assert conv.bias is None
+      if last:
+        assert not np.any(kernel), what
+      else:
+        _within(kernel, 2.0 / (k * k * cout) / (8 if last is False else 1), what)
+    else:
+      centred = norm == "mimic" and n > 50
+      assert isinstance(conv.kernel, CentredKernel) == centred, what
+      _within(kernel, 2.0 / n * ((1 - 1 / n) if centred else 1.0), what)
+      assert not np.any(np.asarray(conv.bias[...]))
+  fc = np.asarray(model.classifier.kernel[...])
+  assert not isinstance(model.classifier.kernel, CentredKernel)
+  if norm == "batch_norm":
+    _uniform_within(fc, 1 / np.sqrt(512), "fc")
+    _uniform_within(model.classifier.bias[...], 1 / np.sqrt(512), "fc bias")
+  elif norm == "fixup":
+    assert not np.any(fc) and not np.any(np.asarray(model.classifier.bias[...]))
+  else:
+    _within(fc, 2.0 / 512, "fc")
+  if norm in ("none", "mimic"):  # the official residual scalars: 1.2²/l
+    assert [float(b.scale.scale[...]) for b in model.blocks] == pytest.approx(
+        [1.44 / l for l in range(1, 9)])
+
+
+@pytest.mark.parametrize("name,norm", [("resnet50", "mimic"), ("resnet18", "fixup"),
+                                       ("shufflenetv2", "mimic")])
+def test_stored_scalars_are_the_same_function_as_folded_ones(name, norm):
+  """`fold_scalars=False` multiplies the activation as the official code does; the network is
+  the same function (to float32 rounding), in training mode too, and has the same parameters."""
+  x = jax.numpy.asarray(np.random.default_rng(5).normal(size=(4, 32, 32, 3)), jax.numpy.float32)
+  folded = make_model(name, classes=10, norm=norm, width=0.25, seed=6)
+  stored = make_model(name, classes=10, norm=norm, width=0.25, seed=6, fold_scalars=False)
+  if norm == "fixup":  # move Fixup off its zeros (last convs, classifier, scalars)
+    for model in (folded, stored):
+      nnx.update(model, jax.tree.map(lambda a: a + 0.01 * (1 + np.arange(a.size).reshape(a.shape)
+                                                           % 3), nnx.state(model, nnx.Param)))
+  for model in (folded, stored):
+    model.train()
+  a, b = folded(x), stored(x)
+  assert float(jax.numpy.abs(a).max()) > 0.1
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jax.numpy.abs(a).max()))
+  assert _count(folded) == _count(stored)
+  with pytest.raises(TypeError, match="fold_scalars"):
+    make_model(name, classes=10, norm=norm, width=0.25, fold_scalars="no")

@@ -301,21 +301,61 @@ def test_cifar_model_trains_with_augmentation_and_resumes_exactly(tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(_leaves(full.model), _leaves(resumed.model)))
 
 
-def test_augmentation_is_a_crop_and_flip():
+def test_augmentation_is_the_official_crop_flip_and_rotation():
+  """torchvision's RandomCrop(32, padding=4), RandomHorizontalFlip and RandomRotation(15)
+  (nearest neighbour, black fill) before normalisation: here on normalised images, so the
+  padding and the uncovered corners take the normalised black `fill`."""
   from mimictheory._src.data import _rotate, augment
   x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
   b = augment(x, np.random.default_rng(1))
   np.testing.assert_array_equal(augment(x, np.random.default_rng(1)), b)  # seeded
-  # rotation: 0° is the identity, 90° the exact array rotation, ±15° keeps the centre
-  np.testing.assert_allclose(_rotate(x, np.zeros(16)), x, atol=1e-6)
-  np.testing.assert_allclose(_rotate(x[:1], np.array([90.0]))[0], np.rot90(x[0], k=-1),
-                             atol=1e-5)
-  a = augment(x, np.random.default_rng(1), rotation=0.0)
+  # rotation: 0° is the identity, 90° the exact array rotation, every output pixel is a source
+  # pixel (nearest neighbour) or the fill
+  fill = np.array([-5.0, -6.0, -7.0], np.float32)
+  np.testing.assert_array_equal(_rotate(x, np.zeros(16), fill), x)
+  np.testing.assert_array_equal(_rotate(x[:1], np.array([90.0]), fill)[0], np.rot90(x[0], k=-1))
+  r = _rotate(x[:1], np.array([15.0]), fill)[0]
+  for c in range(3):
+    values = set(x[0, :, :, c].ravel().tolist()) | {float(fill[c])}
+    assert set(r[:, :, c].ravel().tolist()) <= values
+  assert np.array_equal(r[0, 0], fill)  # a corner uncovered at 15°
+  a = augment(x, np.random.default_rng(1), rotation=0.0, fill=fill)
   assert a.shape == x.shape and not np.array_equal(a, x)
-  # every output is a window of the zero-padded input, possibly mirrored
-  padded = np.pad(x[0], ((4, 4), (4, 4), (0, 0)))
+  # every output is a window of the input padded with the fill, possibly mirrored
+  padded = np.concatenate([np.full((40, 40, 1), f, np.float32) for f in fill], axis=-1)
+  padded[4:36, 4:36] = x[0]
   windows = [padded[i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
   assert any(np.array_equal(a[0], w) or np.array_equal(a[0], w[:, ::-1]) for w in windows)
+
+
+def test_the_last_partial_batch_is_trained_on_and_warm_up_starts_at_1e4(tmp_path):
+  """PyTorch's DataLoader keeps the last, partial batch (drop_last=False): 50,000 CIFAR images
+  at batch 256 are 195 full batches and one of 80. The official WarmUpLR gives 1e-4 + lr·m/W
+  at step m of W, and its MultiStepLR steps only after the warm-up epochs: drops at 82/112/137."""
+  from mimictheory.train import epoch_batches, learning_rate_schedule
+  spans = epoch_batches(50_000, 256)
+  assert len(spans) == 196 and spans[-1] == (195 * 256, 50_000)
+  assert len(epoch_batches(50_000, 256, drop_last=True)) == 195
+  assert epoch_batches(50_000, 256, devices=3)[-1] == (195 * 256, 195 * 256 + 78)
+  config = TrainConfig(lr=0.1, warmup_epochs=2, epochs=150)
+  assert config.milestones == (82, 112, 137)
+  lr = learning_rate_schedule(config, steps_per_epoch=196)
+  for step, want in [(0, 1e-4), (100, 1e-4 + 0.1 * 100 / 392), (391, 1e-4 + 0.1 * 391 / 392),
+                     (392, 0.1), (82 * 196 - 1, 0.1), (82 * 196, 0.01), (112 * 196, 1e-3),
+                     (137 * 196, 1e-4)]:
+    assert abs(float(lr(step)) - want) < 1e-6 * want, step  # float32 schedule
+  # 72 training examples at batch 32: the partial batch of 8 is a step, and the epoch's loss
+  # is the mean over examples
+  data = synthetic_data(96)
+  n = len(data[0][0])
+  sizes = [32] * (n // 32) + ([n % 32] if n % 32 >= 2 else [])
+  losses = []
+  result = train(TrainConfig(epochs=1, depth=2, width=16, batch_size=32, milestones=(),
+                             warmup_epochs=0), data, tmp_path,
+                 on_step=lambda step, model, loss: losses.append(float(loss)))
+  assert len(losses) == len(sizes) and sizes[-1] != 32
+  want = np.dot(losses, sizes) / sum(sizes)
+  assert abs(result.history[0]["train_loss"] - want) < 1e-6 * abs(want)
 
 
 @pytest.mark.parametrize(
@@ -411,3 +451,16 @@ def test_cli_full_disk_is_one_line_and_resumes(tmp_path):
                         env=env)
   assert proc.returncode == 0, proc.stderr
   assert "finished (resumed from epoch 1): 3 epochs" in proc.stdout
+
+
+def test_the_command_lines_training_defaults_are_train_configs():
+  """`mimictheory train` with no options runs TrainConfig's defaults (the official protocol)."""
+  import dataclasses
+  from mimictheory.cli import build_parser
+  args = build_parser().parse_args(["train"])
+  defaults = TrainConfig()
+  for field in dataclasses.fields(TrainConfig):
+    if hasattr(args, field.name) and field.name not in ("model", "norm", "data", "width"):
+      assert tuple(np.atleast_1d(getattr(args, field.name))) == tuple(
+          np.atleast_1d(getattr(defaults, field.name))), field.name
+  assert args.no_augment is (not defaults.augment) and args.drop_last is defaults.drop_last

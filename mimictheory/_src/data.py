@@ -239,31 +239,40 @@ def synthetic_images(n: int = 256, classes: int = 4, seed: int = 0):
   return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
-def _rotate(x, degrees):
-  """Rotate every image of x (N, H, W, C) about its centre by its angle (bilinear, zero fill),
-  all at once by gathering the four neighbours of every rotated pixel."""
+def _rotate(x, degrees, fill):
+  """Rotate every image of x (N, H, W, C) about its centre by its angle, nearest neighbour,
+  `fill` (per channel) outside the source image, as torchvision's RandomRotation (defaults:
+  NEAREST, fill 0), all at once by gathering one source pixel per output pixel."""
   n, h, w, _ = x.shape
   theta = np.deg2rad(degrees)[:, None, None]
   yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")
-  src_y = np.cos(theta) * yy - np.sin(theta) * xx + (h - 1) / 2  # inverse map: output -> input
-  src_x = np.sin(theta) * yy + np.cos(theta) * xx + (w - 1) / 2
-  y0, x0 = np.floor(src_y).astype(int), np.floor(src_x).astype(int)
-  fy, fx = (src_y - y0)[..., None], (src_x - x0)[..., None]
-  batch = np.arange(n)[:, None, None]
-
-  def pixel(yi, xi):
-    inside = ((yi >= 0) & (yi < h) & (xi >= 0) & (xi < w))[..., None]
-    return np.where(inside, x[batch, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)], 0.0)
-
-  return ((1 - fy) * (1 - fx) * pixel(y0, x0) + (1 - fy) * fx * pixel(y0, x0 + 1)
-          + fy * (1 - fx) * pixel(y0 + 1, x0) + fy * fx * pixel(y0 + 1, x0 + 1)).astype(x.dtype)
+  src_y = np.rint(np.cos(theta) * yy - np.sin(theta) * xx + (h - 1) / 2).astype(int)
+  src_x = np.rint(np.sin(theta) * yy + np.cos(theta) * xx + (w - 1) / 2).astype(int)
+  inside = ((src_y >= 0) & (src_y < h) & (src_x >= 0) & (src_x < w))[..., None]
+  gathered = x[np.arange(n)[:, None, None], np.clip(src_y, 0, h - 1), np.clip(src_x, 0, w - 1)]
+  return np.where(inside, gathered, fill).astype(x.dtype)
 
 
-def augment(x, rng: np.random.Generator, rotation: float = 15.0):
-  """The paper's CIFAR augmentation, seeded: random 32x32 crop of the 4-padded image, a
-  horizontal flip with probability 1/2 and a rotation by up to ±`rotation` degrees (NHWC)."""
-  n, h, w, _ = x.shape
-  padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+def augment(x, rng: np.random.Generator, rotation: float = 15.0, fill=0.0):
+  """The paper's CIFAR augmentation (the official code's torchvision pipeline), seeded: a
+  random 32x32 crop of the image padded by 4, a horizontal flip with probability 1/2 and a
+  rotation by up to ±`rotation` degrees (nearest neighbour), NHWC. Padding and the corners
+  uncovered by the rotation take `fill` (a number or one per channel): torchvision fills with
+  black before normalising, so pass the normalised black (`train` passes each channel's
+  minimum over the training images, which is black for CIFAR and the digits).
+
+  >>> import numpy as np
+  >>> from mimictheory.train import augment
+  >>> x = np.ones((2, 32, 32, 3), np.float32)
+  >>> out = augment(x, np.random.default_rng(0), fill=-1.0)
+  >>> out.shape, sorted(set(np.unique(out).tolist()))
+  ((2, 32, 32, 3), [-1.0, 1.0])
+  """
+  n, h, w, c = x.shape
+  fill = np.broadcast_to(np.asarray(fill, dtype=x.dtype), (c,))
+  padded = np.empty((n, h + 8, w + 8, c), dtype=x.dtype)
+  padded[...] = fill
+  padded[:, 4:4 + h, 4:4 + w] = x
   dy, dx = rng.integers(0, 9, size=n), rng.integers(0, 9, size=n)
   rows = dy[:, None] + np.arange(h)[None, :]
   cols = dx[:, None] + np.arange(w)[None, :]
@@ -271,5 +280,5 @@ def augment(x, rng: np.random.Generator, rotation: float = 15.0):
   flip = rng.random(n) < 0.5
   out[flip] = out[flip, :, ::-1]
   if rotation > 0:
-    out = _rotate(out, rng.uniform(-rotation, rotation, size=n))
+    out = _rotate(out, rng.uniform(-rotation, rotation, size=n), fill)
   return out

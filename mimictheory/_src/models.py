@@ -2,14 +2,14 @@
 
 `norm` = "batch_norm" (BatchNorm after every conv, the baseline; "bn" also reads), "none",
 "weight_mean", "last_bn" or "mimic" (weight mean + last BN, the paper's MimicNorm). VGG,
-SqueezeNet and ShuffleNetV2 are the official code's networks (architecture, initialisation per
-norm, scalars and classifier; see each class). Without BN every ResNet branch ends in a
-learnable `ResidualScalar` initialised at the official code's 1.2^k / l (k convs in the
-branch, l the block index), and its convs start at He's scale, the 1.2 per conv being folded
-into the scalar as in the official code; the other covered ResNet kernels start at Theorem 3's
-σw². A scalar multiplies the branch's last conv (kernel and bias), which saves memory (the
-official code multiplies the activation instead); where that conv is followed by a ReLU
-(ShuffleNetV2) this equals scaling the branch output while the scalar stays positive.
+SqueezeNet, ShuffleNetV2 and ResNet are the official code's networks (architecture,
+initialisation per norm, scalars and classifier; see each class). Without BN every ResNet
+branch ends in a learnable `ResidualScalar` initialised at the official code's 1.2^k / l (k
+convs in the branch, l the block index), and its convs start at He's scale, the 1.2 per conv
+being folded into the scalar as in the official code. By default a scalar multiplies the
+branch's last conv (kernel and bias), which saves memory; `fold_scalars=False` multiplies the
+activation as the official code does. Where that conv is followed by a ReLU (ShuffleNetV2) the
+two are equal while the scalar stays positive.
 The residual models also take the normalisation-free baselines the paper compares with:
 `norm="fixup"` (Zhang et al. 2019: the last conv of every branch and the classifier start at
 zero, the other branch convs at He's scale times L^(-1/(2m-2)) for L branches of m convs, a
@@ -32,7 +32,7 @@ from mimictheory._src.norms import check_norm
 from mimictheory._src.signals import pair_statistics, unit_statistics
 from mimictheory._src.nn import (
     MIN_FAN_IN, NORM_OPTIONS, RESIDUAL_BASELINES, CentredKernel, Dense, LastBatchNorm,
-    ResidualScalar, centre_kernel, init_sw2)
+    ResidualScalar, centre_kernel, init_sw2, pytorch_init)
 
 __all__ = ["Conv", "VGG", "ResNet", "ShuffleNetV2", "SqueezeNet", "MODELS", "make_model",
            "signals"]
@@ -43,7 +43,9 @@ _RECORDING: contextvars.ContextVar = contextvars.ContextVar("conv_outputs", defa
 class Conv(nnx.Module):
   """A 2-D convolution (NHWC, SAME padding) whose kernel (kh, kw, in/groups, out) is a
   `CentredKernel` under weight mean when its per-channel fan-in kh·kw·in/groups ≥ `min_fan_in`
-  (depthwise convs are skipped).
+  (depthwise convs are skipped). Initialisation: N(0, σw²/fan-in) with bias 0, or with
+  `pytorch_default` PyTorch's default for Conv2d (weights and bias U(±1/√fan-in), σw² = 1/3);
+  `use_bias=False` drops the bias.
 
   >>> import jax.numpy as jnp
   >>> from flax import nnx
@@ -55,27 +57,40 @@ class Conv(nnx.Module):
 
   def __init__(self, cin: int, cout: int, size: int = 3, stride: int = 1, groups: int = 1, *,
                weight_mean: bool, rngs: nnx.Rngs, sw2: float | None = None,
-               min_fan_in: int = MIN_FAN_IN):
+               min_fan_in: int = MIN_FAN_IN, use_bias: bool = True,
+               pytorch_default: bool = False, fold_scale: bool = True):
     fan_in = size * size * cin // groups
     covered = weight_mean and fan_in >= min_fan_in
-    sw2 = init_sw2(fan_in, covered) if sw2 is None else sw2
-    kernel = jax.random.normal(rngs.params(), (size, size, cin // groups, cout))
-    kernel = kernel * math.sqrt(sw2 / fan_in)
+    shape = (size, size, cin // groups, cout)
+    if pytorch_default:
+      kernel, bias = pytorch_init(rngs, shape, fan_in, use_bias)
+    else:
+      sw2 = init_sw2(fan_in, covered) if sw2 is None else sw2
+      kernel = jax.random.normal(rngs.params(), shape) * math.sqrt(sw2 / fan_in)
+      bias = jnp.zeros((cout,)) if use_bias else None
     self.kernel = CentredKernel(centre_kernel(kernel)) if covered else nnx.Param(kernel)
-    self.bias = nnx.Param(jnp.zeros((cout,)))
-    self.stride, self.groups = stride, groups
+    self.bias = None if bias is None else nnx.Param(bias)
+    self.stride, self.groups, self.fold_scale = stride, groups, fold_scale
 
   def __call__(self, x, scale=None):
-    """conv(x); with `scale` (a residual scalar) the conv of the scaled kernel and bias. That
-    equals scale · conv(x) but keeps no extra activation for the backward pass: the gradient of
-    the scale is ⟨W, ∂L/∂(scale·W)⟩ + ⟨b, ∂L/∂(scale·b)⟩, which needs only x, already kept for
-    the kernel's own gradient (measured: 26-41% less step memory than BN instead of 15-33%)."""
-    kernel, bias = self.kernel[...], self.bias[...]
-    if scale is not None:
-      kernel, bias = scale * kernel, scale * bias
+    """conv(x), times `scale` (a residual scalar) if given. With `fold_scale` (the default) the
+    scale multiplies the kernel and bias instead: the same function, but no extra activation
+    is kept for the backward pass (the gradient of the scale is ⟨W, ∂L/∂(scale·W)⟩ +
+    ⟨b, ∂L/∂(scale·b)⟩, which needs only x, already kept for the kernel's own gradient).
+    `fold_scale=False` multiplies the output, as the official PyTorch code does, which stores
+    the product (`memory` measures both)."""
+    kernel = self.kernel[...]
+    bias = None if self.bias is None else self.bias[...]
+    if scale is not None and self.fold_scale:
+      kernel = scale * kernel
+      bias = None if bias is None else scale * bias
     y = jax.lax.conv_general_dilated(
         x, kernel, (self.stride, self.stride), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups) + bias
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+    if bias is not None:
+      y = y + bias
+    if scale is not None and not self.fold_scale:
+      y = y * scale
     recording = _RECORDING.get()
     if recording is not None:  # `signals` is listening (eager calls only)
       recording.append(y)
@@ -86,28 +101,36 @@ class _Net(nnx.Module):
   """Shared pieces: the norm switch, conv(+BN) units, the classifier and the last BN."""
 
   def _setup(self, norm: str, rngs: nnx.Rngs, residual_init="official",
-              baselines: tuple = ()):
+              baselines: tuple = (), fold_scalars: bool = True):
     norm = check_norm(norm, NORM_OPTIONS + baselines)
     if not (residual_init == "official" or callable(residual_init)):
       checks.check_nonnegative("residual_init", residual_init)
+    if not isinstance(fold_scalars, bool):
+      raise TypeError(f"fold_scalars must be True or False, got {fold_scalars!r}")
     self.residual_init = residual_init
+    self.fold_scalars = fold_scalars
     self.norm = norm
     self.weight_mean = norm in ("weight_mean", "mimic")
     self.rngs = rngs
 
-  def conv(self, cin, cout, size=3, stride=1, groups=1, sw2=None):
+  def conv(self, cin, cout, size=3, stride=1, groups=1, sw2=None, use_bias=True,
+           pytorch_default=False):
     return Conv(cin, cout, size, stride, groups, weight_mean=self.weight_mean, rngs=self.rngs,
-                sw2=sw2)
+                sw2=sw2, use_bias=use_bias, pytorch_default=pytorch_default,
+                fold_scale=self.fold_scalars)
 
   def bn(self, channels):
     if self.norm != "batch_norm":
       return None
     return nnx.BatchNorm(channels, momentum=0.9, rngs=self.rngs)
 
-  def head(self, features, classes):
+  def head(self, features, classes, pytorch_default=False):
+    """The classifier as the official code initialises it: a Linear never centred by weight
+    mean (`main.py` leaves Linear layers alone), N(0, 2/n) and bias 0, or PyTorch's default
+    (`pytorch_default`, the BN ResNet), or zero (Fixup); then the last BN if the norm has it."""
     fixup = self.norm == "fixup"
-    self.classifier = Dense(features, classes, weight_mean=self.weight_mean, rngs=self.rngs,
-                            sw2=0.0 if fixup else 1.0)
+    self.classifier = Dense(features, classes, weight_mean=False, rngs=self.rngs,
+                            sw2=0.0 if fixup else 2.0, pytorch_default=pytorch_default)
     self.classifier_bias = nnx.Param(jnp.zeros(())) if fixup else None  # Fixup's scalar bias
     self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
                     if self.norm in ("last_bn", "mimic") else None)
@@ -125,15 +148,18 @@ class _Net(nnx.Module):
              init(block, convs) if callable(init) else float(init))
     return ResidualScalar(value)
 
-  def branch_sw2(self, convs: int, branches: int):
-    """σw² of each conv in a residual branch: None (Theorem 3 / BN's default) with BN, He's
-    2 otherwise (the official 1.2 per conv lives in the scalar); Fixup: 2·L^(-1/(m-1)) (He's
-    std times L^(-1/(2m-2))) and 0 for the branch's last conv."""
-    if self.norm == "batch_norm":
-      return [None] * convs
+  def branch_sw2(self, shapes, branches: int):
+    """σw² (on the fan-in) of each conv (c_in, c_out, k, stride) of a residual branch, as the
+    official code: He's 2 without BN (the official 1.2 per conv lives in the scalar; weight
+    mean centres the He draw, `main.py`'s `meanweigh`); Fixup (`resnet_fixup.py`): He's
+    variance on the fan-out, 2/(k²·c_out), times L^(-1/(m-1)) for L branches of m convs, i.e.
+    σw² = 2·(c_in/c_out)·L^(-1/(m-1)), and 0 for the branch's last conv. (With BN the convs
+    keep PyTorch's default, see `ResNet`.)"""
     if self.norm == "fixup":
-      return [2.0 * branches ** (-1.0 / (convs - 1))] * (convs - 1) + [0.0]
-    return [2.0] * convs
+      m = len(shapes)
+      return [2.0 * cin / cout * branches ** (-1.0 / (m - 1)) for cin, cout, _, _ in shapes[:-1]
+              ] + [0.0]
+    return [2.0] * len(shapes)
 
   def classify(self, x):
     features = jnp.mean(x, axis=(1, 2))
@@ -239,8 +265,12 @@ class _Block(nnx.Module):
       shapes = [(cin, mid, 1, 1), (mid, mid, 3, stride), (mid, cout, 1, 1)]
     else:
       shapes = [(cin, mid, 3, stride), (mid, cout, 3, 1)]
-    sw2 = net.branch_sw2(len(shapes), branches)
-    self.convs = nnx.List([net.conv(a, b, size, s, sw2=w)
+    bn, fixup = net.norm == "batch_norm", net.norm == "fixup"
+    sw2 = net.branch_sw2(shapes, branches)
+    # biases: the BN and Fixup ResNets' convs have none; resnet_nobn.py's have one, except
+    # the bottleneck's shortcut
+    self.convs = nnx.List([net.conv(a, b, size, s, sw2=w, use_bias=not (bn or fixup),
+                                    pytorch_default=bn)
                            for (a, b, size, s), w in zip(shapes, sw2)])
     self.bns = nnx.List([net.bn(b) for _, b, _, _ in shapes]) if net.norm == "batch_norm" else None
     self.scale = net.scalar(block_index, len(shapes))
@@ -249,7 +279,10 @@ class _Block(nnx.Module):
     self.biases = (nnx.List([nnx.Param(jnp.zeros(())) for _ in range(2 * len(shapes))])
                    if net.norm == "fixup" else None)
     needs_proj = stride != 1 or cin != cout
-    self.shortcut = net.conv(cin, cout, 1, stride) if needs_proj else None
+    # the shortcut conv: He's 2 on the fan-in without BN, He on the fan-out for Fixup
+    self.shortcut = net.conv(
+        cin, cout, 1, stride, sw2=2.0 * cin / cout if fixup else 2.0,
+        use_bias=not (bn or fixup or bottleneck), pytorch_default=bn) if needs_proj else None
     self.shortcut_bn = net.bn(cout) if needs_proj else None
 
   def _bias(self, i):
@@ -272,9 +305,20 @@ class _Block(nnx.Module):
 
 
 class ResNet(_Net):
-  """ResNet-18/34/50 for 32×32 images with `norm` one of `NORM_OPTIONS` or, for the baselines,
-  `RESIDUAL_BASELINES` (Fixup, SkipInit); MimicNorm scales each branch by a residual scalar
-  initialised by `residual_init` ("official": 1.2/l).
+  """ResNet-18/50 for 32×32 images as the paper's official code builds it, with `norm` one of
+  `NORM_OPTIONS` or, for the baselines, `RESIDUAL_BASELINES` (Fixup, SkipInit): a 3×3 stem of
+  64 channels (no max pool), stages of basic blocks (18) or bottlenecks (50), global average
+  pooling and a Linear classifier (then the last BN for last_bn and MimicNorm).
+
+  Initialisation per norm, as the official code: without BN (`resnet_nobn.py`) every conv and
+  the Linear N(0, 2/n) with zero biases (weight mean centres the convs with more than 50
+  inputs per output; Linear layers are never centred) and every branch times a learnable
+  residual scalar initialised by `residual_init` ("official": 1.2^k/l for k convs in block
+  l); with BN (`resnet.py`) PyTorch's defaults (`pytorch_init`) and no conv biases; Fixup as
+  `resnet_fixup.py` (see `_Net.branch_sw2`; the stem keeps PyTorch's default; no conv
+  biases). `fold_scalars=False` multiplies each branch's output by its scalar, as the
+  official code does, instead of folding the scalar into the last conv (the same function;
+  it stores one more activation per block, which `memory` measures).
 
   >>> import jax
   >>> from flax import nnx
@@ -286,12 +330,15 @@ class ResNet(_Net):
   """
 
   def __init__(self, depth: int = 18, classes: int = 100, *, norm: str = "mimic",
-               rngs: nnx.Rngs, width: float = 1.0, residual_init="official"):
-    self._setup(norm, rngs, residual_init, baselines=RESIDUAL_BASELINES)
+               rngs: nnx.Rngs, width: float = 1.0, residual_init="official",
+               fold_scalars: bool = True):
+    self._setup(norm, rngs, residual_init, baselines=RESIDUAL_BASELINES,
+                fold_scalars=fold_scalars)
     bottleneck = depth == 50
     counts = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
     base = max(1, int(64 * width))
-    self.stem = self.conv(3, base)
+    pytorch = self.norm in ("batch_norm", "fixup")
+    self.stem = self.conv(3, base, sw2=2.0, use_bias=not pytorch, pytorch_default=pytorch)
     self.stem_bn = self.bn(base)
     self.stem_bias = nnx.Param(jnp.zeros(())) if norm == "fixup" else None
     blocks, cin, index = [], base, 1
@@ -302,7 +349,7 @@ class ResNet(_Net):
         blocks.append(_Block(self, cin, cout, stride, index, bottleneck, sum(counts)))
         cin, index = cout, index + 1
     self.blocks = nnx.List(blocks)
-    self.head(cin, classes)
+    self.head(cin, classes, pytorch_default=self.norm == "batch_norm")
 
   def __call__(self, x):
     x = _apply(self.stem_bn, self.stem(x))
@@ -390,7 +437,9 @@ class ShuffleNetV2(_Net):
   by a learnable 1.2), global average pooling, a Linear classifier (then the last BN for
   last_bn and MimicNorm). Initialisation as the official code: He's N(0, 2/(k²·max(4,
   c_in/groups))) for every conv (a depthwise 3×3: 2/36), Linear N(0, 2/n); weight mean
-  centres the convs with more than 50 inputs per output channel.
+  centres the convs with more than 50 inputs per output channel. `fold_scalars=False`
+  multiplies the activations by the 1.44 and 1.2 scalars, as the official code does, instead
+  of folding them into the convs (the same function, more stored activations).
 
   >>> import jax
   >>> from flax import nnx
@@ -402,8 +451,8 @@ class ShuffleNetV2(_Net):
   """
 
   def __init__(self, classes: int = 100, *, norm: str = "mimic", rngs: nnx.Rngs,
-               width: float = 1.0, residual_init="official"):
-    self._setup(norm, rngs, residual_init)
+               width: float = 1.0, residual_init="official", fold_scalars: bool = True):
+    self._setup(norm, rngs, residual_init, fold_scalars=fold_scalars)
     sw2 = lambda cin, groups: official_sw2(cin, groups, gain=2.0)  # noqa: E731
     channels = [max(2, 2 * int(c * width / 2)) for c in (24, 116, 232, 464)]
     self.stem = self.conv(3, channels[0], sw2=sw2(3, 1))
@@ -561,9 +610,12 @@ MODELS = {
 
 
 def make_model(name: str, classes: int = 100, norm: str = "mimic", seed: int = 0,
-               width: float = 1.0, residual_init="official") -> nnx.Module:
+               width: float = 1.0, residual_init="official",
+               fold_scalars: bool = True) -> nnx.Module:
   """A CIFAR model by name (see `MODELS`) with the given `norm`; `residual_init` sets the
-  residual scalars of ResNet and ShuffleNetV2 ("official", a constant or a callable).
+  residual scalars of ResNet and ShuffleNetV2 ("official", a constant or a callable), and
+  `fold_scalars` whether those scalars are folded into a conv (True) or multiply the
+  activation as in the official code (False; same function, more memory).
 
   >>> import jax.numpy as jnp
   >>> from mimictheory.nn import make_model
@@ -571,6 +623,6 @@ def make_model(name: str, classes: int = 100, norm: str = "mimic", seed: int = 0
   (2, 10)
   """
   checks.check_choice("model", name, tuple(MODELS))
-  extra = {"residual_init": residual_init} if name in ("resnet18", "resnet50",
-                                                       "shufflenetv2") else {}
+  extra = ({"residual_init": residual_init, "fold_scalars": fold_scalars}
+           if name in ("resnet18", "resnet50", "shufflenetv2") else {})
   return MODELS[name](classes=classes, norm=norm, rngs=nnx.Rngs(seed), width=width, **extra)

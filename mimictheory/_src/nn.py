@@ -33,6 +33,7 @@ __all__ = [
   "per_channel_fan_in",
   "project_weight_mean",
   "init_sw2",
+  "pytorch_init",
   "Dense",
   "LastBatchNorm",
   "ResidualScalar",
@@ -93,8 +94,27 @@ def init_sw2(fan_in: int, weight_mean: bool, activation: str = "relu") -> float:
   return float(stable_sw2(activation, norm=norm, fan_in=fan_in if fan_in >= 2 else None))
 
 
+def pytorch_init(rngs: nnx.Rngs, shape, fan_in: int, use_bias: bool = True):
+  """(kernel, bias or None) as PyTorch initialises Conv2d and Linear by default
+  (`kaiming_uniform_` with a = √5, and the bias alike): both U(±1/√fan-in), a weight variance
+  of 1/(3·fan-in), i.e. σw² = 1/3. The official BN ResNet keeps these defaults.
+
+  >>> from flax import nnx
+  >>> from mimictheory.nn import pytorch_init
+  >>> kernel, bias = pytorch_init(nnx.Rngs(0), (100, 10), fan_in=100)
+  >>> float(abs(kernel).max()) <= 0.1, bias.shape
+  (True, (10,))
+  """
+  bound = 1.0 / math.sqrt(fan_in)
+  kernel = jax.random.uniform(rngs.params(), shape, minval=-bound, maxval=bound)
+  bias = (jax.random.uniform(rngs.params(), shape[-1:], minval=-bound, maxval=bound)
+          if use_bias else None)
+  return kernel, bias
+
+
 class Dense(nnx.Module):
-  """x W + b with W ~ N(0, σw²/fan-in); with `weight_mean` the kernel is a `CentredKernel`
+  """x W + b with W ~ N(0, σw²/fan-in) and b = 0 (or PyTorch's default with
+  `pytorch_default`, see `pytorch_init`); with `weight_mean` the kernel is a `CentredKernel`
   (when its fan-in is at least `min_fan_in`) initialised at Theorem 3's σw².
 
   >>> import jax.numpy as jnp
@@ -106,12 +126,17 @@ class Dense(nnx.Module):
   """
 
   def __init__(self, fan_in: int, fan_out: int, *, weight_mean: bool, rngs: nnx.Rngs,
-               min_fan_in: int = MIN_FAN_IN, sw2: float | None = None, use_bias: bool = True):
+               min_fan_in: int = MIN_FAN_IN, sw2: float | None = None, use_bias: bool = True,
+               pytorch_default: bool = False):
     covered = weight_mean and fan_in >= min_fan_in
-    sw2 = init_sw2(fan_in, covered) if sw2 is None else sw2
-    kernel = jax.random.normal(rngs.params(), (fan_in, fan_out)) * math.sqrt(sw2 / fan_in)
+    if pytorch_default:
+      kernel, bias = pytorch_init(rngs, (fan_in, fan_out), fan_in, use_bias)
+    else:
+      sw2 = init_sw2(fan_in, covered) if sw2 is None else sw2
+      kernel = jax.random.normal(rngs.params(), (fan_in, fan_out)) * math.sqrt(sw2 / fan_in)
+      bias = jnp.zeros((fan_out,)) if use_bias else None
     self.kernel = CentredKernel(centre_kernel(kernel)) if covered else nnx.Param(kernel)
-    self.bias = nnx.Param(jnp.zeros((fan_out,))) if use_bias else None
+    self.bias = None if bias is None else nnx.Param(bias)
 
   def __call__(self, x):
     y = x @ self.kernel[...]

@@ -1,8 +1,11 @@
 """Training MimicNorm models with Optax, checkpointed with Orbax, resumable bit for bit.
 
-The paper's recipe (section 4): SGD with momentum 0.9, learning rate 0.1, weight decay 5e-4,
-a linear warm-up over 2 epochs, and the rate × 0.1 at epochs 80, 110 and 135 of 150. Weight
-mean is re-projected after every optimiser step. Every epoch ends with a checkpoint (Orbax
+The paper's recipe (section 4) as the official code runs it: SGD with momentum 0.9, learning
+rate 0.1, weight decay 5e-4, a linear warm-up over 2 epochs from 1e-4 (per step), and the rate
+× 0.1 at epochs 82, 112 and 137 of 150 (the official scheduler's milestones are 80/110/135, but
+it steps only after the warm-up epochs); every epoch's last, partial batch is trained on (as
+PyTorch's DataLoader does by default); the augmentation fills with black. Weight mean is
+re-projected after every optimiser step. Every epoch ends with a checkpoint (Orbax
 writes it under a temporary name and renames it) and one JSON line of metrics; an interrupted
 run started again with the same arguments resumes from the last checkpoint, and because the
 data order of every epoch derives from (seed, epoch) it ends exactly where an uninterrupted
@@ -50,6 +53,7 @@ __all__ = [
   "train_step",
   "evaluate",
   "data_mesh",
+  "epoch_batches",
   "train",
 ]
 
@@ -70,7 +74,7 @@ class TrainConfig:
   norm: str = "mimic"
   model: str = "mlp"  # or a CIFAR model of mimictheory.nn.MODELS (NHWC image data)
   model_width: float = 1.0  # channel multiplier of the CIFAR models
-  augment: bool = True  # random crop (padding 4) and horizontal flip for image data
+  augment: bool = True  # random crop (padding 4), flip and rotation (15°) for image data
   depth: int = 8
   width: int = 256
   epochs: int = 150
@@ -79,11 +83,13 @@ class TrainConfig:
   momentum: float = 0.9
   weight_decay: float = 5e-4
   warmup_epochs: float = 2.0
-  milestones: tuple = (80, 110, 135)
+  warmup_start: float = 1e-4  # the rate at the warm-up's first step (official: 1e-4)
+  milestones: tuple = (82, 112, 137)  # the official 80/110/135, counted after the warm-up
   decay: float = 0.1
   seed: int = 0
   data: str = "custom"  # the data set's name (recorded; a run is resumed on the same data only)
   eval_batch: int = 1000  # test images per evaluation batch (bounds evaluation memory)
+  drop_last: bool = False  # drop each epoch's last, partial batch (official: kept)
 
   def validate(self) -> "TrainConfig":
     from mimictheory._src.models import MODELS
@@ -101,6 +107,9 @@ class TrainConfig:
     checks.check_interval("momentum", self.momentum, 0.0, 1.0)
     checks.check_nonnegative("weight_decay", self.weight_decay)
     checks.check_nonnegative("warmup_epochs", self.warmup_epochs)
+    checks.check_nonnegative("warmup_start", self.warmup_start)
+    if self.warmup_start > self.lr:
+      raise ValueError(f"warmup_start must be <= lr ({self.lr}), got {self.warmup_start}")
     checks.check_int("seed", self.seed, minimum=0)
     for m in self.milestones:
       checks.check_positive("milestones", m)
@@ -147,21 +156,26 @@ class TrainResult:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
-  """Linear warm-up over `warmup_epochs`, then × `decay` at each milestone epoch.
+  """The rate at each optimiser step (from 0): a linear warm-up over `warmup_epochs`,
+  warmup_start + lr·step/W for the W warm-up steps (the official `WarmUpLR`), then `lr`, × `decay`
+  at each milestone epoch (counted from the start of training).
 
   >>> from mimictheory.train import TrainConfig, learning_rate_schedule
   >>> config = TrainConfig(lr=0.1, epochs=4, warmup_epochs=0, milestones=(2,))
   >>> lr = learning_rate_schedule(config, steps_per_epoch=10)
   >>> round(float(lr(0)), 6), round(float(lr(25)), 6)   # ×0.1 at the epoch-2 milestone
   (0.1, 0.01)
+  >>> warm = learning_rate_schedule(TrainConfig(lr=0.1, warmup_epochs=1), steps_per_epoch=10)
+  >>> [round(float(warm(s)), 6) for s in (0, 5, 10)]
+  [0.0001, 0.0501, 0.1]
   """
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
-  boundaries = {int(m * steps_per_epoch): config.decay for m in config.milestones}
+  boundaries = {int(round(m * steps_per_epoch)): config.decay for m in config.milestones}
   steps = optax.piecewise_constant_schedule(config.lr, boundaries)
   if warmup == 0:
     return steps
-  ramp = optax.linear_schedule(config.lr / warmup, config.lr, warmup)
-  return lambda step: jnp.where(step < warmup, ramp(step), steps(step))
+  return lambda step: jnp.where(step < warmup,
+                                config.warmup_start + config.lr * step / warmup, steps(step))
 
 
 def optimizer(model: nnx.Module, learning_rate, momentum: float = 0.9,
@@ -519,12 +533,14 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   if config.model == "mlp" and x_train.ndim > 2:  # images into an MLP: flattened
     x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
   classes = int(max(y_train.max(), y_test.max())) + 1
-  steps_per_epoch = len(x_train) // config.batch_size
-  if steps_per_epoch < 1:
+  if len(x_train) < config.batch_size:
     raise ValueError(f"batch_size must be <= the training set size ({len(x_train)})")
   if mesh is not None and config.batch_size % mesh.devices.size:
     raise ValueError(f"batch_size must be a multiple of the {mesh.devices.size} devices of the "
                      f"mesh, got {config.batch_size}")
+  batches = epoch_batches(len(x_train), config.batch_size, config.drop_last,
+                          1 if mesh is None else mesh.devices.size)
+  steps_per_epoch = len(batches)
   _check_model_memory(config, x_train.shape[1:], classes)
   model, opt = _build(config, x_train.shape[1:], classes, steps_per_epoch)  # validates shapes
   if mesh is not None:
@@ -541,13 +557,31 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
       if start > config.epochs:
         raise ValueError(f"epochs must be >= {start}, the epochs this run in {str(out)!r} has "
                          f"completed, got {config.epochs}")
-      return _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch,
+      return _epochs(config, model, opt, manager, out, start, max_epochs, batches,
                      (x_train, y_train), (x_test, y_test), progress, on_step, mesh)
     finally:
       manager.close()
 
 
-def _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch, train_set,
+def epoch_batches(n: int, batch_size: int, drop_last: bool = False, devices: int = 1):
+  """The (start, stop) positions of each batch in an epoch's shuffled order of `n` examples:
+  full batches, then the last, partial one unless `drop_last` (PyTorch's DataLoader keeps it).
+  The partial batch is cut to a multiple of the `devices` it is split over, and dropped below
+  2 examples (batch statistics need two).
+
+  >>> from mimictheory.train import epoch_batches
+  >>> epoch_batches(10, 4), epoch_batches(10, 4, drop_last=True), epoch_batches(9, 4)
+  ([(0, 4), (4, 8), (8, 10)], [(0, 4), (4, 8)], [(0, 4), (4, 8)])
+  """
+  full = n // batch_size
+  spans = [(i * batch_size, (i + 1) * batch_size) for i in range(full)]
+  rest = (n - full * batch_size) // devices * devices
+  if not drop_last and rest >= 2:
+    spans.append((full * batch_size, full * batch_size + rest))
+  return spans
+
+
+def _epochs(config, model, opt, manager, out, start, max_epochs, batches, train_set,
             test_set, progress, on_step, mesh):
   import orbax.checkpoint as ocp
   (x_train, y_train), (x_test, y_test) = train_set, test_set
@@ -555,6 +589,8 @@ def _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch
   end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
   status = "finished" if end == config.epochs else "stopped"
   put = _batch_placement(mesh)
+  steps_per_epoch = len(batches)
+  fill = x_train.min(axis=tuple(range(x_train.ndim - 1))) if x_train.ndim == 4 else None
   with _deferred_interrupt() as interrupted:
     for epoch in progress_bar(range(start, end), progress, "epochs"):
       rng = np.random.default_rng([config.seed, epoch])  # data order and augmentation
@@ -562,15 +598,16 @@ def _epochs(config, model, opt, manager, out, start, max_epochs, steps_per_epoch
       images = config.augment and x_train.ndim == 4
       model.train()
       losses = []
-      for i in range(steps_per_epoch):
+      for i, (first, stop) in enumerate(batches):
         if interrupted.is_set():
           raise TrainingInterrupted(out, epoch)
-        idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-        batch = augment(x_train[idx], rng) if images else x_train[idx]
+        idx = order[first:stop]
+        batch = augment(x_train[idx], rng, fill=fill) if images else x_train[idx]
         losses.append(_jit_train_step(model, opt, put(batch), put(y_train[idx])))
         if on_step is not None:
           on_step(epoch * steps_per_epoch + i + 1, model, losses[-1])
-      train_loss = float(np.mean(jax.device_get(losses)))
+      sizes = np.array([stop - first for first, stop in batches], dtype=np.float64)
+      train_loss = float(np.dot(jax.device_get(losses), sizes) / sizes.sum())
       model.eval()
       test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch, mesh)
       record = dict(epoch=epoch + 1, train_loss=train_loss, test_loss=test_loss,
