@@ -122,7 +122,9 @@ def resolve_arguments(activation, sw2, sb2, norm, fan_in):
   act = get_activation(activation)
   checks.check_choice("norm", norm, NORMS)
   n = checks.check_fan_in(fan_in)
-  factor = 1.0 if math.isinf(n) else (n - 1.0) / n
+  # Lemma 1's finite fan-in factor belongs to weight mean's centring only (a numerically
+  # integrated activation with norm "none" was multiplied by it until 2026-12-02)
+  factor = 1.0 if math.isinf(n) or norm != "weight_mean" else (n - 1.0) / n
   sb2 = checks.check_nonnegative("sb2", sb2)
   if sw2 is not None:
     sw2 = checks.check_positive("sw2", sw2)

@@ -1,0 +1,547 @@
+"""Networks as data: neural-tangents' `stax` names, with weight mean and batch norm.
+
+Every layer and every combination of layers is a `Network`: a frozen description that gives
+the finite-width JAX network and its infinite-width kernels from the same object, so the two
+cannot drift apart. Unpacked, it is neural-tangents' triple:
+
+    init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(512, W_std=1.5, b_std=0.05),
+                                               stax.Relu(), stax.Dense(1, W_std=1.5))
+
+- `init_fn(key, input_shape) -> (output_shape, params)`, `apply_fn(params, x)`: the finite
+  network in the NTK parameterisation, y = W_std/√n · x W + b_std · b with W, b ~ N(0, 1).
+- `kernel_fn(x1, x2=None, get=None)`: the NNGP and NTK of the infinite-width network
+  (Jacot et al. 2018; Lee et al. 2019), in float64 whatever JAX's global setting; `get` as in
+  neural-tangents ("nngp", "ntk", a tuple of them, or None for the whole `Kernel`).
+
+A neural-tangents user ports a model by changing the import: `Dense`, `Relu`, `LeakyRelu`,
+`Erf`, `Gelu`, `Identity`, `ElementwiseNumerical`, `serial`, `parallel`, `FanOut` and
+`FanInSum` keep its names, signatures and kernels (checked against neural-tangents 0.6.5 in
+`tests/test_stax.py`). Beyond it, for MimicNorm (Fei et al., AAAI 2021):
+
+- `Dense(..., weight_mean=True)`: each output unit's weights centred over its fan-in (eq 10).
+  The unit sees Σᵢ Wᵢ (xᵢ − x̄), so K' = σw² f (K − m₁ m₂ᵀ) + σb² with m the mean over the
+  units feeding the layer: the data's feature mean for the input layer (exact, f = 1), E[φ]
+  after an activation, and f = (n−1)/n (Lemma 1) for n units of the previous `Dense`.
+- `BatchNorm()`: each unit normalised over the batch; exact at the batch's size (Yang et al.
+  2019, `mimictheory.batch_norm`) for activations a x + b relu(x), with the activation that
+  follows; `BatchNorm(full_batch_limit=True)` is the paper's Theorem 2 (K -> H K H / ν).
+- `Scale(alpha)`: a constant multiplier (the residual scalar α of a branch).
+- `Tanh`, `Elementwise(activation)`: any activation of `mimictheory` (closed form, or
+  numerical with Mehler's series and a quadrature fallback).
+
+>>> import numpy as np
+>>> from mimictheory import stax
+>>> init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(64, W_std=2**0.5), stax.Relu(),
+...                                            stax.Dense(1, W_std=2**0.5))
+>>> x = np.eye(3)
+>>> k = kernel_fn(x, None, get=("nngp", "ntk"))
+>>> np.round(np.diag(k.nngp), 6), np.round(np.diag(k.ntk), 6)
+(array([0.666667, 0.666667, 0.666667]), array([2., 2., 2.]))
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mimictheory._src import batch_norm as bn
+from mimictheory._src.activations import (
+    Activation, Erf as _Erf, Identity as _Identity, LeakyReLU, Numerical, ReLU, get_activation)
+from mimictheory._src.kernels import identical_rows
+from mimictheory._src.precision import is_traced
+
+__all__ = ["Kernel", "Network", "Dense", "Elementwise", "Relu", "LeakyRelu", "Erf", "Gelu",
+           "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "Scale", "serial",
+           "parallel", "FanOut", "FanInSum"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The kernel that flows through a description.
+# ----------------------------------------------------------------------------------------------
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """The NNGP and NTK of a network's outputs on inputs x1 (rows) and x2 (columns), per unit.
+
+  `cov1`, `cov2`: the variances of the rows' and columns' outputs (the diagonal of the NNGP
+  when x2 is x1); `mean1`, `mean2`: the mean over units of the outputs, needed by a following
+  weight-mean layer (None where it is 0); `same`: pairs of identical inputs (their correlation
+  is pinned to 1). Static: `width`, the number of units of the last `Dense` (None: the inputs'
+  features); `x1_is_x2`; `pending_batch_norm`, set by an exact `BatchNorm` whose expectation is
+  taken with the activation that follows it; `mean_known`, False where the unit mean is not
+  computed (after an exact BN and a non-linear activation)."""
+  nngp: jax.Array
+  ntk: jax.Array
+  cov1: jax.Array
+  cov2: jax.Array
+  mean1: jax.Array | None = None
+  mean2: jax.Array | None = None
+  same: jax.Array | None = None
+  width: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+  x1_is_x2: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  pending_batch_norm: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  mean_known: bool = dataclasses.field(default=True, metadata=dict(static=True))
+
+  def replace(self, **changes) -> "Kernel":
+    return dataclasses.replace(self, **changes)
+
+
+def _input_kernel(x1, x2) -> Kernel:
+  """The kernel of the inputs themselves: x1 x2ᵀ / d (neural-tangents' starting point), with the
+  feature means for a weight-mean first layer."""
+  d = x1.shape[-1]
+  symmetric = x2 is None
+  same = None
+  if symmetric:
+    x2 = x1
+    same = (jnp.eye(x1.shape[0], dtype=bool) if is_traced(x1) else
+            jnp.asarray(identical_rows(np.asarray(x1))))
+  nngp = x1 @ x2.T / d
+  return Kernel(nngp, jnp.zeros_like(nngp), jnp.sum(x1 * x1, -1) / d, jnp.sum(x2 * x2, -1) / d,
+                jnp.mean(x1, -1), jnp.mean(x2, -1), same, None, symmetric)
+
+
+# ----------------------------------------------------------------------------------------------
+# The description.
+# ----------------------------------------------------------------------------------------------
+class Network:
+  """A network described as data. Unpacks to neural-tangents' `(init_fn, apply_fn, kernel_fn)`.
+
+  Subclasses implement three things: `init(key, input_shape) -> (output_shape, params)`,
+  `apply(params, x, rng=None)` (the finite network), and `kernel(k: Kernel) -> Kernel` (its
+  infinite-width limit). `kernel_fn` and the Flax model (`mimictheory.nn.from_stax`) are built
+  on those."""
+
+  def init(self, key, input_shape):
+    raise NotImplementedError
+
+  def apply(self, params, x, rng=None):
+    raise NotImplementedError
+
+  def kernel(self, k: Kernel) -> Kernel:
+    raise NotImplementedError
+
+  # neural-tangents' triple
+  def init_fn(self, key, input_shape):
+    return self.init(key, input_shape)
+
+  def apply_fn(self, params, inputs, rng=None, **kwargs):
+    return self.apply(params, inputs, rng)
+
+  def kernel_fn(self, x1, x2=None, get=None):
+    """NNGP and NTK on x1 × x2 (x2=None: x1 × x1), float64. `get`: None (the `Kernel`),
+    "nngp", "ntk", or a tuple of them (a namedtuple with those fields)."""
+    from mimictheory._src.precision import float64
+    return float64(_kernel_fn)(self, x1, x2, get)
+
+  def __iter__(self):
+    return iter((self.init_fn, self.apply_fn, self.kernel_fn))
+
+
+def _kernel_fn(network, x1, x2, get):
+  from mimictheory._src import checks
+  x1 = jnp.asarray(checks.check_data("x1", x1), jnp.float64)
+  if x2 is not None:
+    x2 = jnp.asarray(checks.check_data("x2", x2), jnp.float64)
+    if x2.shape[1] != x1.shape[1]:
+      raise ValueError(f"x2 must have the same number of features as x1 ({x1.shape[1]}), got "
+                       f"shape {x2.shape}")
+  k = _resolve(network.kernel(_input_kernel(x1, x2)))
+  if get is None:
+    return k
+  if isinstance(get, str):
+    return getattr(k, _check_get(get))
+  fields = tuple(_check_get(g) for g in get)
+  return collections.namedtuple("Kernel", fields)(*(getattr(k, g) for g in fields))
+
+
+def _check_get(name):
+  if name not in ("nngp", "ntk", "cov1", "cov2"):
+    raise ValueError(f"get must name 'nngp', 'ntk', 'cov1' or 'cov2', got {name!r}")
+  return name
+
+
+def _resolve(k: Kernel) -> Kernel:
+  """A pending exact BN taken as it stands (no activation after it): φ = identity."""
+  return _exact_batch_norm(k, 1.0, 0.0, _Identity()) if k.pending_batch_norm else k
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Dense(Network):
+  """A fully connected layer in the NTK parameterisation: y = W_std/√n · x W + b_std · b,
+  W (n, out_dim) and b (out_dim,) standard normal (no bias when `b_std` is None).
+  `weight_mean=True` centres each output unit's weights over its n inputs (MimicNorm's weight
+  mean); see the module docstring for its kernel."""
+  out_dim: int
+  W_std: float = 1.0
+  b_std: float | None = None
+  parameterization: str = "ntk"
+  weight_mean: bool = False
+
+  def __post_init__(self):
+    from mimictheory._src import checks
+    checks.check_int("out_dim", self.out_dim, minimum=1)
+    checks.check_nonnegative("W_std", self.W_std)
+    if self.b_std is not None:
+      checks.check_nonnegative("b_std", self.b_std)
+    checks.check_choice("parameterization", self.parameterization, ("ntk",))
+    if self.weight_mean not in (True, False):
+      raise TypeError(f"weight_mean must be True or False, got {self.weight_mean!r}")
+
+  def init(self, key, input_shape):
+    n = input_shape[-1]
+    k_w, k_b = jax.random.split(key)
+    w = jax.random.normal(k_w, (n, self.out_dim))
+    b_shape = (1,) * (len(input_shape) - 1) + (self.out_dim,)  # neural-tangents' layout
+    b = jax.random.normal(k_b, b_shape) if self.b_std is not None else None
+    return tuple(input_shape[:-1]) + (self.out_dim,), (w, b)
+
+  def apply(self, params, x, rng=None):
+    w, b = params
+    if self.weight_mean:
+      w = w - jnp.mean(w, axis=0, keepdims=True)
+    y = self.W_std / math.sqrt(x.shape[-1]) * (x @ w)
+    return y if b is None else y + self.b_std * b
+
+  def kernel(self, k: Kernel) -> Kernel:
+    k = _resolve(k)
+    sw2 = self.W_std**2
+    sb2 = 0.0 if self.b_std is None else self.b_std**2
+    nngp, cov1, cov2 = k.nngp, k.cov1, k.cov2
+    gain = sw2
+    if self.weight_mean:
+      if not k.mean_known:
+        raise ValueError("Dense(weight_mean=True) after BatchNorm() and a non-linear activation: "
+                         "the unit mean of φ(BN(h)) at a finite batch is not computed; use "
+                         "BatchNorm(full_batch_limit=True) or put the weight mean elsewhere")
+      if k.width is not None:
+        gain = sw2 * (k.width - 1) / k.width  # Lemma 1's (n-1)/n
+      if k.mean1 is not None:
+        nngp = nngp - k.mean1[:, None] * k.mean2[None, :]
+        cov1, cov2 = cov1 - k.mean1**2, cov2 - k.mean2**2
+    nngp = gain * nngp + sb2
+    if k.x1_is_x2:
+      cov1 = cov2 = jnp.diagonal(nngp)
+    else:
+      cov1, cov2 = gain * cov1 + sb2, gain * cov2 + sb2
+    return Kernel(nngp, gain * k.ntk + nngp, cov1, cov2, None, None, k.same, self.out_dim,
+                  k.x1_is_x2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Elementwise(Network):
+  """An activation applied to every unit: a name of `mimictheory.ACTIVATIONS`, an `Activation`,
+  or an elementwise callable (integrated numerically)."""
+  activation: object
+
+  def __post_init__(self):
+    object.__setattr__(self, "activation", get_activation(self.activation))
+
+  def init(self, key, input_shape):
+    return tuple(input_shape), ()
+
+  def apply(self, params, x, rng=None):
+    return self.activation(x)
+
+  def kernel(self, k: Kernel) -> Kernel:
+    act: Activation = self.activation
+    act.require_derivative()
+    if k.pending_batch_norm:
+      coefficients = bn.homogeneous_coefficients(act)
+      if coefficients is None:
+        raise ValueError(
+            f"BatchNorm() followed by {act.name!r}: the exact finite-batch kernel is computed "
+            "for activations a·x + b·relu(x) (relu, leaky_relu, identity); use "
+            "BatchNorm(full_batch_limit=True) (Theorem 2) or mimictheory.batch_norm_kernels' "
+            "Monte Carlo estimate")
+      return _exact_batch_norm(k, *coefficients, act)
+    nngp, deriv, mean1, mean2, cov1, cov2 = _elementwise(act, k)
+    return Kernel(nngp, deriv * k.ntk, cov1, cov2, mean1, mean2, k.same, k.width, k.x1_is_x2)
+
+
+def _elementwise(act: Activation, k: Kernel):
+  """E[φφ], E[φ'φ'] on the Gram matrix, E[φ] and E[φ²] at the rows' and columns' variances.
+  The route: closed forms entrywise; numerical activations by Mehler's series with its
+  quadrature fallback (`kernels._series_layer`) on concrete values, 2-D quadrature when
+  traced. The diagonal of a symmetric kernel is pinned to the one-dimensional moments."""
+  q1, q2 = k.cov1, k.cov2
+  if isinstance(act, Numerical) and not is_traced(k.nngp):
+    from mimictheory._src import tables
+    from mimictheory._src.kernels import _series_layer
+    q1n, q2n = (np.maximum(np.asarray(q, np.float64), 1e-16) for q in (q1, q2))
+    rho = np.clip(np.asarray(k.nngp) / np.sqrt(np.outer(q1n, q2n)), -1.0, 1.0)
+    kern, deriv, m1, m2, _ = _series_layer(act, tables.tabulated(act), q1n, q2n, rho,
+                                           k.x1_is_x2)
+    return (jnp.asarray(kern), jnp.asarray(deriv), jnp.asarray(m1[:, 1]), jnp.asarray(m2[:, 1]),
+            jnp.asarray(m1[:, 0]), jnp.asarray(m2[:, 0]))
+  nngp, rows, cols = k.nngp, q1[:, None], q2[None, :]
+  if k.same is not None:  # identical inputs: q12 = q1 = q2 to the last bit, so ρ = 1 exactly
+    cols = jnp.where(k.same, rows, cols)
+    nngp = jnp.where(k.same, rows, nngp)
+  kern, deriv = act.kernel_pair(rows, cols, nngp)
+  m1, m2 = act.mean(q1), act.mean(q2)
+  s1 = act.second_moment(q1)
+  s2 = s1 if k.x1_is_x2 else act.second_moment(q2)
+  if k.x1_is_x2:
+    eye = jnp.eye(nngp.shape[0], dtype=bool)
+    kern = jnp.where(eye, s1[:, None], kern)
+    deriv = jnp.where(eye, act.derivative_second_moment(q1)[:, None], deriv)
+  return kern, deriv, m1, m2, s1, s2
+
+
+def Relu() -> Elementwise:  # noqa: N802 (neural-tangents' names)
+  """ReLU, closed form (the arc-cosine kernel of order 1)."""
+  return Elementwise(ReLU())
+
+
+def LeakyRelu(alpha: float = 0.01) -> Elementwise:  # noqa: N802
+  """φ(x) = x for x > 0, alpha·x otherwise (neural-tangents' `LeakyRelu(alpha)`)."""
+  return Elementwise(LeakyReLU(slope=float(alpha)))
+
+
+def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Elementwise:  # noqa: N802
+  """erf, closed form (Williams 1997). neural-tangents' a·erf(b·x) + c with its defaults only."""
+  if (a, b, c) != (1.0, 1.0, 0.0):
+    raise ValueError(f"Erf supports a=1, b=1, c=0 (erf(x)); got a={a}, b={b}, c={c}: write "
+                     "Elementwise(lambda x: a * jax.scipy.special.erf(b * x) + c)")
+  return Elementwise(_Erf())
+
+
+def Gelu(approximate: bool = False) -> Elementwise:  # noqa: N802
+  """GELU x Φ(x), exact (neural-tangents' `Gelu(approximate=False)`)."""
+  if approximate:
+    raise ValueError("Gelu(approximate=True) is not supported: use approximate=False")
+  return Elementwise("gelu")
+
+
+def Tanh() -> Elementwise:  # noqa: N802
+  """tanh, numerical (not in neural-tangents, whose users write ElementwiseNumerical)."""
+  return Elementwise("tanh")
+
+
+def ElementwiseNumerical(fn, deg: int | None = None, df=None) -> Elementwise:  # noqa: N802
+  """Any elementwise `fn`, integrated numerically. neural-tangents' signature; `deg` (its
+  Gauss-Hermite degree) and `df` are accepted and ignored: mimictheory's rule is adaptive
+  (Mehler's series to 1e-11 with a quadrature fallback, `mimictheory.Numerical`)."""
+  return Elementwise(fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Identity_(Network):
+  def init(self, key, input_shape):
+    return input_shape, ()
+
+  def apply(self, params, x, rng=None):
+    return x
+
+  def kernel(self, k: Kernel) -> Kernel:
+    return k
+
+
+def Identity() -> Network:  # noqa: N802
+  """The identity: the skip path of a residual block."""
+  return _Identity_()
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch norm and scalars.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BatchNorm(Network):
+  """Each unit normalised over the batch (axis 0): mean 0, variance 1, no affine parameters
+  (as at initialisation). Its kernel couples the batch, so `kernel_fn` needs x2=None.
+
+  `full_batch_limit=False` (default): exact at the batch's size, taken together with the
+  activation that follows (Yang et al. 2019; `mimictheory.batch_norm`), for a·x + b·relu(x).
+  `full_batch_limit=True`: the paper's Theorem 2, K -> H K H / ν with ν the mean centred
+  variance (any activation). `epsilon` is added to the batch variance in the finite network."""
+  full_batch_limit: bool = False
+  epsilon: float = 0.0
+
+  def init(self, key, input_shape):
+    return input_shape, ()
+
+  def apply(self, params, x, rng=None):
+    centred = x - jnp.mean(x, axis=0, keepdims=True)
+    return centred / jnp.sqrt(jnp.mean(centred * centred, axis=0, keepdims=True) + self.epsilon)
+
+  def kernel(self, k: Kernel) -> Kernel:
+    k = _resolve(k)
+    if not k.x1_is_x2:
+      raise ValueError("BatchNorm couples the inputs of a batch: call kernel_fn(x, None) with the "
+                       "whole batch as x and take the block you need")
+    if self.full_batch_limit:
+      from mimictheory._src.kernels import normalise_full_batch
+      nngp, ntk = normalise_full_batch(k.nngp, k.ntk)
+      q = jnp.diagonal(nngp)
+      return Kernel(nngp, ntk, q, q, None, None, k.same, k.width, True)
+    if is_traced(k.nngp):
+      raise ValueError("BatchNorm() (exact) needs concrete inputs (its quadrature is chosen from "
+                       "the data); under jit use BatchNorm(full_batch_limit=True)")
+    return k.replace(pending_batch_norm=True)
+
+
+_BN_TOL = 1e-11
+
+
+def _exact_batch_norm(k: Kernel, a, b, act) -> Kernel:
+  """BN (exact, finite batch) then φ = a x + b relu(x): E[φ(ĥ)φ(ĥ)ᵀ] and the NTK term
+  E[D J Θ Jᵀ D] by `batch_norm.exact_step` (σw² = 1, σb² = 0), its trapezoid rule doubled
+  until its error estimate is below 1e-11."""
+  size = k.nngp.shape[0]
+  if size < bn.MIN_BATCH_NTK:
+    raise ValueError(f"x1 must have at least {bn.MIN_BATCH_NTK} rows (the batch) for the NTK of a "
+                     f"network with BatchNorm, got {size}")
+  same = jnp.eye(size, dtype=bool) if k.same is None else k.same
+  nodes = bn.nodes_for_batch(size)
+  while True:
+    post, theta, err_k, err_t = bn._step(a, b, k.nngp, k.ntk, 1.0, 0.0, same, nodes=nodes)
+    if max(float(err_k), float(err_t)) <= _BN_TOL or nodes >= bn.MAX_NODES:
+      break
+    nodes = 2 * nodes - 1
+  q = jnp.diagonal(post)
+  # the unit mean of ĥ is 0 (g -> -g); that of φ(ĥ) for a non-linear φ is not computed
+  return Kernel(post, theta - post, q, q, None, None, k.same, k.width, True,
+                mean_known=(a, b) == (1.0, 0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale(Network):
+  """Multiply by a constant `alpha` (a residual branch's scalar at initialisation)."""
+  alpha: float
+
+  def init(self, key, input_shape):
+    return input_shape, ()
+
+  def apply(self, params, x, rng=None):
+    return self.alpha * x
+
+  def kernel(self, k: Kernel) -> Kernel:
+    k = _resolve(k)
+    a2 = self.alpha**2
+    mean = lambda m: None if m is None else self.alpha * m  # noqa: E731
+    return k.replace(nngp=a2 * k.nngp, ntk=a2 * k.ntk, cov1=a2 * k.cov1, cov2=a2 * k.cov2,
+                     mean1=mean(k.mean1), mean2=mean(k.mean2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Combinators.
+# ----------------------------------------------------------------------------------------------
+def _as_network(layer) -> Network:
+  if not isinstance(layer, Network):
+    raise TypeError(f"layers must be mimictheory.stax networks (e.g. stax.Dense(...)), got "
+                    f"{type(layer).__name__}; a neural-tangents triple cannot be mixed in")
+  return layer
+
+
+@dataclasses.dataclass(frozen=True)
+class _Serial(Network):
+  layers: tuple
+
+  def init(self, key, input_shape):
+    params = []
+    for layer, k in zip(self.layers, jax.random.split(key, max(len(self.layers), 1))):
+      input_shape, p = layer.init(k, input_shape)
+      params.append(p)
+    return input_shape, params
+
+  def apply(self, params, x, rng=None):
+    rngs = (jax.random.split(rng, len(self.layers)) if rng is not None
+            else [None] * len(self.layers))
+    for layer, p, r in zip(self.layers, params, rngs):
+      x = layer.apply(p, x, r)
+    return x
+
+  def kernel(self, k: Kernel) -> Kernel:
+    for layer in self.layers:
+      k = layer.kernel(k)
+    return k
+
+
+def serial(*layers) -> Network:
+  """The layers one after the other."""
+  return _Serial(tuple(_as_network(layer) for layer in layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parallel(Network):
+  layers: tuple
+
+  def init(self, key, input_shape):
+    out = [layer.init(k, s) for layer, k, s in
+           zip(self.layers, jax.random.split(key, len(self.layers)), input_shape)]
+    return [o[0] for o in out], [o[1] for o in out]
+
+  def apply(self, params, x, rng=None):
+    rngs = (jax.random.split(rng, len(self.layers)) if rng is not None
+            else [None] * len(self.layers))
+    return [layer.apply(p, xi, r) for layer, p, xi, r in zip(self.layers, params, x, rngs)]
+
+  def kernel(self, k):
+    return [layer.kernel(ki) for layer, ki in zip(self.layers, k)]
+
+
+def parallel(*layers) -> Network:
+  """Each layer on its own input of a list (after `FanOut`), giving a list."""
+  return _Parallel(tuple(_as_network(layer) for layer in layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class _FanOut(Network):
+  num: int
+
+  def init(self, key, input_shape):
+    return [input_shape] * self.num, ()
+
+  def apply(self, params, x, rng=None):
+    return [x] * self.num
+
+  def kernel(self, k):
+    return [_resolve(k)] * self.num
+
+
+def FanOut(num: int) -> Network:  # noqa: N802
+  """`num` copies of the input, for `parallel`."""
+  from mimictheory._src import checks
+  return _FanOut(checks.check_int("num", num, minimum=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _FanInSum(Network):
+  def init(self, key, input_shape):
+    if len({tuple(s) for s in input_shape}) != 1:
+      raise ValueError(f"FanInSum needs branches of one shape, got {input_shape}")
+    return input_shape[0], ()
+
+  def apply(self, params, x, rng=None):
+    return sum(x[1:], x[0])
+
+  def kernel(self, ks):
+    ks = [_resolve(k) for k in ks]
+    first = ks[0]
+    add = lambda name: sum((getattr(k, name) for k in ks[1:]), getattr(first, name))  # noqa: E731
+
+    def mean(name):  # None is a mean of 0
+      terms = [getattr(k, name) for k in ks if getattr(k, name) is not None]
+      return sum(terms[1:], terms[0]) if terms else None
+
+    widths = {k.width for k in ks}
+    return Kernel(add("nngp"), add("ntk"), add("cov1"), add("cov2"), mean("mean1"),
+                  mean("mean2"), first.same, widths.pop() if len(widths) == 1 else None,
+                  first.x1_is_x2, mean_known=all(k.mean_known for k in ks))
+
+
+def FanInSum() -> Network:  # noqa: N802
+  """The sum of a list of branches (the branches are independent at initialisation, so their
+  kernels add, as in neural-tangents)."""
+  return _FanInSum()

@@ -1,0 +1,12 @@
+"""Networks as data, with neural-tangents' `stax` names (public API; see `mimictheory._src.stax`).
+
+>>> from mimictheory import stax
+>>> init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))
+"""
+from mimictheory._src.stax import (  # noqa: F401
+    BatchNorm, Dense, Elementwise, ElementwiseNumerical, Erf, FanInSum, FanOut, Gelu, Identity,
+    Kernel, LeakyRelu, Network, Relu, Scale, Tanh, parallel, serial)
+
+__all__ = ["BatchNorm", "Dense", "Elementwise", "ElementwiseNumerical", "Erf", "FanInSum",
+           "FanOut", "Gelu", "Identity", "Kernel", "LeakyRelu", "Network", "Relu", "Scale",
+           "Tanh", "parallel", "serial"]
