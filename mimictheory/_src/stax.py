@@ -33,10 +33,10 @@ A neural-tangents user ports a model by changing the import: `Dense`, `Relu`, `L
 >>> from mimictheory import stax
 >>> init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(64, W_std=2**0.5), stax.Relu(),
 ...                                            stax.Dense(1, W_std=2**0.5))
->>> x = np.eye(3)
+>>> x = np.eye(3)   # |x|²/d = 1/3: K¹ = 2/3, then E[relu²] = K¹/2 and E[relu'²] = 1/2
 >>> k = kernel_fn(x, None, get=("nngp", "ntk"))
->>> np.round(np.diag(k.nngp), 6), np.round(np.diag(k.ntk), 6)
-(array([0.666667, 0.666667, 0.666667]), array([2., 2., 2.]))
+>>> np.round(np.diag(k.nngp), 6), np.round(np.diag(k.ntk), 6)   # 2·(1/3), 2·(1/3) + 2/3
+(array([0.666667, 0.666667, 0.666667]), array([1.333333, 1.333333, 1.333333]))
 """
 from __future__ import annotations
 
