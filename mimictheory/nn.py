@@ -14,6 +14,7 @@ from mimictheory._src.nn import (  # noqa: F401
   project_weight_mean,
   pytorch_init,
 )
+from mimictheory._src.stax_flax import StaxModel, from_stax  # noqa: F401
 from mimictheory._src.models import (  # noqa: F401
     MODELS, VGG, Conv, ResNet, ShuffleNetV2, SqueezeNet, make_model, signals)
 
@@ -39,4 +40,6 @@ __all__ = [
   "SqueezeNet",
   "make_model",
   "signals",
+  "StaxModel",
+  "from_stax",
 ]

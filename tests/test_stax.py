@@ -257,3 +257,57 @@ def test_the_fan_in_factor_belongs_to_weight_mean_only():
     with_n = mt.kernels(x, depth=3, activation=activation, sw2=1.96, sb2=0.09, fan_in=100)
     without = mt.kernels(x, depth=3, activation=activation, sw2=1.96, sb2=0.09)
     _close(with_n.nngp, without.nngp, 1e-15)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Flax model of a description.
+# ----------------------------------------------------------------------------------------------
+def _examples(width=64):
+  """The README's three: an MLP, a residual MLP with weight mean and α_l = 1/√l, a BN MLP."""
+  mlp = stax.serial(stax.Dense(width, W_std=2**0.5), stax.Relu(),
+                    stax.Dense(width, W_std=2**0.5), stax.Relu(), stax.Dense(3, W_std=2**0.5))
+
+  def block(l):
+    branch = stax.serial(stax.Relu(), stax.Dense(width, W_std=2**0.5, weight_mean=True),
+                         stax.Scale(l**-0.5))
+    return stax.serial(stax.FanOut(2), stax.parallel(branch, stax.Identity()), stax.FanInSum())
+
+  residual = stax.serial(stax.Dense(width, W_std=2**0.5, weight_mean=True),
+                         *[block(l) for l in range(1, 5)], stax.Relu(), stax.Dense(3))
+  bn_net = stax.serial(stax.Dense(width, W_std=2**0.5), stax.BatchNorm(), stax.Relu(),
+                       stax.Dense(width, W_std=2**0.5), stax.BatchNorm(), stax.Relu(),
+                       stax.Dense(3, W_std=2**0.5))
+  return {"mlp": mlp, "residual": residual, "batch_norm": bn_net}
+
+
+@pytest.mark.parametrize("name", ["mlp", "residual", "batch_norm"])
+def test_the_flax_model_is_the_description_on_the_same_parameters(name):
+  """from_stax(net, params=...) in training mode computes net.apply_fn(params, ·) (float32),
+  and its kernels exist; after one SGD step weight mean still holds."""
+  from flax import nnx
+  from mimictheory.nn import CentredKernel, from_stax, project_weight_mean
+  from mimictheory.train import optimizer
+  net = _examples()[name]
+  x = np.random.default_rng(4).normal(size=(16, 8)).astype(np.float32)
+  _, params = net.init_fn(jax.random.key(1), x.shape)
+  model = from_stax(net, x.shape, params=params)
+  model.train()
+  want = np.asarray(net.apply_fn(params, jnp.asarray(x)))
+  np.testing.assert_allclose(np.asarray(model(x)), want, rtol=1e-4,
+                             atol=1e-5 * np.max(np.abs(want)))
+  assert net.kernel_fn(x.astype(np.float64)).ntk.shape == (16, 16)
+  opt = optimizer(model, 0.1)
+  y = jnp.asarray(np.arange(16) % 3)
+
+  def loss(m):
+    return jnp.mean(-jax.nn.log_softmax(m(x))[jnp.arange(16), y])
+
+  before = float(loss(model))
+  for _ in range(5):
+    grads = nnx.grad(loss)(model)
+    opt.update(model, grads)
+    project_weight_mean(model)
+  assert float(loss(model)) < before
+  for kernel in jax.tree_util.tree_leaves(nnx.state(model, CentredKernel)):
+    assert np.abs(np.asarray(kernel).mean(axis=0)).max() < 1e-5
+  assert bool(jax.tree_util.tree_leaves(nnx.state(model, CentredKernel))) == (name == "residual")
