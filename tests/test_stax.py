@@ -35,6 +35,9 @@ PORTED = {
             stax.FanInSum())
         net = stax.serial(stax.Dense(128, W_std=1.0), block, block, block, stax.Relu(),
                           stax.Dense(1, W_std=1.0))"""),
+    "layer_norm": "net = stax.serial(stax.Dense(256, W_std=1.3, b_std=0.4), stax.LayerNorm(), "
+                  "stax.Relu(), stax.Dense(256, W_std=1.5, b_std=0.1), stax.LayerNorm(), "
+                  "stax.Erf(), stax.Dense(1))",
 }
 
 DRIVER = textwrap.dedent("""
@@ -102,7 +105,8 @@ def _close(a, b, rtol=1e-12):
 
 # neural-tangents' ReLU-family kernels take the angle at ρ = 1 as arctan2(√(q1q2 − q12²), q12):
 # ~1e-8 on the Gram diagonal, where mimictheory pins ρ = 1 (crosscheck.NT_DIAGONAL_TOL)
-DIAGONAL_TOL = {"relu_mlp": 1e-7, "erf_mlp": 1e-12, "gelu_leaky": 1e-7, "residual": 1e-7}
+DIAGONAL_TOL = {"relu_mlp": 1e-7, "erf_mlp": 1e-12, "gelu_leaky": 1e-7, "residual": 1e-7,
+                "layer_norm": 1e-7}
 
 
 def _close_gram(a, b, diagonal_tol):
@@ -195,7 +199,8 @@ def _monte_carlo_nngp(net, x, width_out, networks, seed=0):
   return samples.mean(axis=0), samples.std(axis=0, ddof=1) / np.sqrt(networks)
 
 
-@pytest.mark.parametrize("case", ["weight_mean_relu", "batch_norm_relu", "residual_scaled"])
+@pytest.mark.parametrize("case", ["weight_mean_relu", "batch_norm_relu", "residual_scaled",
+                                  "layer_norm_after_relu"])
 def test_monte_carlo_of_the_finite_network_matches_the_kernel(case):
   """The finite network's output covariance at width 512 over 64 networks against kernel_fn's
   NNGP, within 5 standard errors plus the O(1/width) finite-width correction."""
@@ -209,6 +214,9 @@ def test_monte_carlo_of_the_finite_network_matches_the_kernel(case):
     net = stax.serial(stax.Dense(width, W_std=1.4), stax.BatchNorm(), stax.Relu(),
                       stax.Dense(width, W_std=1.4), stax.BatchNorm(), stax.Relu(),
                       stax.Dense(width, W_std=1.4))
+  elif case == "layer_norm_after_relu":  # the unit mean E[relu] is subtracted
+    net = stax.serial(stax.Dense(width, W_std=1.4, b_std=0.5), stax.Relu(), stax.LayerNorm(),
+                      stax.Dense(width, W_std=1.4), stax.Relu(), stax.LayerNorm())
   else:
     branch = stax.serial(stax.Relu(), stax.Dense(width, W_std=1.4), stax.Scale(0.5))
     block = stax.serial(stax.FanOut(2), stax.parallel(branch, stax.Identity()), stax.FanInSum())
@@ -280,14 +288,15 @@ def _examples(width=64):
   return {"mlp": mlp, "residual": residual, "batch_norm": bn_net}
 
 
-@pytest.mark.parametrize("name", ["mlp", "residual", "batch_norm"])
+@pytest.mark.parametrize("name", ["mlp", "residual", "batch_norm", "layer_norm"])
 def test_the_flax_model_is_the_description_on_the_same_parameters(name):
   """from_stax(net, params=...) in training mode computes net.apply_fn(params, ·) (float32),
   and its kernels exist; after one SGD step weight mean still holds."""
   from flax import nnx
   from mimictheory.nn import CentredKernel, from_stax, project_weight_mean
   from mimictheory.train import optimizer
-  net = _examples()[name]
+  net = _examples()[name] if name != "layer_norm" else stax.serial(
+      stax.Dense(64, W_std=1.4, b_std=0.2), stax.LayerNorm(), stax.Relu(), stax.Dense(3))
   x = np.random.default_rng(4).normal(size=(16, 8)).astype(np.float32)
   _, params = net.init_fn(jax.random.key(1), x.shape)
   model = from_stax(net, x.shape, params=params)

@@ -14,9 +14,9 @@ cannot drift apart. Unpacked, it is neural-tangents' triple:
   neural-tangents ("nngp", "ntk", a tuple of them, or None for the whole `Kernel`).
 
 A neural-tangents user ports a model by changing the import: `Dense`, `Relu`, `LeakyRelu`,
-`Erf`, `Gelu`, `Identity`, `ElementwiseNumerical`, `serial`, `parallel`, `FanOut` and
-`FanInSum` keep its names, signatures and kernels (checked against neural-tangents 0.6.5 in
-`tests/test_stax.py`). Beyond it, for MimicNorm (Fei et al., AAAI 2021):
+`Erf`, `Gelu`, `Identity`, `ElementwiseNumerical`, `LayerNorm`, `serial`, `parallel`,
+`FanOut` and `FanInSum` keep its names, signatures and kernels (checked against
+neural-tangents 0.6.5 in `tests/test_stax.py`). Beyond it, for MimicNorm (Fei et al., AAAI 2021):
 
 - `Dense(..., weight_mean=True)`: each output unit's weights centred over its fan-in (eq 10).
   The unit sees Σᵢ Wᵢ (xᵢ − x̄), so K' = σw² f (K − m₁ m₂ᵀ) + σb² with m the mean over the
@@ -55,7 +55,7 @@ from mimictheory._src.kernels import identical_rows
 from mimictheory._src.precision import is_traced
 
 __all__ = ["Kernel", "Network", "Dense", "Elementwise", "Relu", "LeakyRelu", "Erf", "Gelu",
-           "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "Scale", "serial",
+           "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "LayerNorm", "Scale", "serial",
            "parallel", "FanOut", "FanInSum"]
 
 
@@ -389,6 +389,49 @@ class BatchNorm(Network):
       raise ValueError("BatchNorm() (exact) needs concrete inputs (its quadrature is chosen from "
                        "the data); under jit use BatchNorm(full_batch_limit=True)")
     return k.replace(pending_batch_norm=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNorm(Network):
+  """Each input normalised over its units (the last axis): mean 0 and variance 1 across units,
+  no affine parameters (Ba et al. 2016; neural-tangents' `LayerNorm(axis=-1, eps)`).
+
+  In the infinite-width limit the statistics over units are expectations: with m the unit
+  mean and v = q − m² the unit variance of each input, K' = (K − m₁ m₂ᵀ)/√((v₁+ε)(v₂+ε)) and
+  Θ' = Θ/√((v₁+ε)(v₂+ε)) (the gradients through m and v are O(1/width)). After a `Dense` m = 0
+  and this is neural-tangents' kernel; after an activation the centring matters (tested by
+  Monte Carlo). It acts on each input alone, so unlike `BatchNorm` it has cross-kernels."""
+  axis: int = -1
+  eps: float = 1e-12
+
+  def __post_init__(self):
+    from mimictheory._src import checks
+    if self.axis != -1:
+      raise ValueError(f"axis must be -1 (the units), got {self.axis}")
+    checks.check_nonnegative("eps", self.eps)
+
+  def init(self, key, input_shape):
+    return input_shape, ()
+
+  def apply(self, params, x, rng=None):
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    return centred / jnp.sqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+
+  def kernel(self, k: Kernel) -> Kernel:
+    k = _resolve(k)
+    if not k.mean_known:
+      raise ValueError("LayerNorm after BatchNorm() and a non-linear activation: the unit mean "
+                       "of φ(BN(h)) at a finite batch is not computed; use "
+                       "BatchNorm(full_batch_limit=True)")
+    m1 = jnp.zeros_like(k.cov1) if k.mean1 is None else k.mean1
+    m2 = jnp.zeros_like(k.cov2) if k.mean2 is None else k.mean2
+    s1, s2 = jnp.sqrt(k.cov1 - m1**2 + self.eps), jnp.sqrt(k.cov2 - m2**2 + self.eps)
+    scale = 1.0 / (s1[:, None] * s2[None, :])
+    nngp = (k.nngp - m1[:, None] * m2[None, :]) * scale
+    cov1, cov2 = (k.cov1 - m1**2) / s1**2, (k.cov2 - m2**2) / s2**2
+    if k.x1_is_x2:
+      nngp = jnp.where(jnp.eye(nngp.shape[0], dtype=bool), cov1[:, None], nngp)
+    return Kernel(nngp, k.ntk * scale, cov1, cov2, None, None, k.same, k.width, k.x1_is_x2)
 
 
 _BN_TOL = 1e-11

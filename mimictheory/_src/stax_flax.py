@@ -4,8 +4,9 @@
 own modules: `Dense` -> `nn.Dense` (a `CentredKernel` under weight mean, re-centred by
 `project_weight_mean` after every step), activations as functions, `BatchNorm` ->
 `nnx.BatchNorm` without affine parameters (batch statistics in training mode, running ones in
-eval mode), `Scale` -> a learnable `ResidualScalar`; `serial`, `parallel`, `FanOut`,
-`FanInSum` and `Identity` as their structure. With `params` (the description's `init_fn`
+eval mode), `LayerNorm` -> `nnx.LayerNorm` without affine parameters, `Scale` -> a learnable
+`ResidualScalar`; `serial`, `parallel`, `FanOut`, `FanInSum` and `Identity` as their
+structure. With `params` (the description's `init_fn`
 tree) the model starts from those parameters, converted from the NTK parameterisation
 (W_std/√n · W, b_std · b) to the standard one the optimiser trains, so that its forward pass in
 training mode is the description's `apply_fn` (tested).
@@ -52,6 +53,14 @@ class _BatchNorm(nnx.Module):
   def __init__(self, layer: stax.BatchNorm, n: int, rngs):
     self.norm = nnx.BatchNorm(n, use_bias=False, use_scale=False, epsilon=layer.epsilon,
                               momentum=0.9, rngs=rngs)
+
+  def __call__(self, x):
+    return self.norm(x)
+
+
+class _LayerNorm(nnx.Module):
+  def __init__(self, layer: stax.LayerNorm, n: int, rngs):
+    self.norm = nnx.LayerNorm(n, use_bias=False, use_scale=False, epsilon=layer.eps, rngs=rngs)
 
   def __call__(self, x):
     return self.norm(x)
@@ -105,6 +114,7 @@ _BUILDERS = (
     (stax.Dense, lambda l, s, p, r: (_Dense(l, s[-1], p, r), tuple(s[:-1]) + (l.out_dim,))),
     (stax.Elementwise, lambda l, s, p, r: (_Function(l.activation), s)),
     (stax.BatchNorm, lambda l, s, p, r: (_BatchNorm(l, s[-1], r), s)),
+    (stax.LayerNorm, lambda l, s, p, r: (_LayerNorm(l, s[-1], r), s)),
     (stax.Scale, lambda l, s, p, r: (ResidualScalar(float(l.alpha)), s)),
     (stax._Serial, _serial),
     (stax._Parallel, _parallel),
