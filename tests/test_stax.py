@@ -320,3 +320,18 @@ def test_the_flax_model_is_the_description_on_the_same_parameters(name):
   for kernel in jax.tree_util.tree_leaves(nnx.state(model, CentredKernel)):
     assert np.abs(np.asarray(kernel).mean(axis=0)).max() < 1e-5
   assert bool(jax.tree_util.tree_leaves(nnx.state(model, CentredKernel))) == (name == "residual")
+
+
+def test_the_readme_example_runs():
+  """The README's `mimictheory.stax` block, executed as written (it cannot drift)."""
+  import pathlib
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  section = readme.split("### Networks as data: `mimictheory.stax`")[1]
+  source = section.split("```python\n")[1].split("```")[0]
+  scope = {}
+  exec(source, scope)
+  k, f, model = scope["k"], scope["f"], scope["model"]
+  assert k.nngp.shape == (8, 8) and f.shape == (8, 1)
+  model.train()
+  np.testing.assert_allclose(np.asarray(model(np.asarray(scope["x"], np.float32))),
+                             np.asarray(f), rtol=1e-4, atol=1e-4 * float(np.abs(f).max()))
