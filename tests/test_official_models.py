@@ -309,3 +309,12 @@ def test_stored_scalars_are_the_same_function_as_folded_ones(name, norm):
   assert _count(folded) == _count(stored)
   with pytest.raises(TypeError, match="fold_scalars"):
     make_model(name, classes=10, norm=norm, width=0.25, fold_scalars="no")
+
+
+def test_depths_outside_the_papers_are_refused_by_name():
+  """The docstrings promise VGG-11/16 and ResNet-18/50; other depths raised KeyError."""
+  from mimictheory._src.models import VGG, ResNet
+  with pytest.raises(ValueError, match=r"depth must be one of \(11, 16\)"):
+    VGG(13, norm="mimic", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"depth must be one of \(18, 50\)"):
+    ResNet(34, norm="mimic", rngs=nnx.Rngs(0))

@@ -212,6 +212,8 @@ class VGG(_Net):
 
   def __init__(self, depth: int = 11, classes: int = 100, *, norm: str = "mimic",
                rngs: nnx.Rngs, width: float = 1.0, head: str = "paper"):
+    if depth not in VGG_CONFIGS:
+      raise ValueError(f"depth must be one of {tuple(VGG_CONFIGS)} for VGG, got {depth!r}")
     self._setup(norm, rngs)
     checks.check_choice("head", head, ("paper", "light"))
     sw2 = None if self.norm == "batch_norm" else VGG_CONV_SW2
@@ -304,6 +306,9 @@ class _Block(nnx.Module):
     return jax.nn.relu(h + skip)
 
 
+RESNET_BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}  # blocks per stage: basic / bottleneck
+
+
 class ResNet(_Net):
   """ResNet-18/50 for 32×32 images as the paper's official code builds it, with `norm` one of
   `NORM_OPTIONS` or, for the baselines, `RESIDUAL_BASELINES` (Fixup, SkipInit): a 3×3 stem of
@@ -334,8 +339,10 @@ class ResNet(_Net):
                fold_scalars: bool = True):
     self._setup(norm, rngs, residual_init, baselines=RESIDUAL_BASELINES,
                 fold_scalars=fold_scalars)
+    if depth not in RESNET_BLOCKS:
+      raise ValueError(f"depth must be one of {tuple(RESNET_BLOCKS)} for ResNet, got {depth!r}")
     bottleneck = depth == 50
-    counts = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
+    counts = RESNET_BLOCKS[depth]
     base = max(1, int(64 * width))
     pytorch = self.norm in ("batch_norm", "fixup")
     self.stem = self.conv(3, base, sw2=2.0, use_bias=not pytorch, pytorch_default=pytorch)

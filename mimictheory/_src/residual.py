@@ -11,7 +11,7 @@ infinite width the branch's weights are independent of the stream, so the cross 
 
     K^{l+1} = K^l + α_l² K_b(K^l),        Θ^{l+1} = Θ^l + α_l² Θ_b(K^l, Θ^l),
 
-where K_b, Θ_b are one dense layer's maps (`Layer.covariance`/`slope`, or the BN maps), i.e.
+where K_b, Θ_b are one dense layer's maps (`Layer.covariance_and_slope`, or the BN maps), i.e.
 Θ_b = K_b + σw² E[φ'(u)φ'(v)] Θ^l without BN. α_l is a fixed scalar (its own gradient is not
 part of the NTK). `alpha="official"` is MimicNorm's official initial value 1.2^k/l (k = 1 dense
 per branch), which suppresses the branch's share of the variance like 1/l²; `"sqrt"` is the

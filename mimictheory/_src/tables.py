@@ -10,10 +10,12 @@ dual activation by Mehler's formula (O'Donnell 2014, ch. 11; Daniely et al. 2016
     E[φ(u)φ(v)]   = Σ_k a_k(q1) a_k(q2) ρ^k,
     E[φ'(u)φ'(v)] = Σ_k (k+1) a_{k+1}(q1) a_{k+1}(q2) ρ^k / √(q1 q2)     (Stein's lemma).
 
-A `Table` holds values and t-derivatives on a uniform grid in t and interpolates with cubic
-Hermite polynomials; `moment_table` and `coefficient_table` check the interpolation at every
-midpoint against a direct quadrature and halve the spacing until the error is below `tol`
-(relative to √M for the coefficients). Truncating Mehler's series after order K costs at most
+A `Table` is piecewise Chebyshev in t: uniform segments of width `width`, each holding a
+Chebyshev series of `_P` terms fitted at its Chebyshev points by a direct quadrature;
+`moment_table` and `coefficient_table` halve the width until the last two coefficients of
+every segment (a bound on the error for functions analytic there) are below `tol` (relative
+to √M for the coefficients), and answer the segments that never get there by direct
+quadrature. Truncating Mehler's series after order K costs at most
 |ρ|^(K+1) √(T(q1) T(q2)) with the tail T = M - Σ_{k<=K} a_k² (Parseval): an a-posteriori bound
 that `mehler` returns with every value, so that callers fall back to 2-D quadrature where the
 series has not converged (kinked φ near ρ = 1, smooth φ at large q).
