@@ -14,7 +14,7 @@ from mimictheory._src.activations import (
     ACTIVATIONS, Activation, Erf, Identity, LeakyReLU, Numerical, ReLU, find_kinks,
     get_activation, relu_dual, relu_dual_derivative)
 from mimictheory._src.experiments import (
-    BatchNormGap, ResidualVariances, batch_norm_gap, official_residual_scalar, residual_variances)
+    BatchNormGap, ResidualVariances, batch_norm_gap, residual_variances)
 from mimictheory._src.finite import (
     Estimate, FiniteNetwork, MonteCarloKernels, Params, finite_network, monte_carlo_chi1,
     monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
@@ -54,7 +54,8 @@ from mimictheory._src.maps import (
 )
 from mimictheory._src.phase import (
     REGIMES, CriticalLine, PhaseDiagram, critical_line, phase_diagram)
-from mimictheory._src.residual import ALPHAS, ResidualKernels, residual_kernels, residual_scalars
+from mimictheory._src.residual import (
+    ALPHAS, ResidualKernels, official_residual_scalar, residual_kernels, residual_scalars)
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,7 @@
-"""The public API: every function and class exported by `mimictheory`, `mimictheory.nn` and
-`mimictheory.train` has a docstring with a runnable example (the doctests run them), every
-exported name exists, and the plotting functions leave matplotlib's backend alone."""
+"""The public API: every function and class exported by `mimictheory`, `mimictheory.nn`,
+`mimictheory.train` and `mimictheory.stax` has a docstring with a runnable example (the
+doctests run them), every exported name exists, and the plotting functions leave matplotlib's
+backend alone."""
 import inspect
 import subprocess
 import sys
@@ -9,15 +10,16 @@ import pytest
 
 import mimictheory as mt
 import mimictheory.nn as mnn
+import mimictheory.stax as mstax
 import mimictheory.train as mtrain
 
-PUBLIC = [(mod.__name__, name, getattr(mod, name)) for mod in (mt, mnn, mtrain)
+PUBLIC = [(mod.__name__, name, getattr(mod, name)) for mod in (mt, mnn, mtrain, mstax)
           for name in mod.__all__]
 CALLABLES = [(m, n, o) for m, n, o in PUBLIC if inspect.isfunction(o) or inspect.isclass(o)]
 
 
 def test_every_exported_name_exists_and_is_unique():
-  for mod in (mt, mnn, mtrain):
+  for mod in (mt, mnn, mtrain, mstax):
     assert len(mod.__all__) == len(set(mod.__all__)), mod.__name__
     for name in mod.__all__:
       assert hasattr(mod, name), f"{mod.__name__}.{name}"

@@ -1,6 +1,6 @@
 """Paper-scale experiments on finite networks: how far real (finite-batch) BN networks are
 from the full-batch theory (`batch_norm_gap`), and the residual stream and branch variances
-behind Figure 5 (`residual_variances`, `official_residual_scalar`)."""
+behind Figure 5 (`residual_variances`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +19,10 @@ from mimictheory._src.kernels import kernels
 from mimictheory._src.maps import chi1
 from mimictheory._src.norms import centre_kernel
 from mimictheory._src.precision import f64, float64
+from mimictheory._src.residual import official_residual_scalar
 
 __all__ = ["BatchNormGap", "batch_norm_gap", "ResidualVariances", "residual_variances",
-           "official_residual_scalar", "RESIDUAL_NORMS"]
+           "RESIDUAL_NORMS"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,16 +147,6 @@ class ResidualVariances:
   def ratio(self) -> np.ndarray:
     """Var(branch) / Var(stream): the branch's relative contribution (≈ 1/l with BN)."""
     return self.branch.mean / self.stream.mean
-
-
-def official_residual_scalar(blocks, convs_per_branch: int = 1) -> np.ndarray:
-  """The official code's initial residual scalar 1.2^k / l (k layers per branch, l from 1).
-
-  >>> import mimictheory as mt
-  >>> mt.official_residual_scalar([1, 2, 4]).tolist()   # 1.2 / l
-  [1.2, 0.6, 0.3]
-  """
-  return 1.2**convs_per_branch / np.asarray(blocks, dtype=np.float64)
 
 
 @partial(jax.jit, static_argnames=("norm", "depth", "width", "batch", "batch_size"))

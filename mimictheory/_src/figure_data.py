@@ -40,8 +40,8 @@ def unit_boxes(norm: str, x, depth: int = 51, layers=(20, 50), units: int = 30,
   """Values over the batch of `units` random units at `layers` of a ReLU network: the data of
   Figures 2 (norm none, (σw², σb²) = (2, 0)) and 3 (batch_norm; weight_mean at Theorem 3's σw²).
   """
-  import mimictheory as mt
-  net = mt.finite_network("relu", depth=depth, width=width, norm=norm,
+  from mimictheory._src.finite import finite_network
+  net = finite_network("relu", depth=depth, width=width, norm=norm,
                           sw2=None if norm == "weight_mean" else 2.0)
   pre = _preactivations(net, x, seed)
   pick = np.sort(np.random.default_rng(seed + 1).choice(width, units, replace=False))
@@ -57,10 +57,10 @@ def pair_correlations(norm: str, x, pairs: int = 200, depth: int = 50, width: in
                       seed: int = SEED) -> dict:
   """Correlation of `pairs` random input pairs at every layer of one network of width `width`,
   and the infinite-width theory for the same pairs: supplementary Figures 1 and 2."""
-  import mimictheory as mt
+  from mimictheory._src.finite import finite_network
   pairs = min(pairs, len(x) // 2)
   batch = sample_rows(x, 2 * pairs, seed)
-  net = mt.finite_network("relu", depth=depth, width=width, norm=norm,
+  net = finite_network("relu", depth=depth, width=width, norm=norm,
                           sw2=None if norm == "weight_mean" else 2.0)
   import jax
   with jax.enable_x64(True):
@@ -92,12 +92,12 @@ def residual_theory(norm: str, alpha, depth: int = 50, width: int = 256, inputs:
                     seed: int = SEED):
   """Infinite-width stream and branch variances per block of Figure 5's networks
   (`residual_kernels`, σw² = 2, σb² = 0, stream variance 1 entering block 1)."""
-  import mimictheory as mt
+  from mimictheory._src.residual import residual_kernels
   x = np.random.default_rng(seed).normal(size=(inputs, width))
   x -= x.mean(axis=1, keepdims=True)  # mean-free rows: weight mean leaves the input layer alone
   x *= np.sqrt(width) / np.linalg.norm(x, axis=1, keepdims=True)
   theory_norm = {"batch_norm": "batch_norm", "mimic": "weight_mean", "none": "none"}[norm]
-  return mt.residual_kernels(x, depth=depth, activation="relu", sw2=2.0, sb2=0.0,
+  return residual_kernels(x, depth=depth, activation="relu", sw2=2.0, sb2=0.0,
                              norm=theory_norm, alpha=alpha, input_gain=0.5,
                              fan_in=None if norm == "batch_norm" else width)
 
@@ -106,8 +106,8 @@ def ntk_condition_points(n_inputs: int = 64):
   """(label, activation, sw2, sb2, norm): erf (closed form, the phase structure of tanh) in the
   ordered phase, on the critical line and in the chaotic phase at σb² = 0.05; ReLU at (2, 0),
   with weight mean (Theorem 3) and with BN (exact at the batch, and Theorem 2)."""
-  import mimictheory as mt
-  critical = float(mt.critical_line("erf", sb2=[0.05]).sw2[0])
+  from mimictheory._src.phase import critical_line
+  critical = float(critical_line("erf", sb2=[0.05]).sw2[0])
   return [
     ("erf ordered (σw² = 0.5)", "erf", 0.5, 0.05, "none"),
     (f"erf critical (σw² = {critical:.3f})", "erf", critical, 0.05, "none"),

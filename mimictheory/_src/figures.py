@@ -21,11 +21,11 @@ __all__ = ["regenerate", "FIGURES", "figure_names"]
 def figure4(out) -> list[Path]:
   """Figure 4: T(ρ) = 2φ̂(ρ) (plain ReLU at (σw², σb²) = (2, 0)) and T̄(ρ) (weight mean, stable
   initialisation of Theorem 3), with the identity and their fixed points."""
-  import mimictheory as mt
+  from mimictheory._src.maps import correlation_map, fixed_points
   rho = np.linspace(-1.0, 1.0, 401)
   cases = {"T": dict(sw2=2.0, norm="none"), "Tbar": dict(sw2=None, norm="weight_mean")}
-  curves = {k: np.asarray(mt.correlation_map(rho, "relu", **kw)) for k, kw in cases.items()}
-  fps = {k: mt.fixed_points("relu", **kw) for k, kw in cases.items()}
+  curves = {k: np.asarray(correlation_map(rho, "relu", **kw)) for k, kw in cases.items()}
+  fps = {k: fixed_points("relu", **kw) for k, kw in cases.items()}
   fig, ax = new_figure(5.0, 4.4)
   ax.plot(rho, rho, color="0.6", ls="--", lw=1, label=r"identity $\rho$")
   labels = {"T": r"no normalisation: $T(\rho)$, $(\sigma_w^2, \sigma_b^2) = (2, 0)$",
@@ -175,7 +175,8 @@ def figure5(out, progress=False, data_source=None) -> list[Path]:
   """Figure 5: in a BN residual network the stream entering block l has variance ≈ l and each
   branch ≈ 1, a 1/l suppression; MimicNorm's residual scalar suppresses the branch explicitly.
   Measured finite networks (markers) against the infinite-width theory (lines)."""
-  import mimictheory as mt
+  from mimictheory._src.experiments import residual_variances
+  from mimictheory._src.residual import residual_scalars
   depth, width, batch = 50, 256, 256
   kw = dict(depth=depth, width=width, batch=batch, draws=8, seed=SEED)
   cases = (("batch_norm", "batch_norm", "one", "tab:blue",
@@ -184,8 +185,8 @@ def figure5(out, progress=False, data_source=None) -> list[Path]:
            ("mimic_sqrt", "mimic", "sqrt", "tab:green", "MimicNorm, α = 1/√l (paper's text)"))
   measured, theory = {}, {}
   for key, norm, alpha, _, _ in progress_bar(cases, progress, "Figure 5 networks"):
-    scalars = mt.residual_scalars(alpha, depth)
-    measured[key] = mt.residual_variances(norm, scalars=scalars, **kw)
+    scalars = residual_scalars(alpha, depth)
+    measured[key] = residual_variances(norm, scalars=scalars, **kw)
     theory[key] = residual_theory(norm, alpha, depth, width)
   l = np.arange(1, depth + 1)
   fig, axes = new_figure(8.0, 4.6, cols=2)
@@ -250,10 +251,10 @@ def phase_figure(out, activation: str, norms=PHASE_NORMS, sw2=None, sb2=None, fa
   """Phase diagrams of one activation, one row per norm, as PNG, PDF and npz (the axes `sw2`,
   `sb2`, then keys prefixed with the norm, e.g. `weight_mean_chi1`; float32 with `compact`,
   float64 without)."""
-  import mimictheory as mt
+  from mimictheory._src.phase import phase_diagram
   if sw2 is None or sb2 is None:
     sw2, sb2 = phase_grid(activation)
-  pds = [mt.phase_diagram(activation, sw2=sw2, sb2=sb2, norm=norm, fan_in=fan_in,
+  pds = [phase_diagram(activation, sw2=sw2, sb2=sb2, norm=norm, fan_in=fan_in,
                           progress=progress) for norm in norms]
   fig = plot_phase_diagrams(pds)
   data = {f"{pd.norm}_{k}": v for pd in pds for k, v in pd.arrays().items()
@@ -278,7 +279,7 @@ def ntk_condition(out, progress=False, data_source=None, depth: int = 200,
                   n_inputs: int = 64) -> list[Path]:
   """The NTK condition number against depth (Theorem 1): it diverges in the ordered phase,
   grows on the critical line and stays bounded in the chaotic phase (weight mean, BN)."""
-  import mimictheory as mt
+  from mimictheory._src.kernels import ntk_spectrum
   x, name = figure_inputs(data_source)
   x = sample_rows(x, n_inputs, SEED)
   fig, ax = new_figure(6.5, 4.2)
@@ -289,7 +290,7 @@ def ntk_condition(out, progress=False, data_source=None, depth: int = 200,
             ("tab:blue", "--", None), ("tab:orange", "--", None), ("k", "-", "o"),
             ("0.45", ":", "^")]
   for i, (label, act, sw2, sb2, norm) in enumerate(progress_bar(points, progress, "NTK spectra")):
-    spec = mt.ntk_spectrum(x, depth=depth, activation=act, sw2=sw2, sb2=sb2, norm=norm)
+    spec = ntk_spectrum(x, depth=depth, activation=act, sw2=sw2, sb2=sb2, norm=norm)
     color, ls, marker = styles[i % len(styles)]
     cond = np.asarray(spec.condition)
     ax.semilogy(spec.depths, np.where(cond <= top, cond, np.nan), ls=ls, color=color, lw=1.8,

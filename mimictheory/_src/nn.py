@@ -19,7 +19,7 @@ from flax import nnx
 
 from mimictheory._src import checks
 from mimictheory._src.norms import MODEL_NORMS, RESIDUAL_BASELINES, check_norm
-from mimictheory._src.experiments import official_residual_scalar
+from mimictheory._src.residual import official_residual_scalar
 from mimictheory._src.norms import centre_kernel
 from mimictheory._src.signals import Signal, signal_metrics
 from mimictheory._src.maps import stable_sw2

@@ -261,10 +261,10 @@ def batch_chi1_curve(activation, batches=BATCHES):
   >>> bool(chi[0] > chi[1] > limit > 1)
   True
   """
-  import mimictheory as mt
+  from mimictheory._src.maps import chi1
   batches = np.asarray(batches)
-  return (batches, np.asarray(mt.chi1(activation, norm="batch_norm", batch=batches)),
-          float(mt.chi1(activation, norm="batch_norm_paper")))
+  return (batches, np.asarray(chi1(activation, norm="batch_norm", batch=batches)),
+          float(chi1(activation, norm="batch_norm_paper")))
 
 
 def _batch_norm_row(fig, axes, pd):

@@ -34,9 +34,22 @@ from mimictheory._src.kernels import (
 from mimictheory._src.maps import Layer
 from mimictheory._src.precision import concrete_only, f64, float64
 
-__all__ = ["ResidualKernels", "residual_kernels", "residual_scalars", "ALPHAS"]
+__all__ = ["ResidualKernels", "residual_kernels", "residual_scalars", "official_residual_scalar",
+           "ALPHAS"]
 
 ALPHAS = ("official", "sqrt", "one")
+
+
+def official_residual_scalar(blocks, convs_per_branch: int = 1) -> np.ndarray:
+  """The official code's initial residual scalar 1.2^k / l (k layers per branch, l from 1): the
+  one formula behind `residual_scalars("official")`, the Monte Carlo experiments and the Flax
+  `ResidualScalar`.
+
+  >>> import mimictheory as mt
+  >>> mt.official_residual_scalar([1, 2, 4]).tolist()   # 1.2 / l
+  [1.2, 0.6, 0.3]
+  """
+  return 1.2**convs_per_branch / np.asarray(blocks, dtype=np.float64)
 
 
 def residual_scalars(alpha, depth: int, convs_per_branch: int = 1) -> np.ndarray:
@@ -52,8 +65,8 @@ def residual_scalars(alpha, depth: int, convs_per_branch: int = 1) -> np.ndarray
   blocks = np.arange(1, depth + 1, dtype=np.float64)
   if isinstance(alpha, str):
     checks.check_choice("alpha", alpha, ALPHAS)
-    return {"official": 1.2**convs_per_branch / blocks, "sqrt": 1.0 / np.sqrt(blocks),
-            "one": np.ones(depth)}[alpha]
+    return {"official": official_residual_scalar(blocks, convs_per_branch),
+            "sqrt": 1.0 / np.sqrt(blocks), "one": np.ones(depth)}[alpha]
   if callable(alpha):
     values = checks.check_nonnegative("alpha", [alpha(int(l)) for l in blocks])
   else:

@@ -73,7 +73,14 @@ class Kernel:
   is pinned to 1). Static: `width`, the number of units of the last `Dense` (None: the inputs'
   features); `x1_is_x2`; `pending_batch_norm`, set by an exact `BatchNorm` whose expectation is
   taken with the activation that follows it; `mean_known`, False where the unit mean is not
-  computed (after an exact BN and a non-linear activation)."""
+  computed (after an exact BN and a non-linear activation).
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> k = stax.serial(stax.Dense(8), stax.Relu()).kernel_fn(np.eye(2))   # get=None: a Kernel
+  >>> np.round(k.nngp, 6).tolist(), np.round(k.mean1, 6).tolist()        # E[relu], √(q/2π)
+  ([[0.25, 0.079577], [0.079577, 0.25]], [0.282095, 0.282095])
+  """
   nngp: jax.Array
   ntk: jax.Array
   cov1: jax.Array
@@ -114,7 +121,14 @@ class Network:
   Subclasses implement three things: `init(key, input_shape) -> (output_shape, params)`,
   `apply(params, x, rng=None)` (the finite network), and `kernel(k: Kernel) -> Kernel` (its
   infinite-width limit). `kernel_fn` and the Flax model (`mimictheory.nn.from_stax`) are built
-  on those."""
+  on those.
+
+  >>> import jax
+  >>> from mimictheory import stax
+  >>> net = stax.serial(stax.Dense(16), stax.Erf(), stax.Dense(2))
+  >>> isinstance(net, stax.Network), net.init_fn(jax.random.key(0), (5, 3))[0]
+  (True, (5, 2))
+  """
 
   def init(self, key, input_shape):
     raise NotImplementedError
@@ -176,9 +190,18 @@ def _resolve(k: Kernel) -> Kernel:
 @dataclasses.dataclass(frozen=True)
 class Dense(Network):
   """A fully connected layer in the NTK parameterisation: y = W_std/√n · x W + b_std · b,
-  W (n, out_dim) and b (out_dim,) standard normal (no bias when `b_std` is None).
+  W (n, out_dim) and b (1, out_dim) standard normal (no bias when `b_std` is None).
   `weight_mean=True` centres each output unit's weights over its n inputs (MimicNorm's weight
-  mean); see the module docstring for its kernel."""
+  mean); see the module docstring for its kernel.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> x = np.array([[1.0, 2.0, 3.0]])                     # feature mean 2
+  >>> stax.Dense(4, W_std=1.0, b_std=0.5).kernel_fn(x, get="nngp")   # |x|²/3 + 0.25
+  array([[4.91666667]])
+  >>> stax.Dense(4, weight_mean=True).kernel_fn(x, get="nngp")       # |x - 2|²/3
+  array([[0.66666667]])
+  """
   out_dim: int
   W_std: float = 1.0
   b_std: float | None = None
@@ -241,7 +264,14 @@ class Dense(Network):
 @dataclasses.dataclass(frozen=True)
 class Elementwise(Network):
   """An activation applied to every unit: a name of `mimictheory.ACTIVATIONS`, an `Activation`,
-  or an elementwise callable (integrated numerically)."""
+  or an elementwise callable (integrated numerically).
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> k = stax.serial(stax.Dense(8), stax.Elementwise("tanh")).kernel_fn(np.eye(2), get="nngp")
+  >>> round(float(k[0, 1]), 12)   # E[tanh(u) tanh(v)] for uncorrelated u, v
+  0.0
+  """
   activation: object
 
   def __post_init__(self):
@@ -300,17 +330,37 @@ def _elementwise(act: Activation, k: Kernel):
 
 
 def Relu() -> Elementwise:  # noqa: N802 (neural-tangents' names)
-  """ReLU, closed form (the arc-cosine kernel of order 1)."""
+  """ReLU, closed form (the arc-cosine kernel of order 1).
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> float(stax.serial(stax.Dense(8), stax.Relu()).kernel_fn(np.ones((1, 1)), get="nngp")[0, 0])
+  0.5
+  """
   return Elementwise(ReLU())
 
 
 def LeakyRelu(alpha: float = 0.01) -> Elementwise:  # noqa: N802
-  """φ(x) = x for x > 0, alpha·x otherwise (neural-tangents' `LeakyRelu(alpha)`)."""
+  """φ(x) = x for x > 0, alpha·x otherwise (neural-tangents' `LeakyRelu(alpha)`).
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> k = stax.serial(stax.Dense(8), stax.LeakyRelu(0.5)).kernel_fn(np.ones((1, 1)), get="nngp")
+  >>> float(k[0, 0])   # E[φ(z)²] = (1 + 0.25)/2
+  0.625
+  """
   return Elementwise(LeakyReLU(slope=float(alpha)))
 
 
 def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Elementwise:  # noqa: N802
-  """erf, closed form (Williams 1997). neural-tangents' a·erf(b·x) + c with its defaults only."""
+  """erf, closed form (Williams 1997). neural-tangents' a·erf(b·x) + c with its defaults only.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> k = stax.serial(stax.Dense(8), stax.Erf()).kernel_fn(np.ones((1, 1)), get="nngp")
+  >>> bool(abs(k[0, 0] - 2 / np.pi * np.arcsin(2 / 3)) < 1e-15)   # (2/π) arcsin(2q/(1+2q))
+  True
+  """
   if (a, b, c) != (1.0, 1.0, 0.0):
     raise ValueError(f"Erf supports a=1, b=1, c=0 (erf(x)); got a={a}, b={b}, c={c}: write "
                      "Elementwise(lambda x: a * jax.scipy.special.erf(b * x) + c)")
@@ -318,21 +368,40 @@ def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Elementwise:  # noqa:
 
 
 def Gelu(approximate: bool = False) -> Elementwise:  # noqa: N802
-  """GELU x Φ(x), exact (neural-tangents' `Gelu(approximate=False)`)."""
+  """GELU x Φ(x), exact (neural-tangents' `Gelu(approximate=False)`).
+
+  >>> from mimictheory import stax
+  >>> stax.Gelu().activation.name
+  'gelu'
+  """
   if approximate:
     raise ValueError("Gelu(approximate=True) is not supported: use approximate=False")
   return Elementwise("gelu")
 
 
 def Tanh() -> Elementwise:  # noqa: N802
-  """tanh, numerical (not in neural-tangents, whose users write ElementwiseNumerical)."""
+  """tanh, numerical (not in neural-tangents, whose users write ElementwiseNumerical).
+
+  >>> from mimictheory import stax
+  >>> stax.Tanh().activation.name
+  'tanh'
+  """
   return Elementwise("tanh")
 
 
 def ElementwiseNumerical(fn, deg: int | None = None, df=None) -> Elementwise:  # noqa: N802
   """Any elementwise `fn`, integrated numerically. neural-tangents' signature; `deg` (its
   Gauss-Hermite degree) and `df` are accepted and ignored: mimictheory's rule is adaptive
-  (Mehler's series to 1e-11 with a quadrature fallback, `mimictheory.Numerical`)."""
+  (Mehler's series to 1e-11 with a quadrature fallback, `mimictheory.Numerical`).
+
+  >>> import jax, numpy as np
+  >>> from mimictheory import stax
+  >>> x = np.random.default_rng(0).normal(size=(3, 2))
+  >>> ported = stax.serial(stax.Dense(8), stax.ElementwiseNumerical(jax.numpy.tanh, deg=25))
+  >>> ours = stax.serial(stax.Dense(8), stax.Tanh())
+  >>> bool(np.allclose(ported.kernel_fn(x, get="ntk"), ours.kernel_fn(x, get="ntk"), atol=1e-13))
+  True
+  """
   return Elementwise(fn)
 
 
@@ -349,7 +418,13 @@ class _Identity_(Network):
 
 
 def Identity() -> Network:  # noqa: N802
-  """The identity: the skip path of a residual block."""
+  """The identity: the skip path of a residual block.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> float(stax.Identity().kernel_fn(np.full((1, 4), 2.0), get="nngp")[0, 0])   # |x|²/d
+  4.0
+  """
   return _Identity_()
 
 
@@ -364,7 +439,15 @@ class BatchNorm(Network):
   `full_batch_limit=False` (default): exact at the batch's size, taken together with the
   activation that follows (Yang et al. 2019; `mimictheory.batch_norm`), for a·x + b·relu(x).
   `full_batch_limit=True`: the paper's Theorem 2, K -> H K H / ν with ν the mean centred
-  variance (any activation). `epsilon` is added to the batch variance in the finite network."""
+  variance (any activation). `epsilon` is added to the batch variance in the finite network.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> x = np.random.default_rng(0).normal(size=(6, 3))
+  >>> k = stax.serial(stax.Dense(8), stax.BatchNorm(), stax.Relu()).kernel_fn(x, get="nngp")
+  >>> round(float(np.trace(k)) / 6, 6)   # E[relu(ĥ)²] averaged over the batch: 1/2
+  0.5
+  """
   full_batch_limit: bool = False
   epsilon: float = 0.0
 
@@ -400,7 +483,14 @@ class LayerNorm(Network):
   mean and v = q − m² the unit variance of each input, K' = (K − m₁ m₂ᵀ)/√((v₁+ε)(v₂+ε)) and
   Θ' = Θ/√((v₁+ε)(v₂+ε)) (the gradients through m and v are O(1/width)). After a `Dense` m = 0
   and this is neural-tangents' kernel; after an activation the centring matters (tested by
-  Monte Carlo). It acts on each input alone, so unlike `BatchNorm` it has cross-kernels."""
+  Monte Carlo); it acts on each input alone, so unlike `BatchNorm` it has cross-kernels.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> round(float(stax.serial(stax.Dense(8, W_std=3.0), stax.LayerNorm()).kernel_fn(
+  ...     np.ones((1, 2)), get="nngp")[0, 0]), 9)   # unit variance whatever W_std (ε = 1e-12)
+  1.0
+  """
   axis: int = -1
   eps: float = 1e-12
 
@@ -460,7 +550,13 @@ def _exact_batch_norm(k: Kernel, a, b, act) -> Kernel:
 
 @dataclasses.dataclass(frozen=True)
 class Scale(Network):
-  """Multiply by a constant `alpha` (a residual branch's scalar at initialisation)."""
+  """Multiply by a constant `alpha` (a residual branch's scalar at initialisation).
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> float(stax.Scale(0.5).kernel_fn(np.ones((1, 1)), get="nngp")[0, 0])
+  0.25
+  """
   alpha: float
 
   def init(self, key, input_shape):
@@ -512,7 +608,14 @@ class _Serial(Network):
 
 
 def serial(*layers) -> Network:
-  """The layers one after the other."""
+  """The layers one after the other.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))
+  >>> kernel_fn(np.eye(2), np.eye(2), get="ntk").shape
+  (2, 2)
+  """
   return _Serial(tuple(_as_network(layer) for layer in layers))
 
 
@@ -535,7 +638,15 @@ class _Parallel(Network):
 
 
 def parallel(*layers) -> Network:
-  """Each layer on its own input of a list (after `FanOut`), giving a list."""
+  """Each layer on its own input of a list (after `FanOut`), giving a list.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> net = stax.serial(stax.FanOut(2), stax.parallel(stax.Scale(2.0), stax.Identity()),
+  ...                   stax.FanInSum())
+  >>> float(net.kernel_fn(np.ones((1, 1)), get="nngp")[0, 0])   # 4 + 1: independent branches
+  5.0
+  """
   return _Parallel(tuple(_as_network(layer) for layer in layers))
 
 
@@ -554,7 +665,13 @@ class _FanOut(Network):
 
 
 def FanOut(num: int) -> Network:  # noqa: N802
-  """`num` copies of the input, for `parallel`."""
+  """`num` copies of the input, for `parallel`.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> len(stax.FanOut(3).apply_fn((), np.ones(2)))
+  3
+  """
   from mimictheory._src import checks
   return _FanOut(checks.check_int("num", num, minimum=1))
 
@@ -586,5 +703,11 @@ class _FanInSum(Network):
 
 def FanInSum() -> Network:  # noqa: N802
   """The sum of a list of branches (the branches are independent at initialisation, so their
-  kernels add, as in neural-tangents)."""
+  kernels add, as in neural-tangents).
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> stax.FanInSum().apply_fn((), [np.ones(2), np.ones(2)]).tolist()
+  [2.0, 2.0]
+  """
   return _FanInSum()

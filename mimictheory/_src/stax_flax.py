@@ -125,7 +125,14 @@ _BUILDERS = (
 
 
 class StaxModel(nnx.Module):
-  """The Flax NNX model of a description (see `from_stax`); `description` keeps the source."""
+  """The Flax NNX model of a description (see `from_stax`); `description` keeps the source.
+
+  >>> from mimictheory import stax
+  >>> from mimictheory.nn import from_stax
+  >>> model = from_stax(stax.serial(stax.Dense(4), stax.Relu()), (2, 3))
+  >>> type(model).__name__, model.output_shape
+  ('StaxModel', (2, 4))
+  """
 
   def __init__(self, network: stax.Network, input_shape, rngs: nnx.Rngs, params=None):
     self.description = network
