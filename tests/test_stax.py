@@ -335,3 +335,26 @@ def test_the_readme_example_runs():
   model.train()
   np.testing.assert_allclose(np.asarray(model(np.asarray(scope["x"], np.float32))),
                              np.asarray(f), rtol=1e-4, atol=1e-4 * float(np.abs(f).max()))
+
+
+@pytest.mark.parametrize("norm", ["none", "batch_norm"])
+def test_per_layer_kernels_and_spectra_from_the_description(norm):
+  """layer_kernels after every Dense (after every BatchNorm with BN) are mt.layer_kernels'
+  pre-activations; ntk_spectrum is mt.ntk_spectrum at every depth."""
+  x = np.random.default_rng(5).normal(size=(8, 4))
+  bn = [stax.BatchNorm()] if norm == "batch_norm" else []
+  dense = lambda: stax.Dense(64, W_std=1.4, b_std=0.3)  # noqa: E731
+  net = stax.serial(dense(), *[*bn, stax.Relu(), dense()] * 4)
+  ks = net.layer_kernels(x, after=stax.BatchNorm if bn else stax.Dense)
+  ref = mt.layer_kernels(x, depth=4 if bn else 5, activation="relu", sw2=1.96, sb2=0.09,
+                         norm=norm)
+  assert len(ks) == len(ref)
+  for k, r in zip(ks, ref):
+    _close(k.nngp, r, 1e-12)
+  spectrum = net.ntk_spectrum(x)
+  theirs = mt.ntk_spectrum(x, depth=4, activation="relu", sw2=1.96, sb2=0.09, norm=norm)
+  assert spectrum.depths.tolist() == [0, 1, 2, 3, 4]
+  _close(spectrum.eigenvalues[1:], theirs.eigenvalues, 1e-11)
+  _close(spectrum.condition[1:], theirs.condition, 1e-9)
+  with pytest.raises(ValueError, match="no such layer"):
+    net.layer_kernels(x, after=stax.LayerNorm)

@@ -41,6 +41,7 @@ neural-tangents 0.6.5 in `tests/test_stax.py`). Beyond it, for MimicNorm (Fei et
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import math
 
@@ -155,6 +156,62 @@ class Network:
   def __iter__(self):
     return iter((self.init_fn, self.apply_fn, self.kernel_fn))
 
+  def layer_kernels(self, x1, x2=None, after=None) -> list:
+    """The `Kernel` after every layer of class `after` (default `Dense`), in the order they
+    run, through the whole description (nested `serial` and `parallel` included): the
+    per-layer kernels of one pass. After `Dense` they are the pre-activations of every layer
+    (`mimictheory.layer_kernels` for an MLP) and the NTK of every depth
+    (`mimictheory.ntk_spectrum`); after `BatchNorm`, the normalised units E[ĥĥᵀ].
+
+    >>> import numpy as np
+    >>> from mimictheory import stax
+    >>> net = stax.serial(stax.Dense(8, W_std=2**0.5), stax.Relu(), stax.Dense(8, W_std=2**0.5))
+    >>> [np.round(k.nngp[0, 0], 6) for k in net.layer_kernels(np.eye(2))]   # q* = 1/2 each
+    [np.float64(1.0), np.float64(1.0)]
+    """
+    from mimictheory._src.precision import float64
+    return float64(_layer_kernels)(self, x1, x2, Dense if after is None else after)
+
+  def ntk_spectrum(self, x, after=None):
+    """The NTK Gram spectrum and condition number κ after every layer of class `after`
+    (default `Dense`): `NTKSpectrum` whose `depths` count the `after` layers before each one
+    (0 for the first), so that an MLP's entry at depth d is `mimictheory.ntk_spectrum`'s.
+
+    >>> import numpy as np
+    >>> from mimictheory import stax
+    >>> net = stax.serial(stax.Dense(8), *[stax.Relu(), stax.Dense(8)] * 3)
+    >>> net.ntk_spectrum(np.random.default_rng(0).normal(size=(5, 3))).eigenvalues.shape
+    (4, 5)
+    """
+    from mimictheory._src.kernels import NTKSpectrum, _condition
+    eig = np.stack([np.linalg.eigvalsh(np.asarray(k.ntk)) for k in self.layer_kernels(x, None,
+                                                                                       after)])
+    return NTKSpectrum(np.arange(len(eig)), eig, _condition(eig, np))
+
+
+_COLLECT: contextvars.ContextVar = contextvars.ContextVar("stax_collect", default=None)
+
+
+def _record(layer, k):
+  """Keep `k` (resolved) if `layer_kernels` is collecting after layers of this class."""
+  collect = _COLLECT.get()
+  if collect is not None and isinstance(layer, collect[0]):
+    collect[1].append(_resolve(k))
+  return k
+
+
+def _layer_kernels(network, x1, x2, after):
+  found = []
+  token = _COLLECT.set((after, found))
+  try:
+    _kernel_fn(network, x1, x2, None)
+  finally:
+    _COLLECT.reset(token)
+  if not found:
+    raise ValueError(f"after={getattr(after, '__name__', after)!r}: the description has no such "
+                     "layer")
+  return found
+
 
 def _kernel_fn(network, x1, x2, get):
   from mimictheory._src import checks
@@ -164,7 +221,7 @@ def _kernel_fn(network, x1, x2, get):
     if x2.shape[1] != x1.shape[1]:
       raise ValueError(f"x2 must have the same number of features as x1 ({x1.shape[1]}), got "
                        f"shape {x2.shape}")
-  k = _resolve(network.kernel(_input_kernel(x1, x2)))
+  k = _resolve(_record(network, network.kernel(_input_kernel(x1, x2))))
   if get is None:
     return k
   if isinstance(get, str):
@@ -603,7 +660,7 @@ class _Serial(Network):
 
   def kernel(self, k: Kernel) -> Kernel:
     for layer in self.layers:
-      k = layer.kernel(k)
+      k = _record(layer, layer.kernel(k))
     return k
 
 
@@ -634,7 +691,7 @@ class _Parallel(Network):
     return [layer.apply(p, xi, r) for layer, p, xi, r in zip(self.layers, params, x, rngs)]
 
   def kernel(self, k):
-    return [layer.kernel(ki) for layer, ki in zip(self.layers, k)]
+    return [_record(layer, layer.kernel(ki)) for layer, ki in zip(self.layers, k)]
 
 
 def parallel(*layers) -> Network:
