@@ -74,6 +74,12 @@ def test_divergence_is_recorded_not_crashed(tmp_path):
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   last = json.loads(lines[-1], parse_constant=strict)  # NaN would be refused here
   assert last["diverged"] is True and last["train_loss"] is None
+  # run again: reported as it ended, nothing trained again (it would diverge the same way)
+  steps = []
+  again = train(cfg, synthetic_data(), tmp_path, on_step=lambda *a: steps.append(1))
+  assert again.status == "diverged" and not steps
+  assert [(h["epoch"], h["test_accuracy"]) for h in again.history] == [
+      (h["epoch"], h["test_accuracy"]) for h in result.history]
 
 
 @pytest.mark.parametrize("kwargs,match", [

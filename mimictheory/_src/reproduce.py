@@ -236,11 +236,6 @@ def _lr_table(experiment, results, steps, out, note):
   return _write(out, experiment, rows, payload)
 
 
-def _figure(width, height):
-  from mimictheory._src.plotting import new_figure
-  return new_figure(width, height)[0]
-
-
 def _save(fig, out: Path, stem: str) -> list[Path]:
   from mimictheory._src.plotting import save_figure
   out.mkdir(parents=True, exist_ok=True)
@@ -251,17 +246,19 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
 def _curves(experiment, results, steps, out, note):
   """Figures 6 and 7: test accuracy per epoch, one panel per model."""
   from matplotlib.ticker import MaxNLocator
+  from mimictheory._src.plotting import new_figure
   models = list(dict.fromkeys(run.model for run in results))
-  fig = _figure(min(8.0, 4.0 * len(models)), 3.4)
-  axes = fig.subplots(1, len(models), squeeze=False)[0]
-  for ax, model in zip(axes, models):
+  fig, axes = new_figure(min(8.0, 4.0 * len(models)), 3.4, cols=len(models), squeeze=False)
+  for ax, model in zip(axes[0], models):
     for run, history in results.items():
       if run.model == model:
         acc = [100 * (h["test_accuracy"] if h.get("test_accuracy") is not None else np.nan)
                for h in history]
+        diverged = next((h["epoch"] for h in history if h.get("diverged")), None)
         ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3,
                 label=NORM_TITLES.get(run.norm, run.norm)
-                + (f" (seed {run.seed})" if run.seed else ""))
+                + (f" (seed {run.seed})" if run.seed else "")
+                + (f" (diverged in epoch {diverged})" if diverged else ""))
     ax.set(title=model, xlabel="epoch", ylabel="test accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
@@ -273,8 +270,8 @@ def _curves(experiment, results, steps, out, note):
 @styled
 def _variance(experiment, results, steps, out, note):
   """Supplementary Figure 3: the last BN's running variance (mean over classes) per step."""
-  fig = _figure(6.0, 3.6)
-  ax = fig.subplots()
+  from mimictheory._src.plotting import new_figure
+  fig, ax = new_figure(6.0, 3.6)
   for run, record in steps.items():
     if record:
       step = [r[0] for r in record]

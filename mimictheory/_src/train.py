@@ -586,6 +586,11 @@ def _epochs(config, model, opt, manager, out, start, max_epochs, batches, train_
   import orbax.checkpoint as ocp
   (x_train, y_train), (x_test, y_test) = train_set, test_set
   history = _read_history(out / "metrics.jsonl", start)
+  diverged = _read_history(out / "metrics.jsonl", start + 1)[len(history):]
+  if diverged and diverged[0].get("diverged"):
+    # this run diverged in the epoch after its last checkpoint; training is deterministic, so
+    # it would again: report it as it ended instead of training that epoch again
+    return TrainResult(history + diverged[:1], "diverged", model, start)
   end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
   status = "finished" if end == config.epochs else "stopped"
   put = _batch_placement(mesh)
