@@ -358,3 +358,29 @@ def test_per_layer_kernels_and_spectra_from_the_description(norm):
   _close(spectrum.condition[1:], theirs.condition, 1e-9)
   with pytest.raises(ValueError, match="no such layer"):
     net.layer_kernels(x, after=stax.LayerNorm)
+
+
+@pytest.mark.parametrize("norm,alpha", [("none", "official"), ("weight_mean", "sqrt"),
+                                        ("batch_norm", "one"), ("batch_norm_paper", "sqrt")])
+def test_a_residual_description_gives_the_residual_kernels(norm, alpha):
+  """FanOut / parallel(branch, Identity) / FanInSum with the branch [BN] φ Dense Scale(α_l) is
+  mt.residual_kernels' network (its readout a plain Dense)."""
+  x = np.random.default_rng(6).normal(size=(7, 5))
+  depth, sw2, sb2 = 6, 2.0, 0.1
+  wm = norm == "weight_mean"
+  bn = {"batch_norm": [stax.BatchNorm()],
+        "batch_norm_paper": [stax.BatchNorm(full_batch_limit=True)]}.get(norm, [])
+  dense = lambda weight_mean=wm: stax.Dense(100, W_std=sw2**0.5, b_std=sb2**0.5,  # noqa: E731
+                                            weight_mean=weight_mean)
+  alphas = mt.residual_scalars(alpha, depth)
+
+  def block(a):
+    branch = stax.serial(*bn, stax.Relu(), dense(), stax.Scale(float(a)))
+    return stax.serial(stax.FanOut(2), stax.parallel(branch, stax.Identity()), stax.FanInSum())
+
+  net = stax.serial(dense(), *[block(a) for a in alphas], dense(weight_mean=False))
+  k = net.kernel_fn(x)
+  ref = mt.residual_kernels(x, depth=depth, activation="relu", sw2=sw2, sb2=sb2, norm=norm,
+                            alpha=alpha, fan_in=100)
+  _close(k.nngp, ref.nngp, 1e-12)
+  _close(k.ntk, ref.ntk, 1e-12)
