@@ -289,7 +289,16 @@ def _float_or_none(spec: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """The parser; its defaults and lists are the library's (TrainConfig, DATASETS, MODELS,
+  EXPERIMENTS, ...), never repeated here."""
+  from mimictheory._src.ablation import LEARNING_RATES
+  from mimictheory._src.data import DATASETS
+  from mimictheory._src.models import MODELS
   from mimictheory._src.norms import ABLATION_METHODS, MODEL_NORMS, RESIDUAL_BASELINES
+  from mimictheory._src.reproduce import EXPERIMENTS
+  from mimictheory._src.train import TrainConfig
+  train_defaults = TrainConfig()
+  flat = [d for d in DATASETS if not d.endswith("_images")]  # an MLP's data sets
   parser = _Parser(prog="mimictheory", description="Mean-field / NTK theory of MimicNorm.")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   p = sub.add_parser("phase", help="phase diagrams over (sw2, sb2), one row per norm: "
@@ -329,46 +338,45 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_crosscheck)
   p = sub.add_parser("train", help="train a MimicNorm (or baseline) network; resumes in --out")
-  p.add_argument("--data", default="digits", choices=["digits", "digits_images", "synthetic",
-                                                      "synthetic_images", "cifar10", "cifar100"])
-  p.add_argument("--model", default="mlp", help="mlp, vgg11, vgg16, resnet18, resnet50, "
-                 "shufflenetv2 or squeezenet (the CIFAR models need 32x32x3 images)")
-  p.add_argument("--model-width", type=float, default=1.0, help="channel multiplier")
+  p.add_argument("--data", default="digits", choices=list(DATASETS))
+  p.add_argument("--model", default=train_defaults.model,
+                 help=f"mlp or {', '.join(MODELS)} (the CIFAR models need 32x32x3 images)")
+  p.add_argument("--model-width", type=float, default=train_defaults.model_width,
+                 help="channel multiplier")
   p.add_argument("--no-augment", action="store_true", help="no random crop / flip / rotation")
   p.add_argument("--data-path", default=None, help="folder of a local CIFAR copy (python pickle)")
-  p.add_argument("--norm", default="mimic",
+  p.add_argument("--norm", default=train_defaults.norm,
                  choices=MODEL_NORMS + RESIDUAL_BASELINES + ("bn",),
                  help="fixup and skipinit: the normalisation-free baselines (resnet18/50 only)")
   p.add_argument("--data-parallel", action="store_true",
                  help="split every batch over all devices (jax.sharding; multi-host after "
                  "jax.distributed.initialize)")
-  p.add_argument("--depth", type=int, default=8)
-  p.add_argument("--width", type=int, default=256)
-  p.add_argument("--epochs", type=int, default=150)
-  p.add_argument("--batch-size", type=int, default=128)
-  p.add_argument("--lr", type=float, default=0.1)
-  p.add_argument("--momentum", type=float, default=0.9)
-  p.add_argument("--weight-decay", type=float, default=5e-4)
-  p.add_argument("--warmup-epochs", type=float, default=2.0)
-  p.add_argument("--warmup-start", type=float, default=1e-4,
+  p.add_argument("--depth", type=int, default=train_defaults.depth)
+  p.add_argument("--width", type=int, default=train_defaults.width)
+  p.add_argument("--epochs", type=int, default=train_defaults.epochs)
+  p.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
+  p.add_argument("--lr", type=float, default=train_defaults.lr)
+  p.add_argument("--momentum", type=float, default=train_defaults.momentum)
+  p.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay)
+  p.add_argument("--warmup-epochs", type=float, default=train_defaults.warmup_epochs)
+  p.add_argument("--warmup-start", type=float, default=train_defaults.warmup_start,
                  help="the rate at the warm-up's first step")
-  p.add_argument("--milestones", type=_floats, default=(82, 112, 137),
+  p.add_argument("--milestones", type=_floats, default=train_defaults.milestones,
                  help="comma list of epochs where the rate drops (the official 80,110,135 "
                  "counted after 2 warm-up epochs)")
   p.add_argument("--drop-last", action="store_true",
                  help="drop each epoch's last, partial batch (the official code keeps it)")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=train_defaults.seed)
   p.add_argument("--out", default="runs/train", help="output folder (resumes if it holds a run)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_train)
   p = sub.add_parser("ablation", help="ablation experiments")
   ab = p.add_subparsers(dest="experiment", required=True, parser_class=_Parser)
   p = ab.add_parser("lr-sweep", help="methods against learning rates (the paper's Table 2)")
-  p.add_argument("--data", default="digits", choices=["digits", "synthetic", "cifar10",
-                                                      "cifar100"])
+  p.add_argument("--data", default="digits", choices=flat)
   p.add_argument("--data-path", default=None, help="folder of a local CIFAR copy")
   p.add_argument("--methods", type=_names, default=ABLATION_METHODS)
-  p.add_argument("--lrs", type=_floats, default=(0.01, 0.05, 0.1, 0.5, 1.0))
+  p.add_argument("--lrs", type=_floats, default=LEARNING_RATES)
   p.add_argument("--epochs", type=int, default=5, help="best accuracy in the first N epochs")
   p.add_argument("--depth", type=int, default=16)
   p.add_argument("--width", type=int, default=256)
@@ -377,8 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(run=_ablation)
   p = sub.add_parser("memory", help="training-step memory of each model, BN against MimicNorm")
-  p.add_argument("--models", type=_names, default=("vgg11", "vgg16", "resnet18", "resnet50",
-                                                   "shufflenetv2", "squeezenet"))
+  p.add_argument("--models", type=_names, default=tuple(MODELS))
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
   p.add_argument("--throughput", action="store_true",
@@ -387,12 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(run=_memory)
   p = sub.add_parser("reproduce", help="the paper's Tables 1-2, Figures 6-7 and supplementary "
                      "Figure 3 as resumable grids of runs")
-  p.add_argument("experiment", choices=["table1", "table2", "fig6", "fig7", "supp3"])
+  p.add_argument("experiment", choices=list(EXPERIMENTS))
   p.add_argument("--data-path", default=None, help="a local CIFAR-100 copy (python pickle): the "
                  "paper's settings; without it, a small version on the bundled digits")
-  p.add_argument("--data", default=None, choices=["digits", "digits_images", "synthetic",
-                                                  "synthetic_images", "cifar10", "cifar100"],
-                 help="override the data set")
+  p.add_argument("--data", default=None, choices=list(DATASETS), help="override the data set")
   p.add_argument("--epochs", type=int, default=None, help="override the epochs of every run")
   p.add_argument("--model-width", type=float, default=None, help="override the channel width")
   p.add_argument("--models", type=_names, default=None, help="restrict the grid (comma list)")
