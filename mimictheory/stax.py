@@ -5,8 +5,8 @@
 """
 from mimictheory._src.stax import (  # noqa: F401
     BatchNorm, Dense, Elementwise, ElementwiseNumerical, Erf, FanInSum, FanOut, Gelu, Identity,
-    Kernel, LayerNorm, LeakyRelu, Network, Relu, Scale, Tanh, parallel, serial)
+    Kernel, LayerNorm, LeakyRelu, MeanField, Network, Relu, Scale, Tanh, parallel, serial)
 
 __all__ = ["BatchNorm", "Dense", "Elementwise", "ElementwiseNumerical", "Erf", "FanInSum",
-           "FanOut", "Gelu", "Identity", "Kernel", "LayerNorm", "LeakyRelu", "Network", "Relu",
-           "Scale", "Tanh", "parallel", "serial"]
+           "FanOut", "Gelu", "Identity", "Kernel", "LayerNorm", "LeakyRelu", "MeanField",
+           "Network", "Relu", "Scale", "Tanh", "parallel", "serial"]

@@ -384,3 +384,47 @@ def test_a_residual_description_gives_the_residual_kernels(norm, alpha):
                             alpha=alpha, fan_in=100)
   _close(k.nngp, ref.nngp, 1e-12)
   _close(k.ntk, ref.ntk, 1e-12)
+
+
+@pytest.mark.parametrize("norm", ["none", "weight_mean", "batch_norm_paper"])
+def test_the_mean_field_maps_of_a_stack_are_its_deep_limit(norm):
+  """A stack's MeanField is the library's one-layer maps at its (activation, σw², σb², norm,
+  fan-in), and those maps are what the description's own kernels do at depth (chaotic erf,
+  ξ_c ≈ 5.4, 200 layers): the diagonal of the NNGP settles at q*, the correlation of two
+  inputs at the stable fixed point. (With BN the batch's centring keeps a finite batch's
+  correlations off the B -> ∞ fixed point, so only χ1 is compared there.)"""
+  wm = norm == "weight_mean"
+  bn = [stax.BatchNorm(full_batch_limit=True)] if norm == "batch_norm_paper" else []
+  sw2, sb2 = 4.0, 0.05
+  dense = lambda: stax.Dense(200, W_std=sw2**0.5, b_std=sb2**0.5, weight_mean=wm)  # noqa: E731
+  net = stax.serial(dense(), *[*bn, stax.Erf(), dense()] * 200)
+  mf = net.mean_field()
+  assert (mf.norm, mf.fan_in) == (norm, 200 if wm else None)
+  assert float(mf.chi1()) == pytest.approx(  # σw² through W_std = √σw²: one ulp
+      float(mt.chi1("erf", sw2, sb2, norm=norm, fan_in=200 if wm else None)), rel=1e-14)
+  x = np.random.default_rng(7).normal(size=(6, 3)) * 0.5
+  k = net.kernel_fn(x).nngp
+  if norm == "batch_norm_paper":
+    return
+  np.testing.assert_allclose(np.diag(k), float(mf.qstar()), rtol=1e-10)
+  fp = mf.fixed_points()
+  stable = [float(p) for p, s in zip(fp.points, fp.stable) if s]
+  rho = k / np.sqrt(np.outer(np.diag(k), np.diag(k)))
+  np.testing.assert_allclose(rho[~np.eye(6, dtype=bool)], stable[0], atol=1e-9)
+
+
+def test_mean_field_refuses_what_is_not_a_stack():
+  with pytest.raises(ValueError, match="activations differ"):
+    stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(8), stax.Erf(), stax.Dense(8)).mean_field()
+  with pytest.raises(ValueError, match="W_std"):
+    stax.serial(stax.Dense(8, W_std=1.0), stax.Relu(), stax.Dense(8, W_std=2.0)).mean_field()
+  with pytest.raises(ValueError, match="layer 2 is a"):
+    stax.serial(stax.Dense(8), stax.LayerNorm(), stax.Dense(8)).mean_field()
+  exact = stax.serial(stax.Dense(8), stax.BatchNorm(), stax.Relu(), stax.Dense(8)).mean_field()
+  with pytest.raises(ValueError, match="full_batch_limit"):
+    exact.qstar()
+  with pytest.raises(ValueError, match="batch"):
+    exact.chi1()
+  chi = stax.serial(stax.Dense(8), stax.BatchNorm(), stax.Relu(), stax.Dense(8)).mean_field(
+      batch=8).chi1()
+  assert float(chi) == float(mt.chi1("relu", 1.0, 0.0, norm="batch_norm", batch=8))

@@ -55,9 +55,9 @@ from mimictheory._src.activations import (
 from mimictheory._src.kernels import identical_rows
 from mimictheory._src.precision import is_traced
 
-__all__ = ["Kernel", "Network", "Dense", "Elementwise", "Relu", "LeakyRelu", "Erf", "Gelu",
-           "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "LayerNorm", "Scale", "serial",
-           "parallel", "FanOut", "FanInSum"]
+__all__ = ["Kernel", "Network", "MeanField", "Dense", "Elementwise", "Relu", "LeakyRelu", "Erf",
+           "Gelu", "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "LayerNorm", "Scale",
+           "serial", "parallel", "FanOut", "FanInSum"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,6 +172,20 @@ class Network:
     from mimictheory._src.precision import float64
     return float64(_layer_kernels)(self, x1, x2, Dense if after is None else after)
 
+  def mean_field(self, batch: int | None = None) -> "MeanField":
+    """The one-layer mean-field maps of a stack of identical layers: `Dense`, then
+    [`BatchNorm`] activation `Dense` repeated, every `Dense` with the same W_std, b_std and
+    weight mean, every activation the same. ValueError names what breaks the pattern.
+    `batch`: the batch size of an exact `BatchNorm` (for χ1 at that batch).
+
+    >>> from mimictheory import stax
+    >>> net = stax.serial(stax.Dense(300, W_std=2**0.5), *[stax.Relu(),
+    ...                   stax.Dense(300, W_std=2**0.5)] * 10)
+    >>> round(float(net.mean_field().chi1()), 12)   # ReLU at (2, 0): critical
+    1.0
+    """
+    return _mean_field(self, batch)
+
   def ntk_spectrum(self, x, after=None):
     """The NTK Gram spectrum and condition number κ after every layer of class `after`
     (default `Dense`): `NTKSpectrum` whose `depths` count the `after` layers before each one
@@ -187,6 +201,125 @@ class Network:
     eig = np.stack([np.linalg.eigvalsh(np.asarray(k.ntk)) for k in self.layer_kernels(x, None,
                                                                                        after)])
     return NTKSpectrum(np.arange(len(eig)), eig, _condition(eig, np))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanField:
+  """The mean-field maps of one layer of a stacked description (`Network.mean_field`): each
+  method is the library's function of the same name at this layer's (activation, σw², σb²,
+  norm, fan-in). `norm`: "none", "weight_mean" (fan-in: the hidden width, Lemma 1),
+  "batch_norm" (an exact `BatchNorm`: χ1 at `batch` only; the other maps exist only in the
+  full-batch limit, so describe that with `BatchNorm(full_batch_limit=True)`) or
+  "batch_norm_paper" (Theorem 2).
+
+  >>> from mimictheory import stax
+  >>> net = stax.serial(stax.Dense(300, W_std=1.2, b_std=0.3), *[stax.Erf(),
+  ...                   stax.Dense(300, W_std=1.2, b_std=0.3)] * 5)
+  >>> mf = net.mean_field()
+  >>> mf.activation.name, round(mf.sw2, 6), round(mf.sb2, 6), mf.norm
+  ('erf', 1.44, 0.09, 'none')
+  """
+  activation: Activation
+  sw2: float
+  sb2: float
+  norm: str
+  fan_in: int | None = None
+  batch: int | None = None
+
+  def _args(self):
+    return dict(activation=self.activation, sw2=self.sw2, sb2=self.sb2, norm=self.norm,
+                fan_in=self.fan_in)
+
+  def _limit_only(self, what):
+    if self.norm == "batch_norm":
+      raise ValueError(f"{what} of an exact BatchNorm() stack: only its full-batch limit is "
+                       "computed; describe the network with BatchNorm(full_batch_limit=True)")
+
+  def chi1(self):
+    """χ1 (`mimictheory.chi1`); at `batch` for an exact BN stack."""
+    from mimictheory._src.maps import chi1
+    if self.norm == "batch_norm" and self.batch is None:
+      raise ValueError("chi1 of an exact BatchNorm() stack needs mean_field(batch=B), B >= 4")
+    return chi1(**self._args(), batch=self.batch)
+
+  def qstar(self):
+    """The variance fixed point q* (`mimictheory.qstar`)."""
+    from mimictheory._src.maps import qstar
+    self._limit_only("qstar")
+    return qstar(**self._args())
+
+  def correlation_map(self, rho):
+    """T(ρ) at q* (`mimictheory.correlation_map`)."""
+    from mimictheory._src.maps import correlation_map
+    self._limit_only("correlation_map")
+    return correlation_map(rho, **self._args())
+
+  def fixed_points(self):
+    """The correlation map's fixed points and their stability (`mimictheory.fixed_points`)."""
+    from mimictheory._src.maps import fixed_points
+    self._limit_only("fixed_points")
+    return fixed_points(**self._args())
+
+  def depth_scales(self):
+    """ξ_q, ξ_c (`mimictheory.depth_scales`)."""
+    from mimictheory._src.maps import depth_scales
+    self._limit_only("depth_scales")
+    return depth_scales(**self._args())
+
+  def phase_diagram(self, sw2=None, sb2=None, **kwargs):
+    """The phase diagram over a σw² × σb² grid at this activation, norm and fan-in
+    (`mimictheory.phase_diagram`)."""
+    from mimictheory._src.phase import phase_diagram
+    self._limit_only("phase_diagram")
+    return phase_diagram(self.activation, sw2=sw2, sb2=sb2, norm=self.norm,
+                         fan_in=self.fan_in, **kwargs)
+
+
+def _leaves(network):
+  if isinstance(network, _Serial):
+    return [leaf for layer in network.layers for leaf in _leaves(layer)]
+  return [network]
+
+
+def _mean_field(network, batch):
+  layers = _leaves(network)
+  def fail(why):
+    raise ValueError(f"mean_field needs a stack of identical layers (Dense, then [BatchNorm] "
+                     f"activation Dense repeated): {why}")
+  if not layers or not isinstance(layers[0], Dense):
+    fail("the first layer is not a Dense")
+  norms = [layer for layer in layers if isinstance(layer, BatchNorm)]
+  period = 3 if norms else 2
+  body = layers[1:]
+  if not body or len(body) % period:
+    fail(f"{len(layers)} layers do not split into a Dense and repeats of {period}")
+  kinds = (BatchNorm, Elementwise, Dense) if norms else (Elementwise, Dense)
+  for i, layer in enumerate(body):
+    if not isinstance(layer, kinds[i % period]):
+      fail(f"layer {i + 2} is a {type(layer).__name__}, expected a {kinds[i % period].__name__}")
+  dense = [layer for layer in layers if isinstance(layer, Dense)]
+  acts = {layer.activation for layer in body if isinstance(layer, Elementwise)}
+  if len(acts) != 1:
+    fail(f"the activations differ ({', '.join(sorted(a.name for a in acts))})")
+  for field in ("W_std", "b_std", "weight_mean"):
+    if len({getattr(d, field) for d in dense}) != 1:
+      fail(f"the Dense layers' {field} differ")
+  if len({n.full_batch_limit for n in norms}) > 1:
+    fail("some BatchNorm layers are exact and some the full-batch limit")
+  first = dense[0]
+  widths = {d.out_dim for d in dense[:-1]}
+  if first.weight_mean and len(widths) != 1:
+    fail("weight mean with hidden layers of different widths (Lemma 1's factor differs)")
+  norm = ("weight_mean" if first.weight_mean else "none") if not norms else (
+      "batch_norm_paper" if norms[0].full_batch_limit else "batch_norm")
+  if norms and first.weight_mean:
+    fail("weight mean and batch norm together")
+  fan_in = widths.pop() if first.weight_mean else None
+  if batch is not None:
+    from mimictheory._src import checks
+    batch = checks.check_int("batch", batch, minimum=bn.MIN_BATCH_NTK)
+  return MeanField(acts.pop(), float(first.W_std) ** 2,
+                   0.0 if first.b_std is None else float(first.b_std) ** 2, norm, fan_in, batch)
 
 
 _COLLECT: contextvars.ContextVar = contextvars.ContextVar("stax_collect", default=None)
