@@ -19,7 +19,7 @@ LAYERS = {
     # 5: finite networks and Monte Carlo against the theory
     "finite": 5, "experiments": 5,
     # 6: training (Flax models, data, the loop, its memory)
-    "nn": 6, "models": 6, "stax_flax": 6, "data": 6, "train": 6, "memory": 6,
+    "nn": 6, "models": 6, "stax_flax": 6, "data": 6, "run_folder": 6, "train": 6, "memory": 6,
     # 7: experiments, figures, cross-checks
     "plotting": 7, "figure_data": 7, "figures": 7, "reproduce": 7, "ablation": 7,
     "crosscheck": 7,

@@ -19,17 +19,9 @@ loss is null); a finished run is extended by raising `epochs`.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import math
-import shutil
-import signal
 import sys
-import threading
-import time
-import warnings
 from pathlib import Path
 
 import jax
@@ -39,8 +31,9 @@ import optax
 from flax import nnx
 
 from mimictheory._src import checks
+from mimictheory._src import run_folder as runs
 from mimictheory._src.data import augment
-from mimictheory._src.io import atomic_path, progress_bar
+from mimictheory._src.io import progress_bar
 from mimictheory._src.norms import check_norm
 from mimictheory._src.nn import MLP, NORM_OPTIONS, RESIDUAL_BASELINES, project_weight_mean
 
@@ -323,185 +316,6 @@ def _last_bn_variance(model):
   return None if model.last_bn is None else np.asarray(model.last_bn.var[...]).tolist()
 
 
-def _checkpointer(out: Path):
-  import orbax.checkpoint as ocp
-  return ocp.CheckpointManager(out.resolve() / "checkpoints",
-                               options=ocp.CheckpointManagerOptions(max_to_keep=3))
-
-
-def _fingerprint(data) -> dict:
-  """Shapes and a SHA-256 of the arrays: a resumed run must see the same data."""
-  digest = hashlib.sha256()
-  for a in (a for split in data for a in split):
-    digest.update(np.ascontiguousarray(a).tobytes())
-  return {"shapes": [list(np.shape(a)) for split in data for a in split],
-          "sha256": digest.hexdigest()}
-
-
-@contextlib.contextmanager
-def _lock(out: Path):
-  """Hold an exclusive lock on out/.lock for the run (released by the OS if the process dies)."""
-  try:
-    import fcntl
-  except ImportError:  # not POSIX: no lock
-    yield
-    return
-  with open(out / ".lock", "a") as handle:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      raise RuntimeError(f"out {str(out)!r} is in use by another training run; wait for it to "
-                         "finish or choose another folder") from None
-    try:
-      yield
-    finally:
-      fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _deferred_interrupt():
-  """While training, Ctrl-C (SIGINT) sets a flag instead of raising, so that no step or
-  checkpoint is cut in half; the loop stops at the next step boundary. A second Ctrl-C has its
-  usual effect. Only in the main thread (where Python delivers signals)."""
-  hit = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
-    yield hit
-    return
-  previous = signal.getsignal(signal.SIGINT)
-
-  def handler(signum, frame):
-    hit.set()
-    signal.signal(signal.SIGINT, previous)
-
-  signal.signal(signal.SIGINT, handler)
-  try:
-    yield hit
-  finally:
-    signal.signal(signal.SIGINT, previous)
-
-
-def _start_config(out: Path, config: TrainConfig, fingerprint: dict) -> None:
-  """Refuse another configuration or other data in `out`; allow a larger `epochs`; write
-  config.json (atomically)."""
-  path = out / "config.json"
-  current = json.loads(json.dumps(dict(dataclasses.asdict(config), data_fingerprint=fingerprint)))
-  if path.exists():
-    saved = json.loads(path.read_text())
-    mine = {k: v for k, v in current.items() if k != "epochs"}
-    theirs = {k: v for k, v in saved.items() if k != "epochs"}
-    if mine != theirs:
-      what = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-      raise ValueError(f"out {str(out)!r} holds a run with another configuration or other data "
-                       f"(differs in {', '.join(what)}); use a new folder")
-  with atomic_path(path) as tmp:
-    tmp.write_text(json.dumps(current, sort_keys=True))
-
-
-_DIGESTS = "checkpoint_digests.json"
-
-
-def _digest_files(folder: Path) -> dict:
-  """SHA-256 of every file under a checkpoint folder, by path relative to it."""
-  out = {}
-  for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-      for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    out[str(path.relative_to(folder))] = digest.hexdigest()
-  return out
-
-
-def _read_digests(out: Path) -> dict:
-  try:
-    return json.loads((out / _DIGESTS).read_text())
-  except (OSError, ValueError):  # none yet, or a damaged record: nothing to check against
-    return {}
-
-
-def _record_digest(out: Path, step: int, keep) -> None:
-  """Add checkpoint `step`'s file digests to out/checkpoint_digests.json (atomically), keeping
-  only the steps in `keep` (the checkpoints Orbax still holds)."""
-  digests = {k: v for k, v in _read_digests(out).items() if int(k) in set(keep)}
-  digests[str(step)] = _digest_files(out / "checkpoints" / str(step))
-  with atomic_path(out / _DIGESTS) as tmp:
-    tmp.write_text(json.dumps(digests, sort_keys=True))
-
-
-def _check_digest(out: Path, step: int, digests: dict) -> None:
-  """Raise ValueError naming the first file of checkpoint `step` whose bytes differ from the
-  digest recorded when it was written (a checkpoint written before its digest, by a run killed
-  in between, has none and is not checked)."""
-  expected = digests.get(str(step))
-  if expected is None:
-    return
-  found = _digest_files(out / "checkpoints" / str(step))
-  for name in sorted(set(expected) | set(found)):
-    if expected.get(name) != found.get(name):
-      what = "missing" if name not in found else "unexpected" if name not in expected else \
-          "changed since it was written (SHA-256 mismatch)"
-      raise ValueError(f"file {name} {what}")
-
-
-def _restore(out: Path, model, opt):
-  """(manager, epochs): the newest intact checkpoint restored into model and optimiser. A
-  checkpoint whose files differ from the SHA-256 digests recorded when it was written, or that
-  Orbax cannot read, is named in a warning (with the epoch resumed from) and moved to
-  out/damaged/."""
-  import orbax.checkpoint as ocp
-  folder = out / "checkpoints"
-  for tmp in folder.glob("*.orbax-checkpoint-tmp*") if folder.exists() else ():
-    shutil.rmtree(tmp, ignore_errors=True)  # a save cut short (we hold the lock)
-  manager = _checkpointer(out)
-  target = {"model": nnx.state(model), "optimizer": nnx.state(opt)}
-  digests = _read_digests(out)
-  damaged = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      _check_digest(out, step, digests)
-      restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-    except Exception as err:  # Orbax raises many kinds for a damaged checkpoint
-      manager.close()
-      aside = out / "damaged" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-      aside.parent.mkdir(exist_ok=True)
-      shutil.move(str(folder / str(step)), aside)
-      reason = str(err).splitlines()[0][:200] if isinstance(err, ValueError) else \
-          type(err).__name__
-      damaged.append((folder / str(step), reason, aside))
-      manager = _checkpointer(out)
-      continue
-    nnx.update(model, restored["model"])
-    nnx.update(opt, restored["optimizer"])
-    _warn_damaged(damaged, step)
-    return manager, step
-  _warn_damaged(damaged, 0)
-  return manager, 0
-
-
-def _warn_damaged(damaged, step: int) -> None:
-  for path, reason, aside in damaged:
-    resume = f"resuming from epoch {step}" if step else "no intact checkpoint: starting at epoch 0"
-    warnings.warn(f"checkpoint {path} is damaged ({reason}); moved to {aside}, {resume}",
-                  RuntimeWarning, stacklevel=4)
-
-
-def _finite_or_null(value):
-  """`value` with every non-finite float, at any depth of lists, tuples and dicts, as None."""
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {k: _finite_or_null(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite_or_null(v) for v in value]
-  return value
-
-
-def _json_line(record: dict) -> str:
-  """Strict JSON: non-finite numbers, nested ones included (the per-class last-BN variance),
-  become null."""
-  return json.dumps(_finite_or_null(record), allow_nan=False)
-
-
 def train(config: TrainConfig, data, out, max_epochs: int | None = None,
           progress: bool = False, on_step=None, mesh=None) -> TrainResult:
   """Train (or resume) `config` on `data` = ((x_train, y_train), (x_test, y_test)) in `out`.
@@ -545,12 +359,12 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   model, opt = _build(config, x_train.shape[1:], classes, steps_per_epoch)  # validates shapes
   if mesh is not None:
     nnx.update((model, opt), _replicate(nnx.state((model, opt)), mesh))
-  fingerprint = _fingerprint(data)
+  fingerprint = runs.fingerprint(data)
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  with _lock(out):
-    _start_config(out, config, fingerprint)
-    manager, start = _restore(out, model, opt)
+  with runs.lock(out):
+    runs.start_config(out, config, fingerprint)
+    manager, start = runs.restore(out, model, opt)
     if start and progress:
       print(f"resuming {out} from its checkpoint of epoch {start}", file=sys.stderr, flush=True)
     try:
@@ -583,10 +397,9 @@ def epoch_batches(n: int, batch_size: int, drop_last: bool = False, devices: int
 
 def _epochs(config, model, opt, manager, out, start, max_epochs, batches, train_set,
             test_set, progress, on_step, mesh):
-  import orbax.checkpoint as ocp
   (x_train, y_train), (x_test, y_test) = train_set, test_set
-  history = _read_history(out / "metrics.jsonl", start)
-  diverged = _read_history(out / "metrics.jsonl", start + 1)[len(history):]
+  history = runs.read_history(out, start)
+  diverged = runs.read_history(out, start + 1)[len(history):]
   if diverged and diverged[0].get("diverged"):
     # this run diverged in the epoch after its last checkpoint; training is deterministic, so
     # it would again: report it as it ended instead of training that epoch again
@@ -596,7 +409,7 @@ def _epochs(config, model, opt, manager, out, start, max_epochs, batches, train_
   put = _batch_placement(mesh)
   steps_per_epoch = len(batches)
   fill = x_train.min(axis=tuple(range(x_train.ndim - 1))) if x_train.ndim == 4 else None
-  with _deferred_interrupt() as interrupted:
+  with runs.deferred_interrupt() as interrupted:
     for epoch in progress_bar(range(start, end), progress, "epochs"):
       rng = np.random.default_rng([config.seed, epoch])  # data order and augmentation
       order = rng.permutation(len(x_train))
@@ -620,44 +433,14 @@ def _epochs(config, model, opt, manager, out, start, max_epochs, batches, train_
       if not math.isfinite(train_loss):
         record["diverged"] = True
         history.append(record)
-        _append(out / "metrics.jsonl", history)
+        runs.write_history(out, history)
         status = "diverged"
         break
       history.append(record)
       # The metrics line first, then the checkpoint: a run killed in between resumes from the
-      # previous checkpoint and drops the line (`_read_history`), so the two never disagree.
-      _append(out / "metrics.jsonl", history)
-      state = {"model": nnx.state(model), "optimizer": nnx.state(opt)}
-      _check_space(out, state, epoch)
-      manager.save(epoch + 1, args=ocp.args.StandardSave(state))
-      manager.wait_until_finished()
-      _record_digest(out, epoch + 1, manager.all_steps())
+      # previous checkpoint and drops the line (`read_history`), so the two never disagree.
+      runs.write_history(out, history)
+      runs.save_checkpoint(out, manager, epoch + 1, model, opt)
   return TrainResult(history, status, model, start)
 
 
-def _check_space(out: Path, state, epoch: int) -> None:
-  """Refuse, with one OSError (ENOSPC), a checkpoint the disk cannot hold, before Orbax starts
-  writing it: a full disk in the middle of Orbax's asynchronous save printed hundreds of lines
-  of tracebacks from its threads. The previous checkpoint stays intact; a rerun resumes."""
-  import errno
-  need = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state))
-  need = int(need * 1.1) + (1 << 16)  # Orbax's metadata and OCDBT manifests
-  free = shutil.disk_usage(out).free
-  if free < need:
-    raise OSError(errno.ENOSPC, f"no space left on the device of {out} for the checkpoint of "
-                  f"epoch {epoch + 1} (about {need / 1e6:.1f} MB needed, {free / 1e6:.1f} MB "
-                  f"free); {f'epoch {epoch} is intact' if epoch else 'nothing is lost'}: free "
-                  "space and run the same command again to resume")
-
-
-def _read_history(path: Path, epochs: int) -> list:
-  """The metrics of the first `epochs` epochs (lines beyond the checkpoint are dropped)."""
-  if not path.exists():
-    return []
-  lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in lines if r["epoch"] <= epochs]
-
-
-def _append(path: Path, history: list) -> None:
-  with atomic_path(path) as tmp:
-    tmp.write_text("".join(_json_line(r) + "\n" for r in history))
