@@ -71,5 +71,6 @@ def test_readme_table_names_real_functions_and_tests():
       cited += 1
     for ref in re.findall(r"`([A-Za-z_.]+)`", cells[1]):
       obj = ref.split(".")[-1]
-      assert any(hasattr(m, obj) or hasattr(mt.Activation, obj) for m in (mt, mnn)), ref
+      assert any(hasattr(m, obj) or hasattr(mt.Activation, obj) or hasattr(mstax.Network, obj)
+                 for m in (mt, mnn, mstax)), ref
   assert cited >= len(rows)
