@@ -69,6 +69,21 @@ def bench_kernels(n, depth):
   return [("kernels relu N=%d depth=%d" % (n, depth), ours, naive, "naive NumPy")]
 
 
+def bench_stax(n, depth):
+  """A `mimictheory.stax` description's kernel_fn (the general route: any description, tiled,
+  one scan over the repeated layers) against `mt.kernels` on the same MLP (the route tuned
+  for MLPs): the price of generality."""
+  from mimictheory import stax
+  x = np.random.default_rng(0).normal(size=(n, 64))
+  dense = lambda: stax.Dense(512, W_std=2**0.5, b_std=0.1)  # noqa: E731
+  net = stax.serial(dense(), *[stax.Relu(), dense()] * depth)
+  net.kernel_fn(x)  # compile outside the timing
+  mt.kernels(x, depth=depth, sw2=2.0, sb2=0.01)
+  ours = _time(lambda: net.kernel_fn(x), repeat=3)
+  reference = _time(lambda: mt.kernels(x, depth=depth, sw2=2.0, sb2=0.01), repeat=3)
+  return [(f"stax kernel_fn relu N={n} depth={depth}", ours, reference, "mt.kernels (same MLP)")]
+
+
 def bench_neural_tangents(n_kernels, n_empirical, width):
   from mimictheory._src import crosscheck as cc
   try:
@@ -224,6 +239,7 @@ def main():
   grid = (200, 200) if args.quick else (1000, 1000)
   where = machine()
   rows = bench_kernels(n, depth)
+  rows += bench_stax(200 if args.quick else 1000, 10)
   rows += bench_neural_tangents(200 if args.quick else 1000, 32 if args.quick else 128,
                                 128 if args.quick else 512)
   rows += bench_phase(grid, "relu")

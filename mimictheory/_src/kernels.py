@@ -623,12 +623,15 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
   if block_size is not None:
     block_size = checks.check_int("block_size", block_size, minimum=1)
   if x2 is x1:
-    return _symmetric(layer, x1, gain, depth, block_size, mesh, progress)
-  return _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress)
+    return symmetric_gram(partial(_gram_tiles, layer, gain=gain, depth=depth), x1, block_size,
+                          mesh, progress)
+  return blocked_gram(partial(_gram_block, layer, gain=gain, depth=depth), x1, x2, block_size,
+                      mesh, progress)
 
 
-def _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress):
-  """Cross kernel K(x1, x2) in row blocks of x1, each block's rows sharded over `mesh`."""
+def blocked_gram(block_fn, x1, x2, block_size, mesh, progress):
+  """Cross kernel K(x1, x2) in row blocks of x1, each block's rows sharded over `mesh`;
+  `block_fn(x1_block, x2)` -> `Kernels` of the block (the network's entrywise recursion)."""
   n1, n2 = x1.shape[0], x2.shape[0]
   if block_size is None:
     block_size = max(1, min(n1, (1 << 22) // max(n2, 1)))
@@ -638,7 +641,7 @@ def _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress):
   nngp, ntk = np.empty((n1, n2)), np.empty((n1, n2))
   for start in progress_bar(range(0, n1, block_size), progress, "kernel blocks"):
     block = _padded(x1[start:start + block_size], block_size)
-    out = _gram_block(layer, _sharded(block, mesh), x2_dev, gain, depth)
+    out = block_fn(_sharded(block, mesh), x2_dev)
     rows = min(block_size, n1 - start)
     nngp[start:start + rows], ntk[start:start + rows] = out.nngp[:rows], out.ntk[:rows]
   return Kernels(nngp, ntk)
@@ -647,9 +650,12 @@ def _blocked(layer, x1, x2, gain, depth, block_size, mesh, progress):
 _TILE = 64  # edge of the square tiles of a symmetric Gram matrix
 
 
-def _symmetric(layer, x, gain, depth, tile, mesh, progress):
+def symmetric_gram(tiles_fn, x, tile, mesh, progress):
   """K(x, x) from the tiles on and above the diagonal (half the work), tiles batched about 4M
-  entries a call and sharded over `mesh`; the result is exactly symmetric."""
+  entries a call and sharded over `mesh`; the result is exactly symmetric. `tiles_fn(x_rows,
+  x_cols, on_diagonal)` -> `Kernels` of C square tiles (C, B, B) from their row and column
+  inputs (C, B, d), `on_diagonal` (C,) marking the tiles on the diagonal: the tiling is one
+  step, composable with any entrywise recursion (the MLP's here, a `stax` description's)."""
   n = x.shape[0]
   tile = min(n, _TILE if tile is None else tile)
   blocks = -(-n // tile)
@@ -664,8 +670,8 @@ def _symmetric(layer, x, gain, depth, tile, mesh, progress):
     r, c = rows[start:start + per_call], cols[start:start + per_call]
     pad = per_call - len(r)  # pad with tile (0, 0): one compiled shape for all calls
     r_in, c_in = np.pad(r, (0, pad)), np.pad(c, (0, pad))
-    tiles = _gram_tiles(layer, _sharded(x_tiles[r_in], mesh), _sharded(x_tiles[c_in], mesh),
-                        _sharded(r_in == c_in, mesh), gain, depth)
+    tiles = tiles_fn(_sharded(x_tiles[r_in], mesh), _sharded(x_tiles[c_in], mesh),
+                     _sharded(r_in == c_in, mesh))
     diag = r == c
     for m, values in enumerate((tiles.nngp, tiles.ntk)):
       values = np.asarray(values)[:len(r)]
