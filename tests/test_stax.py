@@ -428,3 +428,41 @@ def test_mean_field_refuses_what_is_not_a_stack():
   chi = stax.serial(stax.Dense(8), stax.BatchNorm(), stax.Relu(), stax.Dense(8)).mean_field(
       batch=8).chi1()
   assert float(chi) == float(mt.chi1("relu", 1.0, 0.0, norm="batch_norm", batch=8))
+
+
+def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_path):
+  """kernel_fn(..., mesh=row_mesh()) on 4 forced CPU devices (a subprocess: the device count
+  is fixed when JAX starts) gives the single-device Gram matrix, symmetric and cross, for a
+  description with weight mean, LayerNorm and a residual block; and the tiled route equals
+  the whole-matrix one (one XLA program for the whole Gram matrix)."""
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = textwrap.dedent("""
+      import json, numpy as np, jax, mimictheory as mt
+      from mimictheory import stax
+      from mimictheory._src import stax as S
+      block = stax.serial(stax.FanOut(2), stax.parallel(
+          stax.serial(stax.Erf(), stax.Dense(64, W_std=1.3, weight_mean=True)),
+          stax.Identity()), stax.FanInSum())
+      net = stax.serial(stax.Dense(64, W_std=1.5, b_std=0.2, weight_mean=True), block, block,
+                        stax.LayerNorm(), stax.Relu(), stax.Dense(1, W_std=1.4))
+      x = np.random.default_rng(1).normal(size=(150, 6))
+      ref = net.kernel_fn(x)
+      out = net.kernel_fn(x, mesh=mt.row_mesh())
+      cross = net.kernel_fn(x[:70], x[70:], mesh=mt.row_mesh())
+      with jax.enable_x64(True):
+        whole = S._compiled(net, jax.numpy.asarray(x), None, S._identical(x, None))
+      err = lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max())
+      print(json.dumps({"devices": jax.device_count(), "sharded": err(out.ntk, ref.ntk),
+                        "cross": err(cross.ntk, ref.ntk[:70, 70:]),
+                        "whole": err(whole.ntk, ref.ntk),
+                        "symmetric": bool((ref.ntk == ref.ntk.T).all())}))
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=repo)
+  res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path)
+  assert res.returncode == 0, res.stderr
+  result = json.loads(res.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 4 and result["symmetric"]
+  assert result["sharded"] < 1e-13 and result["cross"] < 1e-13 and result["whole"] < 1e-12
