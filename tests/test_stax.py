@@ -254,6 +254,9 @@ def test_bad_descriptions_are_refused_by_name():
         np.random.default_rng(0).normal(size=(5, 3)))
   with pytest.raises(ValueError, match="x1"):
     stax.Dense(4).kernel_fn(np.full((3, 2), np.nan))
+  with pytest.raises(ValueError, match="mesh: only descriptions without BatchNorm"):
+    stax.serial(stax.Dense(4), stax.BatchNorm(full_batch_limit=True)).kernel_fn(
+        np.random.default_rng(0).normal(size=(5, 3)), mesh=mt.row_mesh())
 
 
 def test_the_fan_in_factor_belongs_to_weight_mean_only():

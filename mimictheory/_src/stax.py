@@ -414,7 +414,13 @@ def _kernel_fn(network, x1, x2, get, mesh=None, progress=False):
                        f"shape {x2.shape}")
   same = _identical(x1, x2)
   collecting = _COLLECT.get() is not None
-  if not collecting and network.traceable() and network.entrywise() and not is_traced(x1, x2):
+  tiled = network.traceable() and network.entrywise() and not is_traced(x1, x2)
+  if mesh is not None and not tiled:
+    raise ValueError("mesh: only descriptions without BatchNorm and with closed-form "
+                     "activations are computed in tiles that can be sharded (this one has "
+                     f"{'a BatchNorm' if not network.entrywise() else 'a numerical activation'})"
+                     "; call kernel_fn without mesh")
+  if not collecting and tiled:
     k = _tiled(network, x1, x2, same, mesh, progress)
   elif not collecting and network.traceable():
     k = _compiled(network, x1, x2, same)  # one XLA program for the whole description
