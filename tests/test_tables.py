@@ -1,4 +1,6 @@
 """One-dimensional tables and Mehler's series (issue 10) against direct quadrature."""
+from functools import partial
+
 import jax
 import numpy as np
 import pytest
@@ -46,7 +48,8 @@ def _quadrature_kernels(x1, x2, name, depth, sw2, sb2, norm):
   """Every entry by 2-D quadrature (the route the series replaces), independent of it."""
   with jax.enable_x64(True):
     layer = make_layer(name, sw2, sb2, norm)
-    out = kernels_module._blocked(layer, x1, x2, 1.0, depth, None, None, False)
+    block = partial(kernels_module._gram_block, layer, gain=1.0, depth=depth)
+    out = kernels_module.blocked_gram(block, x1, x2, None, None, False)
   return np.asarray(out.nngp), np.asarray(out.ntk)
 
 
