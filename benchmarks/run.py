@@ -27,6 +27,7 @@ Run: `make bench` (regenerates benchmarks/README.md's table, with the machine an
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 
@@ -146,7 +147,8 @@ def _quadrature_entries(activation, x1, x2, depth, sw2, sb2):
     layer = make_layer(activation, sw2, sb2, "none")
     layer = dataclasses.replace(layer, activation=dataclasses.replace(layer.activation,
                                                                       smoothed=None))
-    out = K._blocked(layer, x1, x2, 1.0, depth, None, None, False)
+    block = functools.partial(K._gram_block, layer, gain=1.0, depth=depth)
+    out = K.blocked_gram(block, x1, x2, None, None, False)
   return np.asarray(out.nngp), np.asarray(out.ntk)
 
 
