@@ -5,8 +5,9 @@
 """
 from mimictheory._src.stax import (  # noqa: F401
     BatchNorm, Dense, Elementwise, ElementwiseNumerical, Erf, FanInSum, FanOut, Gelu, Identity,
-    Kernel, LayerNorm, LeakyRelu, MeanField, Network, Relu, Scale, Tanh, parallel, serial)
+    Kernel, LayerNorm, LeakyRelu, MeanField, Network, Relu, Scale, Tanh, mlp, parallel,
+    serial)
 
 __all__ = ["BatchNorm", "Dense", "Elementwise", "ElementwiseNumerical", "Erf", "FanInSum",
            "FanOut", "Gelu", "Identity", "Kernel", "LayerNorm", "LeakyRelu", "MeanField",
-           "Network", "Relu", "Scale", "Tanh", "parallel", "serial"]
+           "Network", "Relu", "Scale", "Tanh", "mlp", "parallel", "serial"]

@@ -469,3 +469,23 @@ def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_pat
   result = json.loads(res.stdout.strip().splitlines()[-1])
   assert result["devices"] == 4 and result["symmetric"]
   assert result["sharded"] < 1e-13 and result["cross"] < 1e-13 and result["whole"] < 1e-12
+
+
+@pytest.mark.parametrize("norm,activation", [
+    (norm, act) for norm in ("none", "weight_mean", "batch_norm", "batch_norm_paper")
+    for act in ("relu", "erf") if (norm, act) != ("batch_norm", "erf")])  # exact BN: a·x+b·relu
+def test_stax_mlp_is_the_librarys_mlp(norm, activation):
+  """stax.mlp(depth, activation, σw², σb², norm, width) gives mt.kernels' NNGP and NTK
+  (the library's MLP written as a description), and its mean field is the library's maps."""
+  x = np.random.default_rng(8).normal(size=(8, 5))
+  net = stax.mlp(3, activation, sw2=1.8, sb2=0.05, norm=norm, width=100)
+  k = net.kernel_fn(x)
+  ref = mt.kernels(x, depth=3, activation=activation, sw2=1.8, sb2=0.05, norm=norm,
+                   fan_in=100)
+  _close(k.nngp, ref.nngp, 1e-13)
+  _close(k.ntk, ref.ntk, 1e-12)
+  if norm != "batch_norm":
+    assert float(net.mean_field().chi1()) == pytest.approx(
+        float(mt.chi1(activation, 1.8, 0.05, norm=norm, fan_in=100)), rel=1e-13)
+  with pytest.raises(ValueError, match="norm"):
+    stax.mlp(3, norm="group_norm")

@@ -58,7 +58,7 @@ from mimictheory._src.precision import is_traced
 
 __all__ = ["Kernel", "Network", "MeanField", "Dense", "Elementwise", "Relu", "LeakyRelu", "Erf",
            "Gelu", "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "LayerNorm", "Scale",
-           "serial", "parallel", "FanOut", "FanInSum"]
+           "serial", "parallel", "FanOut", "FanInSum", "mlp"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -884,6 +884,42 @@ class Scale(Network):
     mean = lambda m: None if m is None else self.alpha * m  # noqa: E731
     return k.replace(nngp=a2 * k.nngp, ntk=a2 * k.ntk, cov1=a2 * k.cov1, cov2=a2 * k.cov2,
                      mean1=mean(k.mean1), mean2=mean(k.mean2))
+
+
+def mlp(depth: int, activation="relu", sw2=2.0, sb2=0.0, norm: str = "none",
+        width: int = 512, out_dim: int = 1) -> Network:
+  """The library's MLP as a description: `Dense`, then `depth` times [BN] activation `Dense`,
+  every `Dense` with W_std = √σw², b_std = √σb², the last with `out_dim` units. `norm`:
+  "none", "weight_mean" (every `Dense` centred; `width` is then Lemma 1's fan-in),
+  "batch_norm" (exact `BatchNorm()`) or "batch_norm_paper" (`BatchNorm(full_batch_limit=
+  True)`). Its kernels are `mimictheory.kernels(x, depth, activation, sw2, sb2, norm,
+  fan_in=width)` (tested equal).
+
+  >>> import numpy as np, mimictheory as mt
+  >>> from mimictheory import stax
+  >>> x = np.random.default_rng(0).normal(size=(5, 3))
+  >>> net = stax.mlp(4, "erf", sw2=1.5, sb2=0.1, norm="weight_mean", width=100)
+  >>> ref = mt.kernels(x, depth=4, activation="erf", sw2=1.5, sb2=0.1, norm="weight_mean",
+  ...                  fan_in=100)
+  >>> bool(np.allclose(net.kernel_fn(x).ntk, ref.ntk, rtol=1e-13))
+  True
+  """
+  from mimictheory._src import checks
+  from mimictheory._src.norms import THEORY_NORMS, check_norm
+  depth = checks.check_int("depth", depth, minimum=1)
+  width = checks.check_int("width", width, minimum=2)
+  norm = check_norm(norm, THEORY_NORMS)
+  sw2 = float(checks.check_positive("sw2", sw2))
+  sb2 = float(checks.check_nonnegative("sb2", sb2))
+  wm = norm == "weight_mean"
+  dense = lambda n: Dense(n, W_std=math.sqrt(sw2), b_std=math.sqrt(sb2),  # noqa: E731
+                          weight_mean=wm)
+  bn = {"batch_norm": [BatchNorm()],
+        "batch_norm_paper": [BatchNorm(full_batch_limit=True)]}.get(norm, [])
+  act = Elementwise(activation)
+  return serial(dense(width), *[layer for i in range(depth)
+                                for layer in (*bn, act, dense(out_dim if i == depth - 1
+                                                              else width))])
 
 
 # ----------------------------------------------------------------------------------------------
