@@ -473,8 +473,11 @@ def _tiled(network, x, x2, same, mesh, progress) -> Kernel:
   rows = _rows(network, x)
   cols = rows if x2 is None else _rows(network, x2)
   mean = lambda r: None if r.mean1 is None else r.mean1[:, 0]  # noqa: E731
-  return Kernel(jnp.asarray(out.nngp), jnp.asarray(out.ntk), rows.cov1[:, 0], cols.cov1[:, 0],
-                mean(rows), mean(cols), same, rows.width, x2 is None)
+  nngp = jnp.asarray(out.nngp)
+  cov1, cov2 = ((jnp.diagonal(nngp),) * 2 if x2 is None else  # the pinned diagonal itself
+                (rows.cov1[:, 0], cols.cov1[:, 0]))
+  return Kernel(nngp, jnp.asarray(out.ntk), cov1, cov2, mean(rows), mean(cols), same,
+                rows.width, x2 is None)
 
 
 def _check_get(name):
@@ -622,9 +625,8 @@ def _elementwise(act: Activation, k: Kernel):
     return (jnp.asarray(kern), jnp.asarray(deriv), jnp.asarray(m1[:, 1]), jnp.asarray(m2[:, 1]),
             jnp.asarray(m1[:, 0]), jnp.asarray(m2[:, 0]))
   nngp, rows, cols = k.nngp, q1[:, None], q2[None, :]
-  if k.same is not None:  # identical inputs: q12 = q1 = q2 to the last bit, so ρ = 1 exactly
-    cols = jnp.where(k.same, rows, cols)
-    nngp = jnp.where(k.same, rows, nngp)
+  if k.same is not None:  # identical inputs: q12 = q1 (= q2, computed by the same operations
+    nngp = jnp.where(k.same, rows, nngp)  # on the same values) to the last bit: ρ = 1 exactly
   kern, deriv = act.kernel_pair(rows, cols, nngp)
   m1, m2 = act.mean(q1), act.mean(q2)
   s1 = act.second_moment(q1)
