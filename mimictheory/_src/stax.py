@@ -52,7 +52,7 @@ import numpy as np
 
 from mimictheory._src import batch_norm as bn
 from mimictheory._src.activations import (
-    Activation, Erf as _Erf, Identity as _Identity, LeakyReLU, Numerical, ReLU, get_activation)
+    Activation, Erf as _Erf, LeakyReLU, Numerical, ReLU, get_activation)
 from mimictheory._src.kernels import Kernels, identical_rows
 from mimictheory._src.precision import is_traced
 
@@ -488,7 +488,7 @@ def _check_get(name):
 
 def _resolve(k: Kernel) -> Kernel:
   """A pending exact BN taken as it stands (no activation after it): φ = identity."""
-  return _exact_batch_norm(k, 1.0, 0.0, _Identity()) if k.pending_batch_norm else k
+  return _batch_norm_then(k, 1.0, 0.0) if k.pending_batch_norm else k
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,7 +604,7 @@ class Elementwise(Network):
             "for activations a·x + b·relu(x) (relu, leaky_relu, identity); use "
             "BatchNorm(full_batch_limit=True) (Theorem 2) or mimictheory.batch_norm_kernels' "
             "Monte Carlo estimate")
-      return _exact_batch_norm(k, *coefficients, act)
+      return _batch_norm_then(k, *coefficients)
     nngp, deriv, mean1, mean2, cov1, cov2 = _elementwise(act, k)
     return Kernel(nngp, deriv * k.ntk, cov1, cov2, mean1, mean2, k.same, k.width, k.x1_is_x2)
 
@@ -715,7 +715,7 @@ def ElementwiseNumerical(fn, deg: int | None = None, df=None) -> Elementwise:  #
 
 
 @dataclasses.dataclass(frozen=True)
-class _Identity_(Network):
+class _IdentityLayer(Network):
   def init(self, key, input_shape):
     return input_shape, ()
 
@@ -734,7 +734,7 @@ def Identity() -> Network:  # noqa: N802
   >>> float(stax.Identity().kernel_fn(np.full((1, 4), 2.0), get="nngp")[0, 0])   # |x|²/d
   4.0
   """
-  return _Identity_()
+  return _IdentityLayer()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -842,7 +842,7 @@ class LayerNorm(Network):
 _BN_TOL = 1e-11
 
 
-def _exact_batch_norm(k: Kernel, a, b, act) -> Kernel:
+def _batch_norm_then(k: Kernel, a, b) -> Kernel:
   """BN (exact, finite batch) then φ = a x + b relu(x): E[φ(ĥ)φ(ĥ)ᵀ] and the NTK term
   E[D J Θ Jᵀ D] by `batch_norm.exact_step` (σw² = 1, σb² = 0), its trapezoid rule doubled
   until its error estimate is below 1e-11."""

@@ -120,7 +120,7 @@ _BUILDERS = (
     (stax._Parallel, _parallel),
     (stax._FanOut, lambda l, s, p, r: (_Function(lambda x, n=l.num: [x] * n), [s] * l.num)),
     (stax._FanInSum, lambda l, s, p, r: (_Function(lambda xs: sum(xs[1:], xs[0])), s[0])),
-    (stax._Identity_, lambda l, s, p, r: (_Function(lambda x: x), s)),
+    (stax._IdentityLayer, lambda l, s, p, r: (_Function(lambda x: x), s)),
 )
 
 
