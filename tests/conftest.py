@@ -27,6 +27,20 @@ if os.environ.get("MIMICTHEORY_TEST_JAX_CACHE", "1") != "0":
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+def run_on_host_devices(script: str, cwd, devices: int = 4, timeout: int = 600) -> dict:
+  """Run `script` in a fresh Python process with `devices` forced CPU devices (the device count
+  is fixed when JAX starts) and return the JSON object its last line prints."""
+  import json
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=timeout, cwd=cwd)
+  assert res.returncode == 0, res.stderr[-2000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           print_blob=True)
 settings.load_profile("ci")

@@ -1,15 +1,11 @@
 """NNGP / NTK Gram matrices against naive independent implementations and their properties."""
-import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import mimictheory as mt
-from conftest import REPO, relu_dual_np, relu_dual_prime_np
+from conftest import relu_dual_np, relu_dual_prime_np, run_on_host_devices
 
 
 def _data(rng, n=12, d=7):
@@ -180,12 +176,7 @@ def test_sharded_over_four_host_devices_matches_single_device(tmp_path):
       " block_size=16)\n"
       "print(json.dumps({'devices': jax.device_count(),"
       " 'err': float(np.abs(np.asarray(out.ntk) - np.asarray(ref.ntk)).max())}))\n")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
-  assert res.returncode == 0, res.stderr
-  result = json.loads(res.stdout.strip().splitlines()[-1])
+  result = run_on_host_devices(script, tmp_path, timeout=300)
   assert result["devices"] == 4
   assert result["err"] < 1e-13
 

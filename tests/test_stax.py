@@ -17,6 +17,7 @@ import pytest
 
 import mimictheory as mt
 from mimictheory import stax
+from conftest import run_on_host_devices
 from mimictheory._src import crosscheck as cc
 
 # Source text valid for neural-tangents and for mimictheory: `net` from `stax`.
@@ -438,8 +439,6 @@ def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_pat
   is fixed when JAX starts) gives the single-device Gram matrix, symmetric and cross, for a
   description with weight mean, LayerNorm and a residual block; and the tiled route equals
   the whole-matrix one (one XLA program for the whole Gram matrix)."""
-  import sys
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   script = textwrap.dedent("""
       import json, numpy as np, jax, mimictheory as mt
       from mimictheory import stax
@@ -461,12 +460,7 @@ def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_pat
                         "whole": err(whole.ntk, ref.ntk),
                         "symmetric": bool((ref.ntk == ref.ntk.T).all())}))
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", PYTHONPATH=repo)
-  res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=tmp_path)
-  assert res.returncode == 0, res.stderr
-  result = json.loads(res.stdout.strip().splitlines()[-1])
+  result = run_on_host_devices(script, tmp_path)
   assert result["devices"] == 4 and result["symmetric"]
   assert result["sharded"] < 1e-13 and result["cross"] < 1e-13 and result["whole"] < 1e-12
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO
+from conftest import REPO, run_on_host_devices
 from mimictheory._src.data import digits_split, synthetic_data
 from mimictheory._src.train import TrainConfig, train
 
@@ -424,12 +424,7 @@ except ValueError as err:
   out["error"] = str(err)
 print(json.dumps(out))
 '''
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=tmp_path)
-  assert res.returncode == 0, res.stderr[-2000:]
-  out = json.loads(res.stdout.strip().splitlines()[-1])
+  out = run_on_host_devices(script, tmp_path)
   for norm in ("bn", "mimic"):
     assert set(out[norm]["devices"]) == {4}  # every parameter lives on all four devices
     np.testing.assert_allclose(out[norm]["many"], out[norm]["one"], rtol=2e-5, atol=1e-6)

@@ -47,8 +47,8 @@ import numpy as np
 from mimictheory._src.activations import (
     Activation, Identity, LeakyReLU, ReLU, kernel_duals, root_one_minus_square)
 
-__all__ = ["homogeneous_coefficients", "exact_step", "nodes_for_batch", "monte_carlo_step",
-           "symmetric_chi1", "sphere_chi1", "NODES", "MIN_BATCH_NTK"]
+__all__ = ["homogeneous_coefficients", "exact_step", "adaptive_step", "nodes_for_batch",
+           "monte_carlo_step", "symmetric_chi1", "sphere_chi1", "NODES", "MIN_BATCH_NTK"]
 
 NODES = 193  # trapezoid nodes in ln s (odd: the coarse rule uses every other node)
 MIN_BATCH_NTK = 4  # E[1/r²] < ∞ needs g in at least 3 dimensions
@@ -227,17 +227,22 @@ _step = jax.jit(exact_step, static_argnames=("nodes",))
 MAX_NODES = 4097
 
 
-def adequate_nodes(a, b, k, with_ntk: bool, sw2, sb2, same, tol: float = 1e-11) -> int:
-  """The node count for a recursion that starts from the kernel `k`: from `nodes_for_batch`,
-  doubled until one exact step's error estimate is below `tol` (at most MAX_NODES). The first
-  layer is the hardest: a kernel of low rank r decays only like s^(-r/2); the BN map drives
-  deeper kernels towards full rank."""
+def adaptive_step(a, b, k, theta, sw2, sb2, same, tol: float = 1e-11):
+  """`exact_step` with its trapezoid rule from `nodes_for_batch`, the node count doubled until
+  the step's error estimate is below `tol` (at most MAX_NODES): (K', Θ', nodes)."""
   nodes = nodes_for_batch(k.shape[0])
   while True:
-    _, _, err_k, err_t = _step(a, b, k, k if with_ntk else None, sw2, sb2, same, nodes=nodes)
+    k_next, theta_next, err_k, err_t = _step(a, b, k, theta, sw2, sb2, same, nodes=nodes)
     if max(float(err_k), float(err_t)) <= tol or nodes >= MAX_NODES:
-      return nodes
+      return k_next, theta_next, nodes
     nodes = 2 * nodes - 1
+
+
+def adequate_nodes(a, b, k, with_ntk: bool, sw2, sb2, same, tol: float = 1e-11) -> int:
+  """The node count for a recursion that starts from the kernel `k` (`adaptive_step` on its
+  first layer). The first layer is the hardest: a kernel of low rank r decays only like
+  s^(-r/2); the BN map drives deeper kernels towards full rank."""
+  return adaptive_step(a, b, k, k if with_ntk else None, sw2, sb2, same, tol)[2]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -132,9 +132,13 @@ class _Net(nnx.Module):
     self.classifier = Dense(features, classes, weight_mean=False, rngs=self.rngs,
                             sw2=0.0 if fixup else 2.0, pytorch_default=pytorch_default)
     self.classifier_bias = nnx.Param(jnp.zeros(())) if fixup else None  # Fixup's scalar bias
+    self.finish(classes)
+
+  def finish(self, classes):
+    """The last BN on the logits if the norm has it; construction is over (it comes last)."""
     self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
                     if self.norm in ("last_bn", "mimic") else None)
-    del self.rngs, self.residual_init  # construction is over (head comes last)
+    del self.rngs, self.residual_init
 
   def scalar(self, block, convs):
     """The residual scalar of block `block` (from 1) with `convs` convs: `residual_init` is
@@ -229,19 +233,15 @@ class VGG(_Net):
     self.convs = nnx.List(convs)
     self.bns = nnx.List(bns) if self.norm == "batch_norm" else None
     self.pool_after = tuple(pools)
-    if head == "paper":
+    if head == "paper":  # two hidden Linear layers as the official classifier's (never centred)
       hidden = max(1, int(VGG_HIDDEN * width))
       dense = lambda a, b: Dense(a, b, weight_mean=False, rngs=self.rngs, sw2=2.0)  # noqa: E731
       self.hidden = nnx.List([dense(cin, hidden), dense(hidden, hidden)])
       self.dropout = nnx.Dropout(0.5, rngs=self.rngs)
-      self.classifier = dense(hidden, classes)
-      self.classifier_bias = None
-      self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
-                      if self.norm in ("last_bn", "mimic") else None)
-      del self.rngs, self.residual_init
+      cin = hidden
     else:
       self.hidden = None
-      self.head(cin, classes)
+    self.head(cin, classes)
 
   def __call__(self, x):
     for i, conv in enumerate(self.convs):
@@ -474,11 +474,7 @@ class ShuffleNetV2(_Net):
     self.conv5 = self.conv(cin, last, 1, sw2=sw2(cin, 1))
     self.conv5_bn = self.bn(last)
     self.conv5_scale = None if self.norm == "batch_norm" else ResidualScalar(SHUFFLE_SCALE)
-    self.classifier = Dense(last, classes, weight_mean=False, rngs=self.rngs, sw2=2.0)
-    self.classifier_bias = None
-    self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
-                    if self.norm in ("last_bn", "mimic") else None)
-    del self.rngs, self.residual_init
+    self.head(last, classes)
 
   def __call__(self, x):
     x = _apply(self.stem_bn, self.stem(x))  # the official stem has no ReLU
@@ -550,9 +546,7 @@ class SqueezeNet(_Net):
     self.shortcut_at = tuple(i for i, s in enumerate(spec) if s[2])
     self.pool_after = tuple(i for i, s in enumerate(spec) if s[3])
     self.conv10 = self.conv(cin, classes, 1, sw2=sw2(cin))
-    self.last_bn = (LastBatchNorm(classes, rngs=self.rngs)
-                    if self.norm in ("last_bn", "mimic") else None)
-    del self.rngs, self.residual_init
+    self.finish(classes)
 
   def __call__(self, x):
     x = jax.nn.relu(_apply(self.stem_bn, self.stem(x)))

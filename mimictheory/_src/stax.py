@@ -839,24 +839,16 @@ class LayerNorm(Network):
     return Kernel(nngp, k.ntk * scale, cov1, cov2, None, None, k.same, k.width, k.x1_is_x2)
 
 
-_BN_TOL = 1e-11
-
-
 def _batch_norm_then(k: Kernel, a, b) -> Kernel:
   """BN (exact, finite batch) then φ = a x + b relu(x): E[φ(ĥ)φ(ĥ)ᵀ] and the NTK term
-  E[D J Θ Jᵀ D] by `batch_norm.exact_step` (σw² = 1, σb² = 0), its trapezoid rule doubled
-  until its error estimate is below 1e-11."""
+  E[D J Θ Jᵀ D] by `batch_norm.adaptive_step` (σw² = 1, σb² = 0; error estimate below
+  1e-11)."""
   size = k.nngp.shape[0]
   if size < bn.MIN_BATCH_NTK:
     raise ValueError(f"x1 must have at least {bn.MIN_BATCH_NTK} rows (the batch) for the NTK of a "
                      f"network with BatchNorm, got {size}")
   same = jnp.eye(size, dtype=bool) if k.same is None else k.same
-  nodes = bn.nodes_for_batch(size)
-  while True:
-    post, theta, err_k, err_t = bn._step(a, b, k.nngp, k.ntk, 1.0, 0.0, same, nodes=nodes)
-    if max(float(err_k), float(err_t)) <= _BN_TOL or nodes >= bn.MAX_NODES:
-      break
-    nodes = 2 * nodes - 1
+  post, theta, _ = bn.adaptive_step(a, b, k.nngp, k.ntk, 1.0, 0.0, same)
   q = jnp.diagonal(post)
   # the unit mean of ĥ is 0 (g -> -g); that of φ(ĥ) for a non-linear φ is not computed
   return Kernel(post, theta - post, q, q, None, None, k.same, k.width, True,
@@ -935,8 +927,24 @@ def _as_network(layer) -> Network:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Serial(Network):
+class _Combinator(Network):
+  """What `serial` and `parallel` share: their layers, what those declare, a key each."""
   layers: tuple
+
+  def traceable(self) -> bool:
+    return all(layer.traceable() for layer in self.layers)
+
+  def entrywise(self) -> bool:
+    return all(layer.entrywise() for layer in self.layers)
+
+  def _rngs(self, rng):
+    if rng is None:
+      return [None] * len(self.layers)
+    return jax.random.split(rng, len(self.layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Serial(_Combinator):
 
   def init(self, key, input_shape):
     params = []
@@ -946,8 +954,7 @@ class _Serial(Network):
     return input_shape, params
 
   def apply(self, params, x, rng=None):
-    rngs = (jax.random.split(rng, len(self.layers)) if rng is not None
-            else [None] * len(self.layers))
+    rngs = self._rngs(rng)
     for layer, p, r in zip(self.layers, params, rngs):
       x = layer.apply(p, x, r)
     return x
@@ -973,12 +980,6 @@ class _Serial(Network):
       i += 1
     return k
 
-  def traceable(self) -> bool:
-    return all(layer.traceable() for layer in self.layers)
-
-  def entrywise(self) -> bool:
-    return all(layer.entrywise() for layer in self.layers)
-
 
 def serial(*layers) -> Network:
   """The layers one after the other.
@@ -993,8 +994,7 @@ def serial(*layers) -> Network:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Parallel(Network):
-  layers: tuple
+class _Parallel(_Combinator):
 
   def init(self, key, input_shape):
     out = [layer.init(k, s) for layer, k, s in
@@ -1002,18 +1002,11 @@ class _Parallel(Network):
     return [o[0] for o in out], [o[1] for o in out]
 
   def apply(self, params, x, rng=None):
-    rngs = (jax.random.split(rng, len(self.layers)) if rng is not None
-            else [None] * len(self.layers))
+    rngs = self._rngs(rng)
     return [layer.apply(p, xi, r) for layer, p, xi, r in zip(self.layers, params, x, rngs)]
 
   def kernel(self, k):
     return [_record(layer, layer.kernel(ki)) for layer, ki in zip(self.layers, k)]
-
-  def traceable(self) -> bool:
-    return all(layer.traceable() for layer in self.layers)
-
-  def entrywise(self) -> bool:
-    return all(layer.entrywise() for layer in self.layers)
 
 
 def parallel(*layers) -> Network:
