@@ -27,7 +27,6 @@ Run: `make bench` (regenerates benchmarks/README.md's table, with the machine an
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import time
 
@@ -68,21 +67,6 @@ def bench_kernels(n, depth):
   ours = _time(lambda: mt.kernels(x, depth=depth), repeat=2)
   naive = _time(lambda: _naive_kernels(x, depth, 2.0, 0.0), repeat=1)
   return [("kernels relu N=%d depth=%d" % (n, depth), ours, naive, "naive NumPy")]
-
-
-def bench_stax(n, depth):
-  """A `mimictheory.stax` description's kernel_fn (the general route: any description, tiled,
-  one scan over the repeated layers) against `mt.kernels` on the same MLP (the route tuned
-  for MLPs): the price of generality."""
-  from mimictheory import stax
-  x = np.random.default_rng(0).normal(size=(n, 64))
-  dense = lambda: stax.Dense(512, W_std=2**0.5, b_std=0.1)  # noqa: E731
-  net = stax.serial(dense(), *[stax.Relu(), dense()] * depth)
-  net.kernel_fn(x)  # compile outside the timing
-  mt.kernels(x, depth=depth, sw2=2.0, sb2=0.01)
-  ours = _time(lambda: net.kernel_fn(x), repeat=3)
-  reference = _time(lambda: mt.kernels(x, depth=depth, sw2=2.0, sb2=0.01), repeat=3)
-  return [(f"stax kernel_fn relu N={n} depth={depth}", ours, reference, "mt.kernels (same MLP)")]
 
 
 def bench_neural_tangents(n_kernels, n_empirical, width):
@@ -138,17 +122,15 @@ def bench_phase_tables(size, activation, loop_points=5):
 
 def _quadrature_entries(activation, x1, x2, depth, sw2, sb2):
   """The old route, the general 2-D quadrature for every entry (for timing and errors; GELU's
-  own pointwise route, a 1-D integral of its closed-form smoothing, is switched off)."""
+  own pointwise route, a 1-D integral of its closed-form smoothing, is switched off): the
+  MLP's description traced, where a numerical activation integrates every entry in 2-D."""
   import dataclasses
-  from mimictheory._src import kernels as K
-  from mimictheory._src.maps import make_layer
   import jax
+  from mimictheory import stax
+  act = dataclasses.replace(mt.get_activation(activation), smoothed=None)
+  net = stax.mlp(depth, act, sw2, sb2, "none", width=None)
   with jax.enable_x64(True):
-    layer = make_layer(activation, sw2, sb2, "none")
-    layer = dataclasses.replace(layer, activation=dataclasses.replace(layer.activation,
-                                                                      smoothed=None))
-    block = functools.partial(K._gram_block, layer, gain=1.0, depth=depth)
-    out = K.blocked_gram(block, x1, x2, None, None, False)
+    out = jax.jit(lambda a, b: net.kernel_fn(a, b, ("nngp", "ntk")))(x1, x2)
   return np.asarray(out.nngp), np.asarray(out.ntk)
 
 
@@ -241,7 +223,6 @@ def main():
   grid = (200, 200) if args.quick else (1000, 1000)
   where = machine()
   rows = bench_kernels(n, depth)
-  rows += bench_stax(200 if args.quick else 1000, 10)
   rows += bench_neural_tangents(200 if args.quick else 1000, 32 if args.quick else 128,
                                 128 if args.quick else 512)
   rows += bench_phase(grid, "relu")

@@ -11,7 +11,7 @@ The public API re-exports the private implementation in `mimictheory._src`:
 All theory runs in float64 (thread-locally; the global JAX setting is left alone).
 """
 from mimictheory._src.activations import (
-    ACTIVATIONS, Activation, Erf, Identity, LeakyReLU, Numerical, ReLU, find_kinks,
+    ACTIVATIONS, Activation, Erf, GaussLegendre, Identity, LeakyReLU, Numerical, ReLU, find_kinks,
     get_activation, relu_dual, relu_dual_derivative)
 from mimictheory._src.experiments import (
     BatchNormGap, ResidualVariances, batch_norm_gap, residual_variances)
@@ -20,7 +20,9 @@ from mimictheory._src.finite import (
     monte_carlo_correlations, monte_carlo_kernels, sample_kernels)
 from mimictheory._src.signals import Signal
 from mimictheory._src.plotting import (
-    batch_chi1_curve, plot_phase_diagram, plot_phase_diagrams, plot_training)
+    batch_chi1_curve, plot_accuracy, plot_batch_chi1, plot_chi1_map, plot_correlation_maps,
+    plot_depth_scale, plot_layer_correlations, plot_ntk_spectrum, plot_phase_diagram,
+    plot_phase_diagrams, plot_training, plot_width_gap)
 from mimictheory._src.kernels import (
   BatchNormKernels,
   KernelOverflowError,
@@ -66,6 +68,7 @@ __all__ = [
   "Identity",
   "LeakyReLU",
   "Numerical",
+  "GaussLegendre",
   "ReLU",
   "get_activation",
   "find_kinks",
@@ -120,6 +123,14 @@ __all__ = [
   "plot_phase_diagram",
   "plot_phase_diagrams",
   "plot_training",
+  "plot_accuracy",
+  "plot_batch_chi1",
+  "plot_chi1_map",
+  "plot_correlation_maps",
+  "plot_depth_scale",
+  "plot_layer_correlations",
+  "plot_ntk_spectrum",
+  "plot_width_gap",
   "batch_chi1_curve",
   "ALPHAS",
   "ResidualKernels",

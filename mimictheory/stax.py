@@ -5,9 +5,9 @@
 """
 from mimictheory._src.stax import (  # noqa: F401
     BatchNorm, Dense, Elementwise, ElementwiseNumerical, Erf, FanInSum, FanOut, Gelu, Identity,
-    Kernel, LayerNorm, LeakyRelu, MeanField, Network, Relu, Scale, Tanh, mlp, parallel,
-    serial)
+    Kernel, LayerNorm, LeakyRelu, MeanField, Network, Relu, Scale, Tanh, mlp, norm_layers,
+    parallel, serial)
 
 __all__ = ["BatchNorm", "Dense", "Elementwise", "ElementwiseNumerical", "Erf", "FanInSum",
            "FanOut", "Gelu", "Identity", "Kernel", "LayerNorm", "LeakyRelu", "MeanField",
-           "Network", "Relu", "Scale", "Tanh", "mlp", "parallel", "serial"]
+           "Network", "Relu", "Scale", "Tanh", "mlp", "norm_layers", "parallel", "serial"]

@@ -35,12 +35,9 @@ for name, kw in {"plain": dict(sw2=2.0), "weight mean": dict(sw2=None, norm="wei
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 4.5))
-ax.plot(rho, rho, "--", color="0.6", label="identity")
-ax.plot(rho, plain, label="plain T")
-ax.plot(rho, mean, label="weight mean T̄")
-ax.plot(rho, bn, ":", lw=3, label="batch norm (Theorem 2)")
-ax.set_xlabel("input correlation ρ")
-ax.set_ylabel("output correlation")
+mt.plot_correlation_maps(ax, rho, {"plain T": plain, "weight mean T̄": mean,
+                                   "batch norm (Theorem 2)": bn},
+                         linestyles={"batch norm (Theorem 2)": ":"})
 ax.set_xticks([-1, -0.5, 0, 0.5, 1])
 ax.legend();
 
@@ -58,8 +55,5 @@ for _ in range(depth):
                                                         sw2=None, norm="weight_mean")))
 print({k: round(v[-1], 4) for k, v in traj.items()})
 fig, ax = plt.subplots(figsize=(5, 3.5))
-for k, v in traj.items():
-    ax.plot(v, label=k)
-ax.set_xlabel("layer")
-ax.set_ylabel("correlation")
+mt.plot_layer_correlations(ax, np.arange(depth + 1), traj)
 ax.legend();

@@ -84,9 +84,6 @@ tanh = mt.phase_diagram("tanh", sw2=sw2[::4] if not SMALL else sw2, sb2=[0.05])
 xi = tanh.xi_c[:, 0]
 critical = float(mt.critical_line("tanh", sb2=[0.05]).sw2[0])
 fig, ax = plt.subplots(figsize=(6, 4))
-ax.semilogy(tanh.sw2, xi)
-ax.axvline(critical, color="k", ls="--", label=f"critical σw² = {critical:.3f}")
-ax.set_xlabel("σw²")
-ax.set_ylabel(r"$\xi_c$ (layers)")
+mt.plot_depth_scale(ax, tanh.sw2, xi, critical)
 ax.set_title("tanh, σb² = 0.05")
 ax.legend();

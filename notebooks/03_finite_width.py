@@ -49,17 +49,15 @@ for norm, sw2 in (("none", 2.0), ("weight_mean", None)):
 e1, e2 = np.array([1.0, -1.0, 1.0, -1.0]) / 2, np.array([1.0, 1.0, -1.0, -1.0]) / 2
 pair = np.stack([e1, 0.6 * e1 + 0.8 * e2])
 depth = 8 if SMALL else 15
-fig, ax = plt.subplots(figsize=(6, 4))
-corr = {}
+corr, measured = {}, {}
 for norm, sw2 in (("none", 2.0), ("weight_mean", None)):
     net = mt.finite_network("relu", depth=depth, width=WIDTH, sw2=sw2, norm=norm, input_gain=4.0)
     est = mt.monte_carlo_correlations(net, pair, draws=DRAWS // 2)
     corr[norm] = (est.mean[:, 0, 1], net.theory_correlations(pair)[:, 0, 1])
-    layers = np.arange(1, depth + 1)
-    ax.errorbar(layers, est.mean[:, 0, 1], 2 * est.se[:, 0, 1], fmt="o", label=f"{norm}: network")
-    ax.plot(layers, corr[norm][1], "-", label=f"{norm}: theory")
-ax.set_xlabel("layer")
-ax.set_ylabel("correlation of the pair")
+    measured[norm] = mt.Estimate(est.mean[:, 0, 1], est.se[:, 0, 1], est.draws)
+fig, ax = plt.subplots(figsize=(6, 4))
+mt.plot_layer_correlations(ax, np.arange(1, depth + 1), {k: v[1] for k, v in corr.items()},
+                           measured)
 ax.legend();
 
 # %% [markdown]
@@ -86,9 +84,8 @@ for n in widths:
 slope = np.polyfit(np.log(widths), np.log(gaps), 1)[0]
 print(f"fitted exponent {slope:.3f} (theory: -0.5)")
 fig, ax = plt.subplots(figsize=(5, 3.5))
-ax.loglog(widths, gaps, "o-", label="relative RMS gap of the NTK")
-ax.loglog(widths, gaps[0] * np.sqrt(widths[0] / widths), "k--", label="n^-1/2")
-ax.set_xlabel("width n")
+mt.plot_width_gap(ax, widths, gaps)
+ax.set_ylabel("relative RMS gap of the NTK")
 ax.legend();
 
 # %% [markdown]

@@ -60,11 +60,7 @@ with tempfile.TemporaryDirectory() as tmp:
                              warmup_epochs=1, milestones=())
         histories[norm] = train(config, data, os.path.join(tmp, norm)).history
 fig, ax = plt.subplots(figsize=(6, 4))
-for norm, history in histories.items():
-    ax.plot([r["epoch"] for r in history], [r["test_accuracy"] for r in history], "o-",
-            label=norm)
-ax.set_xlabel("epoch")
-ax.set_ylabel("test accuracy")
+mt.plot_accuracy(ax, histories)
 ax.legend();
 final = {norm: h[-1]["test_accuracy"] for norm, h in histories.items()}
 print(final)

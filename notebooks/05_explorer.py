@@ -54,51 +54,25 @@ state = {}  # the last drawn values (the tests read them)
 def draw(activation="relu", norm="none", sw2=2.0, sb2=0.0, depth=20):
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained", dpi=110)
     rho = np.linspace(-1, 1, 201)
-    ax = axes[0]
-    ax.plot(rho, rho, color="0.6", ls="--", lw=1, label="identity")
-    for kind, colour, style in (("none", "tab:blue", "-"), ("weight_mean", "tab:orange", "-"),
-                                ("batch_norm_paper", "tab:green", "--")):
-        t = mt.correlation_map(rho, activation, sw2=sw2, sb2=sb2, norm=kind)
-        ax.plot(rho, t, style, color=colour, lw=3 if kind == norm else 1.3,
-                label={"none": "T (plain)", "weight_mean": "T̄ (weight mean)",
-                       "batch_norm_paper": "batch norm (Thm 2)"}[kind])
-    ax.set(xlabel="input correlation ρ", ylabel="output correlation",
-           title=f"{activation}: one layer's correlation map")
-    ax.legend(fontsize=8)
-    ax = axes[1]
+    names = {"none": "T (plain)", "weight_mean": "T̄ (weight mean)",
+             "batch_norm_paper": "batch norm (Thm 2)"}
+    curves = {names[kind]: mt.correlation_map(rho, activation, sw2=sw2, sb2=sb2, norm=kind)
+              for kind in names}
+    mt.plot_correlation_maps(axes[0], rho, curves, emphasis=names.get(norm),
+                             linestyles={names["batch_norm_paper"]: "--"})
+    axes[0].set_title(f"{activation}: one layer's correlation map")
+    axes[0].legend(fontsize=8)
     if norm == "batch_norm":
-        batches, chi_b, limit = mt.batch_chi1_curve(activation)
         chi = float(mt.chi1(activation, norm="batch_norm", batch=len(x)))
-        ax.semilogx(batches, chi_b, "-", color="tab:red")
-        ax.axhline(limit, color="k", ls="--", lw=1)
-        ax.plot([len(x)], [chi], "k*", ms=14)
-        ax.set(xlabel="batch size B", ylabel="χ1",
-               title=f"batch norm: χ1 = {chi:.3f} at B = {len(x)}")
+        mt.plot_batch_chi1(axes[1], activation, batch=len(x))
+        axes[1].set_title(f"batch norm: χ1 = {chi:.3f} at B = {len(x)}")
     else:
-        pd = phase(activation, norm)
         chi = float(mt.chi1(activation, sw2=sw2, sb2=sb2, norm=norm))
-        chi_map = np.ma.masked_invalid(np.where(pd.regime >= 3, np.nan, pd.chi1))
-        ax.set_facecolor("0.75")  # q* = 0 or ∞: no colour of the χ1 scale
-        ax.pcolormesh(SB2, SW2, chi_map, cmap="RdBu_r", vmin=0, vmax=2, shading="nearest")
-        ax.set_xlim(SB2[0] - 0.01, SB2[-1] + 0.01)
-        ax.set_ylim(SW2[0] - 0.05, SW2[-1] + 0.05)
-        line = pd.critical
-        if line is not None and line.exists.any():
-            ax.plot(line.sb2[line.exists], line.sw2[line.exists], "k-", lw=1.5)
-        ax.plot([sb2], [sw2], "k*", ms=14, mfc="yellow", clip_on=False)
-        ax.set(xlabel="σb²", ylabel="σw²", title=f"phase point: χ1 = {chi:.3f}")
-    ax = axes[2]
+        mt.plot_chi1_map(axes[1], phase(activation, norm), point=(sw2, sb2))
+        axes[1].set_title(f"phase point: χ1 = {chi:.3f}")
     spec = mt.ntk_spectrum(x, depth=depth, activation=activation, sw2=sw2, sb2=sb2, norm=norm)
-    ax.semilogy(np.arange(1, len(x) + 1), spec.eigenvalues[-1][::-1], "o-", ms=3,
-                label=f"eigenvalues at depth {depth}")
-    inset = ax.inset_axes([0.55, 0.5, 0.42, 0.36])
-    inset.plot(spec.depths, spec.condition, color="tab:purple")
-    if np.nanmax(spec.condition) / np.nanmin(spec.condition) > 30:
-        inset.set_yscale("log")
-    inset.set_title("κ against depth", fontsize=8, pad=2)
-    inset.tick_params(labelsize=7)
-    ax.set(xlabel="index", ylabel="NTK eigenvalue",
-           title=f"NTK on {len(x)} inputs: κ = {spec.condition[-1]:.3g}")
+    mt.plot_ntk_spectrum(axes[2], spec)
+    axes[2].set_title(f"NTK on {len(x)} inputs: κ = {spec.condition[-1]:.3g}")
     plt.show()
     state.update(activation=activation, norm=norm, sw2=sw2, sb2=sb2, depth=depth, chi1=chi,
                  condition=float(spec.condition[-1]), images=state.get("images", 0) + 1)

@@ -1,5 +1,4 @@
 import contextlib
-import dataclasses
 import math
 import os
 
@@ -9,7 +8,7 @@ import pytest
 from hypothesis import settings
 from scipy import integrate
 
-from mimictheory._src import kernels as kernels_module
+from mimictheory._src import stax as stax_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,18 +70,19 @@ def rng():
 
 @contextlib.contextmanager
 def uncentred_input_layer():
-  """The planted bug: the kernels' input layer forgets to centre x under weight mean."""
-  original = kernels_module.input_kernel
+  """The planted bug: the input kernel forgets the inputs' feature means, so a weight-mean first
+  layer does not centre x."""
+  original = stax_module._input_kernel
 
-  def buggy(layer, x1, x2, gain):
-    return original(dataclasses.replace(layer, norm="none"), x1, x2, gain)
+  def buggy(x1, x2, same, with_ntk=True):
+    return original(x1, x2, same, with_ntk).replace(mean1=None, mean2=None)
 
-  kernels_module.input_kernel = buggy
+  stax_module._input_kernel = buggy
   jax.clear_caches()  # the jitted recursions were traced with the correct input layer
   try:
     yield
   finally:
-    kernels_module.input_kernel = original
+    stax_module._input_kernel = original
     jax.clear_caches()
 
 

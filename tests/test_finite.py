@@ -72,7 +72,7 @@ def test_batch_norm_network_normalises_every_hidden_layer(x):
 def test_one_hidden_layer_kernels_are_exact_in_expectation(activation, sw2, sb2, norm, x):
   """With one hidden layer the pre-activations are exactly Gaussian: no bias even at n = 32."""
   net = mt.finite_network(activation, depth=1, width=32, sw2=sw2, sb2=sb2, norm=norm)
-  mc = mt.monte_carlo_kernels(net, x, draws=400, seed=1, batch_size=100)
+  mc = mt.monte_carlo_kernels(net, x, draws=400, seed=1, networks_per_call=100)
   theory = net.theory_kernels(x)
   assert _max_abs(mc.nngp.z_scores(theory.nngp)) < 4.5
   assert _max_abs(mc.ntk.z_scores(theory.ntk)) < 4.5
@@ -218,3 +218,20 @@ def test_a_zero_input_has_correlation_zero_not_nan(x):
     assert np.all(corr[:, 3, :] == 0) and np.all(corr[:, :, 3] == 0)
   np.testing.assert_allclose(theory[:, :3, :3], net.theory_correlations(x[:3]), rtol=1e-14)
   np.testing.assert_allclose(np.diagonal(theory[:, :3, :3], axis1=1, axis2=2), 1.0, rtol=1e-14)
+
+
+@pytest.mark.parametrize("norm,alpha", [("none", None), ("weight_mean", None),
+                                        ("batch_norm", None), ("none", "official"),
+                                        ("batch_norm", "sqrt"), ("weight_mean", "one")])
+def test_the_finite_network_is_its_description(norm, alpha):
+  """FiniteNetwork (stacked parameters, scanned layers, the fast empirical NTK) computes the
+  same function as the `stax` description its theory comes from, on the same parameters."""
+  x = np.random.default_rng(3).normal(size=(6, 5))
+  net = mt.finite_network("relu", depth=3, width=32, sb2=0.1, norm=norm, outputs=2,
+                          input_gain=0.5, alpha=alpha)
+  with jax.enable_x64(True):
+    params = net.init(jax.random.key(1), 5)
+    ours = np.asarray(net.apply(params, x))
+    theirs = np.asarray(net.description().apply_fn(net.description_params(params), x))
+  np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-13 * np.abs(ours).max())
+  assert np.abs(ours).max() > 0.1

@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+import mimictheory as mt
 from mimictheory._src.memory import train_step_memory
 from mimictheory.nn import MODELS, CentredKernel, ResidualScalar, make_model, project_weight_mean
 
@@ -91,9 +92,10 @@ def test_conv_signal_metrics_bn_versus_plain():
   mean_corr = {}
   for norm in ("none", "mimic"):
     metrics = signals(make_model("vgg16", classes=10, norm=norm, width=0.25), x)
-    assert len(metrics) == 13  # VGG16: thirteen convs, in order
-    assert metrics[0]["correlation"].shape == (6, 6) and metrics[0]["q"].shape == (6,)
-    mean_corr[norm] = float(np.asarray(metrics[-1]["correlation"])[off].mean())
+    assert isinstance(metrics, mt.Signal)  # the MLP's type and words
+    assert metrics.mean.shape == metrics.variance.shape == (13,)  # VGG16: thirteen convs
+    assert metrics.correlation.shape == (13, 6, 6) and metrics.q.shape == (13, 6)
+    mean_corr[norm] = float(np.asarray(metrics.correlation[-1])[off].mean())
   assert mean_corr["none"] > 0.95 and mean_corr["mimic"] < mean_corr["none"] - 0.2
 
 

@@ -465,21 +465,126 @@ def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_pat
   assert result["sharded"] < 1e-13 and result["cross"] < 1e-13 and result["whole"] < 1e-12
 
 
+def _numpy_mlp(x, depth, activation, sw2, sb2, norm, width):
+  """The MLP's NNGP and NTK by an independent NumPy recursion of the closed forms: the
+  arc-cosine kernels of order 1 and 0 for ReLU, Williams' arcsin kernel for erf; weight mean
+  subtracts E[φ]E[φ] with Lemma 1's (n-1)/n (and centres the inputs); Theorem 2 centres K and Θ
+  over the batch and divides by the mean centred variance."""
+  n, d = x.shape
+  if norm == "weight_mean":
+    x = x - x.mean(axis=1, keepdims=True)
+  k = sw2 * x @ x.T / d + sb2
+  ntk = k.copy()
+  f = (width - 1) / width if norm == "weight_mean" else 1.0
+  for _ in range(depth):
+    if norm == "batch_norm_paper":
+      h = np.eye(n) - 1.0 / n
+      k, ntk = h @ k @ h, h @ ntk @ h
+      nu = np.mean(np.diag(k))
+      k, ntk = k / nu, ntk / nu
+    q = np.diag(k).copy()
+    if activation == "relu":
+      root = np.sqrt(np.outer(q, q))
+      rho = np.clip(k / root, -1.0, 1.0)
+      np.fill_diagonal(rho, 1.0)
+      angle = np.arccos(rho)
+      e = root * (np.sin(angle) + (np.pi - angle) * rho) / (2 * np.pi)
+      deriv = (np.pi - angle) / (2 * np.pi)
+      mean = np.sqrt(q / (2 * np.pi))
+    else:  # erf
+      norm2 = np.outer(1 + 2 * q, 1 + 2 * q)
+      e = 2 / np.pi * np.arcsin(np.clip(2 * k / np.sqrt(norm2), -1, 1))
+      deriv = 4 / np.pi / np.sqrt(norm2 - 4 * k**2)
+      mean = np.zeros(n)
+    if norm == "weight_mean":
+      e = e - np.outer(mean, mean)
+    k = sw2 * f * e + sb2
+    ntk = k + sw2 * f * deriv * ntk
+  return k, ntk
+
+
 @pytest.mark.parametrize("norm,activation", [
     (norm, act) for norm in ("none", "weight_mean", "batch_norm", "batch_norm_paper")
     for act in ("relu", "erf") if (norm, act) != ("batch_norm", "erf")])  # exact BN: a·x+b·relu
 def test_stax_mlp_is_the_librarys_mlp(norm, activation):
-  """stax.mlp(depth, activation, σw², σb², norm, width) gives mt.kernels' NNGP and NTK
-  (the library's MLP written as a description), and its mean field is the library's maps."""
+  """stax.mlp(depth, activation, σw², σb², norm, width), the network behind mt.kernels, against
+  an independent NumPy recursion of the closed forms (exact BN: against batch_norm_kernels'
+  own estimator, fixed nodes and error bounds); its mean field is the library's maps."""
   x = np.random.default_rng(8).normal(size=(8, 5))
   net = stax.mlp(3, activation, sw2=1.8, sb2=0.05, norm=norm, width=100)
   k = net.kernel_fn(x)
-  ref = mt.kernels(x, depth=3, activation=activation, sw2=1.8, sb2=0.05, norm=norm,
-                   fan_in=100)
-  _close(k.nngp, ref.nngp, 1e-13)
-  _close(k.ntk, ref.ntk, 1e-12)
+  if norm == "batch_norm":
+    ref = mt.batch_norm_kernels(x, depth=3, activation=activation, sw2=1.8, sb2=0.05)
+    nngp, ntk = ref.nngp, ref.ntk
+  else:
+    nngp, ntk = _numpy_mlp(x, 3, activation, 1.8, 0.05, norm, 100)
+  _close(k.nngp, nngp, 1e-12)
+  _close(k.ntk, ntk, 1e-11)
+  assert np.array_equal(mt.kernels(x, depth=3, activation=activation, sw2=1.8, sb2=0.05,
+                                   norm=norm, fan_in=100).ntk, k.ntk)  # the same network
   if norm != "batch_norm":
     assert float(net.mean_field().chi1()) == pytest.approx(
         float(mt.chi1(activation, 1.8, 0.05, norm=norm, fan_in=100)), rel=1e-13)
   with pytest.raises(ValueError, match="norm"):
     stax.mlp(3, norm="group_norm")
+
+
+def test_the_nngp_alone_admits_an_activation_that_jumps():
+  """get="nngp" computes no NTK: a step function (φ' a Dirac delta) has an NNGP, the orthant
+  probability E[step(u) step(v)] = 1/4 + arcsin(ρ)/(2π), and its NTK is refused by name."""
+  step = mt.Numerical(lambda s: jnp.where(s > 0, 1.0, 0.0), jumps=(0.0,), name="step")
+  x = np.random.default_rng(9).normal(size=(5, 3))
+  net = stax.serial(stax.Dense(8, W_std=1.3), stax.Elementwise(step))
+  k = x @ x.T / 3
+  rho = k / np.sqrt(np.outer(np.diag(k), np.diag(k)))
+  np.fill_diagonal(rho, 1.0)
+  _close(net.kernel_fn(x, get="nngp"), 0.25 + np.arcsin(np.clip(rho, -1, 1)) / (2 * np.pi),
+         1e-10)
+  assert net.kernel_fn(x, get="nngp").shape == (5, 5)
+  whole = net.kernel_fn(x, get=("nngp",))
+  assert whole._fields == ("nngp",)
+  with pytest.raises(ValueError, match="Dirac delta"):
+    net.kernel_fn(x)
+  # and the NTK of a ReLU net asked alone equals the one computed with everything
+  relu = stax.mlp(4, "relu", sw2=2.0, sb2=0.1, width=None)
+  np.testing.assert_array_equal(relu.kernel_fn(x, get="nngp"), relu.kernel_fn(x).nngp)
+  with pytest.raises(ValueError, match="infinite-width"):
+    relu.init_fn(jax.random.key(0), x.shape)
+
+
+def test_gradients_through_a_layers_parameters():
+  """jax.grad of the kernels with respect to W_std and b_std (the description traced): ReLU
+  without bias is positively homogeneous, so Σ K scales like W_std^(2(L+1)) and
+  ∂ Σ K / ∂W_std = 2 (L + 1) Σ K / W_std exactly; with a bias, against central differences."""
+  x = np.random.default_rng(10).normal(size=(6, 4))
+
+  def total(w, b=None, what="nngp"):
+    dense = lambda n: stax.Dense(n, W_std=w, b_std=b)  # noqa: E731
+    net = stax.serial(dense(64), *[stax.Relu(), dense(64)] * 3)
+    return jnp.sum(net.kernel_fn(x, get=what))
+
+  with jax.enable_x64(True):
+    grad = float(jax.grad(total)(1.3))
+    value = float(total(1.3))
+    assert grad == pytest.approx(2 * 4 * value / 1.3, rel=1e-12)
+    for what in ("nngp", "ntk"):
+      g = float(jax.grad(total, argnums=1)(1.3, 0.4, what))
+      fd = (float(total(1.3, 0.4 + 1e-6, what)) - float(total(1.3, 0.4 - 1e-6, what))) / 2e-6
+      assert g == pytest.approx(fd, rel=1e-7) and abs(g) > 1e-3
+    jitted = jax.jit(lambda w: total(w, 0.4, "ntk"))(1.3)
+    assert float(jitted) == pytest.approx(float(total(1.3, 0.4, "ntk")), rel=1e-13)
+
+
+def test_one_spelling_of_each_norm_in_the_theory():
+  """"bn" is batch norm in the theory as in the models (one spelling in results), and what each
+  norm does to the maps is its rule, not a comparison of names."""
+  from mimictheory._src.norms import rule
+  x = np.random.default_rng(11).normal(size=(6, 4))
+  np.testing.assert_array_equal(mt.kernels(x, depth=2, norm="bn").ntk,
+                                mt.kernels(x, depth=2, norm="batch_norm").ntk)
+  assert mt.make_layer("relu", norm="bn").norm == "batch_norm"
+  assert mt.phase_diagram("erf", sw2=[1.5], sb2=[0.1], norm="bn").norm == "batch_norm"
+  assert stax.norm_layers("bn") == (False, [stax.BatchNorm()])
+  assert rule("weight_mean").fan_in_factor(4) == 0.75 and rule("none").fan_in_factor(4) == 1.0
+  with pytest.raises(ValueError, match="norm must be one of"):
+    rule("group_norm")

@@ -1,14 +1,12 @@
 """One-dimensional tables and Mehler's series (issue 10) against direct quadrature."""
-from functools import partial
 
 import jax
 import numpy as np
 import pytest
 
 import mimictheory as mt
-from mimictheory._src import kernels as kernels_module
+from mimictheory import stax
 from mimictheory._src import tables
-from mimictheory._src.maps import make_layer
 from mimictheory._src.precision import f64
 
 
@@ -45,11 +43,11 @@ def test_mehler_truncation_bound_holds(name, q, rho):
 
 
 def _quadrature_kernels(x1, x2, name, depth, sw2, sb2, norm):
-  """Every entry by 2-D quadrature (the route the series replaces), independent of it."""
+  """Every entry by 2-D quadrature (the route the series replaces), independent of it: the
+  same description traced, where numerical activations integrate each entry in 2-D."""
+  net = stax.mlp(depth, name, sw2, sb2, norm, width=None)
   with jax.enable_x64(True):
-    layer = make_layer(name, sw2, sb2, norm)
-    block = partial(kernels_module._gram_block, layer, gain=1.0, depth=depth)
-    out = kernels_module.blocked_gram(block, x1, x2, None, None, False)
+    out = jax.jit(lambda a, b: net.kernel_fn(a, b, ("nngp", "ntk")))(x1, x2)
   return np.asarray(out.nngp), np.asarray(out.ntk)
 
 
@@ -74,9 +72,13 @@ def test_kinked_numerical_gram_matrix_falls_back_and_matches_the_closed_form(rng
   those entries to the longer series and then to 2-D quadrature, and the result is ReLU's."""
   x = rng.normal(size=(4, 4))
   x[1] = x[0] + 1e-3
-  with jax.enable_x64(True):
-    layer = make_layer("relu_numerical", 2.0, 0.1, "none")
-    out, fallback, _ = kernels_module._numerical_kernels(layer, x, x, 1.0, 3, True, False)
+  act = mt.get_activation("relu_numerical")
+  with jax.enable_x64(True):  # the first layer's Gram matrix: entries (0, 1) fall back
+    k = 2.0 * x @ x.T / 4 + 0.1
+    q = np.diag(k).copy()
+    fallback = tables.gram_series(act, tables.tabulated(act), q, q, k / np.sqrt(np.outer(q, q)),
+                                  True)[4]
+  out = mt.kernels(x, depth=3, activation="relu_numerical", sw2=2.0, sb2=0.1)
   ref = mt.kernels(x, depth=3, activation="relu", sw2=2.0, sb2=0.1)
   assert fallback > 0
   np.testing.assert_allclose(out.nngp, ref.nngp, rtol=1e-9)

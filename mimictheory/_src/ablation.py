@@ -7,13 +7,12 @@ epochs, or "diverged".
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from mimictheory._src import checks
-from mimictheory._src.io import atomic_path, progress_bar
+from mimictheory._src.io import progress_bar, write_table
 from mimictheory._src.norms import ABLATION_METHODS, MODEL_NORMS, check_norm
 from mimictheory._src.train import TrainConfig, train
 
@@ -74,14 +73,10 @@ def _write(sweep: LrSweep, out: Path) -> None:
   from mimictheory._src.plotting import new_figure, save_figure, STYLE
   import matplotlib
   payload = dict(methods=sweep.methods, lrs=sweep.lrs, epochs=sweep.epochs, data=sweep.data,
-                 best_accuracy=[[None if np.isnan(a) else float(a) for a in row]
-                                for row in sweep.best_accuracy],
+                 best_accuracy=np.asarray(sweep.best_accuracy, float).tolist(),
                  diverged=sweep.diverged.tolist())
-  with atomic_path(out / "lr_sweep.json") as tmp:
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-  with atomic_path(out / "lr_sweep.md") as tmp:
-    tmp.write_text(f"Best test accuracy (%) in the first {sweep.epochs} epochs, {sweep.data}\n\n"
-                   + sweep.markdown() + "\n")
+  write_table(out, "lr_sweep", f"Best test accuracy (%) in the first {sweep.epochs} epochs, "
+              f"{sweep.data}\n\n" + sweep.markdown(), payload)
   with matplotlib.rc_context(STYLE):
     fig, ax = new_figure(5.5, 3.8)
     _draw_sweep(ax, sweep)

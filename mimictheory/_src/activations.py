@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import math
 from functools import partial
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,8 @@ import numpy as np
 from mimictheory._src.precision import float64
 
 __all__ = [
-    "Activation", "ReLU", "LeakyReLU", "Erf", "Identity", "Numerical", "get_activation",
+    "Activation", "ReLU", "LeakyReLU", "Erf", "Identity", "Numerical", "GaussLegendre",
+    "get_activation",
     "find_kinks", "from_callable",
     "relu_dual",
     "relu_dual_derivative", "ACTIVATIONS",
@@ -224,6 +225,12 @@ class Activation:
   homogeneity: int | None = None
   #: sup φ² for a bounded φ (then q* <= σw² sup φ² + σb² for every σw²: never infinite), or None
   sup_square: float | None = None
+  #: What the activation supports, from which the kernels choose their route (in one place:
+  #: `stax.Elementwise`, `maps.series_layer`, `phase`): True, its dual is a closed form, exact
+  #: entrywise and traceable; False (`Numerical`), integrated numerically: tabulated Mehler
+  #: series with a 2-D quadrature fallback on concrete values (`tables.gram_series`), the 2-D
+  #: quadrature itself (or the smoothed 1-D rule) under a trace.
+  closed_form: ClassVar[bool] = True
 
   def __call__(self, x):
     raise NotImplementedError
@@ -432,6 +439,45 @@ _REFINE = 2.0 ** np.arange(-2, 7)  # around a feature smoothed by the inner inte
 
 
 @dataclasses.dataclass(frozen=True)
+class GaussLegendre:
+  """The quadrature rule of a `Numerical` activation's Gaussian integrals: abs(z) <= `cutoff` (the
+  neglected mass is below e^(-cutoff²/2), 2e-22 by default) in `panels` equal panels plus the
+  activation's own breakpoints, `order` Gauss–Legendre nodes each; `chunk` evaluations of a
+  2-D integral per vectorised call (memory: chunk × nodes² doubles).
+
+  >>> import numpy as np
+  >>> from mimictheory import GaussLegendre
+  >>> z, w = GaussLegendre(panels=8, order=6).panel_nodes(np.linspace(-10.0, 10.0, 9))
+  >>> round(float(w.sum()), 12)      # the N(0, 1) mass of [-10, 10]
+  1.0
+  """
+  panels: int = 32
+  order: int = 10
+  cutoff: float = 10.0
+  chunk: int = 64
+
+  def panel_nodes(self, breaks, order=None):
+    """Nodes and weights (including the N(0,1) density) of composite GL on sorted `breaks`."""
+    x, w = np.polynomial.legendre.leggauss(order or self.order)
+    # Fixed nodes under differentiation: the Gaussian measure in z does not depend on q, so the
+    # derivative is the rule applied to the integrand's derivative (breakpoints only steer
+    # accuracy; their derivative would be 1/√(1-ρ²)-singular at ρ = ±1).
+    breaks = jax.lax.stop_gradient(breaks)
+    lo, hi = breaks[:-1, None], breaks[1:, None]
+    half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
+    z = (mid + half * x).reshape(-1)
+    weights = (half * w).reshape(-1) * jnp.exp(-0.5 * z**2) / math.sqrt(_TWO_PI)
+    return z, weights
+
+  def breaks(self, extra, cutoff=None, panels=None):
+    """Sorted panel edges: the uniform ones and `extra` (clipped to the cutoff)."""
+    cutoff = cutoff or self.cutoff
+    uniform = jnp.linspace(-cutoff, cutoff, (panels or self.panels) + 1)
+    extra = jnp.clip(jnp.asarray(extra).reshape(-1), -cutoff, cutoff)
+    return jnp.sort(jnp.concatenate([uniform, extra]))
+
+
+@dataclasses.dataclass(frozen=True)
 class Numerical(Activation):
   """Any elementwise φ, integrated by composite Gauss–Legendre quadrature.
 
@@ -440,9 +486,10 @@ class Numerical(Activation):
   `scale` of 0 or of a kink. Then every expectation is accurate to about 1e-12 relative for
   any variance q in [1e-8, 1e8] (tested against scipy).
 
-  The Gaussian integrals are truncated to abs(z) <= `cutoff` (the neglected mass is below
-  e^(-cutoff²/2), 2e-22 by default) and split into `panels` equal panels of `order` nodes, plus
-  breakpoints that scale with √q: at every kink, and geometrically spaced (`scale`·2^j, j = -4
+  The activation holds what φ is (its function, kinks, jumps, scale, derivative, smoothing);
+  `rule`, a `GaussLegendre`, holds how its Gaussian integrals are computed: truncated to
+  abs(z) <= cutoff and split into equal panels of Gauss–Legendre nodes, plus breakpoints that
+  scale with √q: at every kink, and geometrically spaced (`scale`·2^j, j = -4
   .. 6) around 0 and around every kink, where φ(√q z) changes over a width scale/√q in z. For
   E[φ(u)φ(v)] the inner integral's breakpoints move with the outer node, and the outer rule is
   refined where the inner integral turns steep, so a kink costs no accuracy.
@@ -468,12 +515,9 @@ class Numerical(Activation):
   derivative_fn: Callable | None = None
   scale: float = 1.0
   jumps: tuple = ()
-  panels: int = 32
-  order: int = 10
-  cutoff: float = 10.0
-  #: evaluations of `kernel` per vectorised chunk (bounds memory: chunk × nodes² doubles)
-  chunk: int = 64
   smoothed: Callable | None = None
+  rule: GaussLegendre = GaussLegendre()
+  closed_form: ClassVar[bool] = False
 
   def __post_init__(self):
     kinks = tuple(sorted(set(float(k) for k in tuple(self.kinks) + tuple(self.jumps))))
@@ -503,25 +547,6 @@ class Numerical(Activation):
     offsets = self.scale * np.concatenate([-_GEOMETRIC[::-1], _GEOMETRIC])
     return np.unique(np.concatenate([features, (features[:, None] + offsets).reshape(-1)]))
 
-  def _panel_nodes(self, breaks, order=None):
-    """Nodes and weights (including the N(0,1) density) of composite GL on sorted `breaks`."""
-    x, w = np.polynomial.legendre.leggauss(order or self.order)
-    # Fixed nodes under differentiation: the Gaussian measure in z does not depend on q, so the
-    # derivative is the rule applied to the integrand's derivative (breakpoints only steer
-    # accuracy; their derivative would be 1/√(1-ρ²)-singular at ρ = ±1).
-    breaks = jax.lax.stop_gradient(breaks)
-    lo, hi = breaks[:-1, None], breaks[1:, None]
-    half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
-    z = (mid + half * x).reshape(-1)
-    weights = (half * w).reshape(-1) * jnp.exp(-0.5 * z**2) / math.sqrt(_TWO_PI)
-    return z, weights
-
-  def _breaks(self, extra, cutoff=None, panels=None):
-    cutoff = cutoff or self.cutoff
-    uniform = jnp.linspace(-cutoff, cutoff, (panels or self.panels) + 1)
-    extra = jnp.clip(jnp.asarray(extra).reshape(-1), -cutoff, cutoff)
-    return jnp.sort(jnp.concatenate([uniform, extra]))
-
   def _at(self, points, scale):
     """Positions in z where φ(scale·z) has the pre-activation `points` (clipped later).
 
@@ -531,8 +556,8 @@ class Numerical(Activation):
 
   def nodes_1d(self, q, cutoff=None, panels=None, order=None):
     """Nodes z and weights (with the density) for E[f(√q z)], scalar q."""
-    breaks = self._breaks(self._at(self.breakpoints(), jnp.sqrt(q)), cutoff, panels)
-    return self._panel_nodes(breaks, order)
+    breaks = self.rule.breaks(self._at(self.breakpoints(), jnp.sqrt(q)), cutoff, panels)
+    return self.rule.panel_nodes(breaks, order)
 
   def _expect_1d(self, f, q):
     """E[f(√q z)] for scalar q."""
@@ -551,12 +576,12 @@ class Numerical(Activation):
     smoothed = features + jnp.concatenate([-_REFINE, _REFINE]) * s2 * c
     outer_extra = jnp.concatenate([self._at(points, s1), self._at(points, s2 * rho),
                                    self._at(smoothed.reshape(-1), s2 * rho)])
-    z1, w1 = self._panel_nodes(self._breaks(outer_extra))
+    z1, w1 = self.rule.panel_nodes(self.rule.breaks(outer_extra))
 
     def inner(z1_k):
       # φ's breakpoints in z2 sit where ρ z1 + c z2 = x / √q2.
       extra = (self._at(points, s2) - rho * z1_k) / jnp.maximum(c, 1e-300)
-      z2, w2 = self._panel_nodes(self._breaks(extra))
+      z2, w2 = self.rule.panel_nodes(self.rule.breaks(extra))
       return jnp.sum(w2 * g(s2 * (rho * z1_k + c * z2)))
 
     return jnp.sum(w1 * f(s1 * z1) * jax.vmap(inner)(z1))
@@ -580,7 +605,7 @@ class Numerical(Activation):
     width = lambda var: jnp.sqrt(self.scale**2 + var)  # noqa: E731
     extra = jnp.concatenate([self._at(features + steps * width(b2), alpha).reshape(-1),
                              self._at(features + steps * width(d2), gamma).reshape(-1)])
-    z, w = self._panel_nodes(self._breaks(extra))
+    z, w = self.rule.panel_nodes(self.rule.breaks(extra))
     return jnp.sum(w * self.smoothed(alpha * z, b2)[which] * self.smoothed(gamma * z, d2)[which])
 
   def _map_2d(self, f, g, q1, q2, q12, which=None):
@@ -589,14 +614,15 @@ class Numerical(Activation):
     flat = [a.reshape(-1) for a in (q1, q2, q12)]
     if self.smoothed is not None and which is not None:
       out = jax.lax.map(lambda a: self._expect_smoothed(which, *a), flat,
-                        batch_size=16 * self.chunk)
+                        batch_size=16 * self.rule.chunk)
     else:
-      out = jax.lax.map(lambda a: self._expect_2d(f, g, *a), flat, batch_size=self.chunk)
+      out = jax.lax.map(lambda a: self._expect_2d(f, g, *a), flat, batch_size=self.rule.chunk)
     return out.reshape(shape)
 
   def _map_1d(self, f, q):
     q = jnp.asarray(q, dtype=float)
-    out = jax.lax.map(lambda a: self._expect_1d(f, a), q.reshape(-1), batch_size=4 * self.chunk)
+    out = jax.lax.map(lambda a: self._expect_1d(f, a), q.reshape(-1),
+                      batch_size=4 * self.rule.chunk)
     return out.reshape(q.shape)
 
   def check_finite(self, qs, limit: int = 8):

@@ -48,7 +48,8 @@ from mimictheory._src.activations import (
     Activation, Identity, LeakyReLU, ReLU, kernel_duals, root_one_minus_square)
 
 __all__ = ["homogeneous_coefficients", "exact_step", "adaptive_step", "nodes_for_batch",
-           "monte_carlo_step", "symmetric_chi1", "sphere_chi1", "NODES", "MIN_BATCH_NTK"]
+           "monte_carlo_step", "normalise_full_batch", "symmetric_chi1", "sphere_chi1", "NODES",
+           "MIN_BATCH_NTK"]
 
 NODES = 193  # trapezoid nodes in ln s (odd: the coarse rule uses every other node)
 MIN_BATCH_NTK = 4  # E[1/r²] < ∞ needs g in at least 3 dimensions
@@ -243,6 +244,25 @@ def adequate_nodes(a, b, k, with_ntk: bool, sw2, sb2, same, tol: float = 1e-11) 
   first layer). The first layer is the hardest: a kernel of low rank r decays only like
   s^(-r/2); the BN map drives deeper kernels towards full rank."""
   return adaptive_step(a, b, k, k if with_ntk else None, sw2, sb2, same, tol)[2]
+
+
+# ----------------------------------------------------------------------------------------------
+# The full-batch limit (Theorem 2).
+# ----------------------------------------------------------------------------------------------
+def _center(m):
+  return m - m.mean(axis=0, keepdims=True) - m.mean(axis=1, keepdims=True) + m.mean()
+
+
+def normalise_full_batch(k, ntk):
+  """Full-batch BN of a dense layer's output: K -> H K H / ν, Θ -> H Θ H / ν (Theorem 2; Θ None:
+  not computed)."""
+  centred = _center(k)
+  nu = jnp.mean(jnp.diagonal(centred))
+  k_bn = centred / nu
+  q = jnp.diagonal(k_bn)
+  eye = jnp.eye(k.shape[0], dtype=bool)
+  k_bn = jnp.where(eye, q[:, None], k_bn)  # ρ = 1 exactly on the diagonal
+  return k_bn, None if ntk is None else _center(ntk) / nu
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 
 from mimictheory._src import checks
 from mimictheory._src.finite import finite_network
-from mimictheory._src.io import atomic_path, progress_bar
+from mimictheory._src.io import progress_bar, write_table
 from mimictheory._src.kernels import kernels
 from mimictheory._src.nt_reference import timed
 from mimictheory._src.precision import to_numpy
@@ -259,12 +259,7 @@ def _markdown(result: CrossCheck) -> str:
 
 def write_report(result: CrossCheck, out) -> tuple[Path, Path]:
   """Write crosscheck.md and crosscheck.json into the folder `out` (atomically)."""
-  out = Path(out)
-  md, js = out / "crosscheck.md", out / "crosscheck.json"
   payload = dict(ok=result.ok, versions=result.versions,
                  comparisons=[dict(dataclasses.asdict(c), ok=c.ok) for c in result.comparisons])
-  with atomic_path(js) as tmp:
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
-  with atomic_path(md) as tmp:
-    tmp.write_text(_markdown(result))
+  md, js = write_table(out, "crosscheck", _markdown(result), payload)
   return md, js

@@ -19,7 +19,7 @@ from mimictheory._src.kernels import kernels
 from mimictheory._src.maps import chi1
 from mimictheory._src.norms import centre_kernel
 from mimictheory._src.precision import f64, float64
-from mimictheory._src.residual import official_residual_scalar
+from mimictheory._src.residual import residual_scalars
 
 __all__ = ["BatchNormGap", "batch_norm_gap", "ResidualVariances", "residual_variances",
            "RESIDUAL_NORMS"]
@@ -99,7 +99,8 @@ def batch_norm_gap(activation="relu", batches=(4, 8, 32, 128), width: int = 512,
   for batch in progress_bar(batches, progress, "batch sizes"):
     rows["chi"].append(monte_carlo_chi1(net, draws=max(draws, 16), rows=batch, seed=seed))
     x = rng.normal(size=(batch, dim))
-    mc = monte_carlo_kernels(net, x, draws=draws, seed=seed, batch_size=max(1, 64 // batch))
+    mc = monte_carlo_kernels(net, x, draws=draws, seed=seed,
+                             networks_per_call=max(1, 64 // batch))
     exact = net.theory_kernels(x)
     paper = kernels(x, depth=depth, activation=net.activation, sw2=net.sw2, sb2=net.sb2,
                     norm="batch_norm_paper")
@@ -141,7 +142,7 @@ class ResidualVariances:
   blocks: np.ndarray
   stream: Estimate
   branch: Estimate
-  scalars: np.ndarray  # the branch scalars α_l (1 without one)
+  alpha: np.ndarray  # the branch scalars α_l (1 without one)
 
   @property
   def ratio(self) -> np.ndarray:
@@ -149,8 +150,9 @@ class ResidualVariances:
     return self.branch.mean / self.stream.mean
 
 
-@partial(jax.jit, static_argnames=("norm", "depth", "width", "batch", "batch_size"))
-def _residual_draws(keys, scalars, norm, depth, width, batch, batch_size):
+@partial(jax.jit,
+         static_argnames=("norm", "depth", "width", "batch", "networks_per_call"))
+def _residual_draws(keys, alpha, norm, depth, width, batch, networks_per_call):
   def draw(key):
     k_x, k_w = jax.random.split(key)
     x = jax.random.normal(k_x, (batch, width))
@@ -164,16 +166,16 @@ def _residual_draws(keys, scalars, norm, depth, width, batch, batch_size):
       branch = alpha * (jax.nn.relu(h) @ w * jnp.sqrt(2.0 / width))  # He initialisation
       return x + branch, (jnp.var(x), jnp.var(branch))
 
-    _, (stream, branch) = jax.lax.scan(block, x, (jax.random.split(k_w, depth), scalars))
+    _, (stream, branch) = jax.lax.scan(block, x, (jax.random.split(k_w, depth), alpha))
     return stream, branch
 
-  return jax.lax.map(draw, keys, batch_size=batch_size)
+  return jax.lax.map(draw, keys, batch_size=networks_per_call)
 
 
 @float64
 def residual_variances(norm: str = "batch_norm", depth: int = 50, width: int = 256,
                        batch: int = 256, draws: int = 8, seed: int = 0,
-                       scalars=None) -> ResidualVariances:
+                       alpha=None) -> ResidualVariances:
   """Variance of the residual stream and of each branch in a residual MLP at initialisation.
 
   Block l: x ← x + α_l · branch(x), branch = W relu(BN(x)) for `norm="batch_norm"` (α = 1, a
@@ -182,7 +184,8 @@ def residual_variances(norm: str = "batch_norm", depth: int = 50, width: int = 2
   He-initialised W and no biases: the architecture of `residual_kernels` (which gives the
   infinite-width values). The paper's Figure 5 argument: with BN the stream entering block l
   has variance ≈ l and each branch ≈ 1, so BN suppresses the branch by 1/l; MimicNorm's scalar
-  does it explicitly.
+  does it explicitly. `alpha`: the branch scalars as in `residual_kernels` ("official", "sqrt",
+  "one", a constant, a sequence or a callable of l); None: the defaults above.
 
   >>> import mimictheory as mt
   >>> rv = mt.residual_variances("batch_norm", depth=20, width=64, batch=64, draws=2)
@@ -194,11 +197,11 @@ def residual_variances(norm: str = "batch_norm", depth: int = 50, width: int = 2
   width = checks.check_int("width", width, minimum=2)
   batch = checks.check_int("batch", batch, minimum=2)
   blocks = np.arange(1, depth + 1)
-  if scalars is None:
-    scalars = official_residual_scalar(blocks) if norm == "mimic" else np.ones(depth)
-  scalars = np.broadcast_to(checks.check_nonnegative("scalars", scalars), (depth,))
+  if alpha is None:
+    alpha = "official" if norm == "mimic" else "one"
+  alpha = residual_scalars(alpha, depth)
   keys = draw_keys(seed, draws)
-  stream, branch = _residual_draws(keys, f64(scalars), norm, depth, width, batch,
+  stream, branch = _residual_draws(keys, f64(alpha), norm, depth, width, batch,
                                    draws_per_call(8, draws))
   return ResidualVariances(norm, blocks, Estimate.from_samples(stream),
-                           Estimate.from_samples(branch), np.asarray(scalars))
+                           Estimate.from_samples(branch), alpha)

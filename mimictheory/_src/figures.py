@@ -12,7 +12,8 @@ from mimictheory._src.figure_data import (
     residual_theory, sample_rows, unit_boxes)
 from mimictheory._src.io import progress_bar
 from mimictheory._src.plotting import (
-    batch_chi1_curve, new_figure, plain_log_ticks, plot_phase_diagrams, styled, write_figure)
+    batch_chi1_curve, new_figure, plain_log_ticks, plot_correlation_maps, plot_phase_diagrams,
+    styled, write_figure)
 
 __all__ = ["regenerate", "FIGURES", "figure_names"]
 
@@ -27,30 +28,23 @@ def figure4(out) -> list[Path]:
   curves = {k: np.asarray(correlation_map(rho, "relu", **kw)) for k, kw in cases.items()}
   fps = {k: fixed_points("relu", **kw) for k, kw in cases.items()}
   fig, ax = new_figure(5.0, 4.4)
-  ax.plot(rho, rho, color="0.6", ls="--", lw=1, label=r"identity $\rho$")
   labels = {"T": r"no normalisation: $T(\rho)$, $(\sigma_w^2, \sigma_b^2) = (2, 0)$",
             "Tbar": r"weight mean: $\bar T(\rho)$, Theorem 3's $\sigma_w^2$"}
-  # (marker, size) differ so that the two fixed points at ρ = 1 stay visible one over the other
-  styles = {"T": ("tab:blue", "o", 13), "Tbar": ("tab:orange", "s", 7)}
-  for key, (color, marker, size) in styles.items():
-    ax.plot(rho, curves[key], color=color, lw=2, label=labels[key])
-    for p, stable in zip(fps[key].points, fps[key].stable):
-      ax.plot([p], [p], marker, ms=size, mec=color, mew=2, mfc=color if stable else "white",
-              zorder=20 - size, ls="none")
+  lines = plot_correlation_maps(ax, rho, {labels[k]: curves[k] for k in curves},
+                                {labels[k]: fps[k] for k in fps})
+  colors = {key: line.get_color() for key, line in zip(curves, lines)}
   # labels in the empty upper-left triangle, with arrows to the points
   notes = {"T": (r"$T$: $\rho^* = 1$, stable (marginally)", (-0.95, 0.92)),
            "Tbar": (r"$\bar T$: $\rho^* = 1$, unstable", (-0.95, 0.78))}
   for key, (text, xy) in notes.items():
-    ax.annotate(text, (1.0, 1.0), xytext=xy, color=styles[key][0], va="center",
-                arrowprops=dict(arrowstyle="->", color=styles[key][0], lw=0.8,
+    ax.annotate(text, (1.0, 1.0), xytext=xy, color=colors[key], va="center",
+                arrowprops=dict(arrowstyle="->", color=colors[key], lw=0.8,
                                 shrinkA=2, shrinkB=7))
   for p, stable in zip(fps["Tbar"].points, fps["Tbar"].stable):
     if p < 0.99:
       ax.annotate(rf"$\bar T$: $\rho^* = {p:.2f}$, " + ("stable" if stable else "unstable"),
-                  (p, p), xytext=(0.1, -0.45), color="tab:orange",
-                  arrowprops=dict(arrowstyle="->", color="tab:orange", lw=0.8, shrinkB=5))
-  ax.set_xlabel(r"input correlation $\rho$")
-  ax.set_ylabel("output correlation")
+                  (p, p), xytext=(0.1, -0.45), color=colors["Tbar"],
+                  arrowprops=dict(arrowstyle="->", color=colors["Tbar"], lw=0.8, shrinkB=5))
   ax.set_xlim(-1.02, 1.04)
   ax.set_ylim(-1.02, 1.04)
   ax.set_aspect("equal")
@@ -176,7 +170,6 @@ def figure5(out, progress=False, data_source=None) -> list[Path]:
   branch ≈ 1, a 1/l suppression; MimicNorm's residual scalar suppresses the branch explicitly.
   Measured finite networks (markers) against the infinite-width theory (lines)."""
   from mimictheory._src.experiments import residual_variances
-  from mimictheory._src.residual import residual_scalars
   depth, width, batch = 50, 256, 256
   kw = dict(depth=depth, width=width, batch=batch, draws=8, seed=SEED)
   cases = (("batch_norm", "batch_norm", "one", "tab:blue",
@@ -185,8 +178,7 @@ def figure5(out, progress=False, data_source=None) -> list[Path]:
            ("mimic_sqrt", "mimic", "sqrt", "tab:green", "MimicNorm, α = 1/√l (paper's text)"))
   measured, theory = {}, {}
   for key, norm, alpha, _, _ in progress_bar(cases, progress, "Figure 5 networks"):
-    scalars = residual_scalars(alpha, depth)
-    measured[key] = residual_variances(norm, scalars=scalars, **kw)
+    measured[key] = residual_variances(norm, alpha=alpha, **kw)
     theory[key] = residual_theory(norm, alpha, depth, width)
   l = np.arange(1, depth + 1)
   fig, axes = new_figure(8.0, 4.6, cols=2)
@@ -227,7 +219,7 @@ def figure5(out, progress=False, data_source=None) -> list[Path]:
     rv, th = measured[key], theory[key]
     data.update({f"{key}_stream": rv.stream.mean, f"{key}_stream_se": rv.stream.se,
                  f"{key}_branch": rv.branch.mean, f"{key}_branch_se": rv.branch.se,
-                 f"{key}_scalars": rv.scalars, f"{key}_theory_stream": th.stream,
+                 f"{key}_alpha": rv.alpha, f"{key}_theory_stream": th.stream,
                  f"{key}_theory_branch": th.branch})
   return write_figure(fig, out, "fig5", **data)
 

@@ -150,11 +150,11 @@ class FiniteNetwork:
   sb2: float
   outputs: int = 1
   input_gain: float = 1.0
-  alphas: tuple | None = None  # residual branch scalars α_1..α_depth (None: a plain MLP)
+  alpha: tuple | None = None  # residual branch scalars α_1..α_depth (None: a plain MLP)
 
   @property
   def residual(self) -> bool:
-    return self.alphas is not None
+    return self.alpha is not None
 
   # -- parameters and forward pass --------------------------------------------------------
   def init(self, key, d: int) -> Params:
@@ -186,8 +186,8 @@ class FiniteNetwork:
       z_next = z + alpha * self._dense(w, b, self.activation(self._normalise(z)))
       return z_next, z
 
-    alphas = jnp.asarray(self.alphas, dtype=z.dtype)
-    last, pre = jax.lax.scan(block, z, (params.w_hidden, params.b_hidden, alphas))
+    alpha = jnp.asarray(self.alpha, dtype=z.dtype)
+    last, pre = jax.lax.scan(block, z, (params.w_hidden, params.b_hidden, alpha))
     return pre, last
 
   def _propagate_residual(self, params: Params, x):
@@ -289,6 +289,37 @@ class FiniteNetwork:
     theta = jnp.einsum("xop,yop->xy", flat, flat) / self.outputs
     return self._split(theta, n1, x2 is None)
 
+  # -- the same architecture as a description ---------------------------------------------
+  def description(self):
+    """This network as a `stax` description (`stax.mlp`, or the residual network of
+    `residual_kernels`): the one its theory is computed from (`theory_kernels`). Its
+    `apply_fn` on `description_params(params)` is this network's `apply` (tested).
+
+    >>> import mimictheory as mt
+    >>> net = mt.finite_network("relu", depth=2, width=16)
+    >>> len(net.description().layers)        # Dense, then [Relu, Dense] twice
+    5
+    """
+    from mimictheory._src import stax
+    layer = build_layer(self.activation, self.sw2, self.sb2, self.norm, self.width)
+    if self.residual:
+      from mimictheory._src.residual import residual_description
+      net = residual_description(layer, self.alpha, self.input_gain, self.width)
+      head = net.layers[-1]
+      return stax.serial(*net.layers[:-1], dataclasses.replace(head, out_dim=self.outputs))
+    return stax.mlp(self.depth, self.activation, self.sw2, self.sb2, self.norm,
+                    width=self.width, out_dim=self.outputs, input_gain=self.input_gain)
+
+  def description_params(self, params: Params) -> list:
+    """`params` laid out as the description's (`description`): one entry per layer."""
+    dense = lambda w, b: (w, b[None])  # noqa: E731 (a bias of shape (1, n), as neural-tangents)
+    first, last = dense(params.w_in, params.b_in), dense(params.w_out, params.b_out)
+    hidden = [dense(w, b) for w, b in zip(params.w_hidden, params.b_hidden)]
+    norm = [()] if self.norm in BATCH_NORMS else []
+    if self.residual:  # FanOut, parallel(Identity, serial([BN], φ, Dense, Scale)), FanInSum
+      return [first, *[[(), [(), [*norm, (), p, ()]], ()] for p in hidden], last]
+    return [first, *[q for p in hidden + [last] for q in (*norm, (), p)]]
+
   # -- theory ---------------------------------------------------------------------------
   @property
   def layer(self) -> Layer:
@@ -300,7 +331,7 @@ class FiniteNetwork:
     if self.residual:
       from mimictheory._src.residual import residual_kernels
       out = residual_kernels(x, depth=self.depth, activation=self.activation, sw2=self.sw2,
-                             sb2=self.sb2, norm=self.norm, alpha=np.asarray(self.alphas),
+                             sb2=self.sb2, norm=self.norm, alpha=np.asarray(self.alpha),
                              fan_in=self.width, input_gain=self.input_gain)
       return Kernels(out.nngp, out.ntk)
     return kernels(x, depth=self.depth, activation=self.activation, sw2=self.sw2, sb2=self.sb2,
@@ -344,11 +375,10 @@ def finite_network(activation="relu", depth: int = 3, width: int = 512, sw2=2.0,
     sw2 = float(stable_sw2(act, sb2=sb2, norm=norm, fan_in=width))
   sw2 = float(checks.check_positive("sw2", sw2))
   gain = float(checks.check_positive("input_gain", input_gain))
-  alphas = None
   if alpha is not None:
     from mimictheory._src.residual import residual_scalars
-    alphas = tuple(float(a) for a in residual_scalars(alpha, depth))
-  return FiniteNetwork(act, norm, depth, width, sw2, sb2, outputs, gain, alphas)
+    alpha = tuple(float(a) for a in residual_scalars(alpha, depth))
+  return FiniteNetwork(act, norm, depth, width, sw2, sb2, outputs, gain, alpha)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,17 +396,21 @@ def draw_keys(seed, draws):
   return jax.random.split(jax.random.key(seed), draws)
 
 
-def draws_per_call(batch_size, draws):
-  return draws if batch_size is None else min(checks.check_int("batch_size", batch_size), draws)
+def draws_per_call(networks_per_call, draws):
+  """Networks drawn per compiled call (`networks_per_call`, memory against speed), at most
+  `draws`; None: all at once."""
+  if networks_per_call is None:
+    return draws
+  return min(checks.check_int("networks_per_call", networks_per_call), draws)
 
 
-@partial(jax.jit, static_argnames=("net", "batch_size"))
-def _kernel_draws(net, x1, x2, keys, batch_size):
+@partial(jax.jit, static_argnames=("net", "networks_per_call"))
+def _kernel_draws(net, x1, x2, keys, networks_per_call):
   def draw(key):
     params = net.init(key, x1.shape[1])
     return net.nngp(params, x1, x2), net.ntk(params, x1, x2)
 
-  return jax.lax.map(draw, keys, batch_size=batch_size)
+  return jax.lax.map(draw, keys, batch_size=networks_per_call)
 
 
 def _run_chunks(fn, keys, batch, progress, desc):
@@ -390,7 +424,7 @@ def _run_chunks(fn, keys, batch, progress, desc):
 
 @float64
 def sample_kernels(net: FiniteNetwork, x1, x2=None, draws: int = 32, seed: int = 0,
-                   batch_size: int | None = 8, progress: bool = False) -> Kernels:
+                   networks_per_call: int | None = 8, progress: bool = False) -> Kernels:
   """The NNGP kernel and empirical NTK of `draws` independent networks, (draws, N1, N2) each.
 
   >>> import numpy as np, mimictheory as mt
@@ -403,7 +437,7 @@ def sample_kernels(net: FiniteNetwork, x1, x2=None, draws: int = 32, seed: int =
   x1 = checks.check_data("x1", x1)
   x2 = None if x2 is None else checks.check_data("x2", x2)
   keys = draw_keys(seed, draws)
-  batch = draws_per_call(batch_size, draws)
+  batch = draws_per_call(networks_per_call, draws)
   fn = lambda k: _kernel_draws(net, f64(x1), None if x2 is None else f64(x2), k,  # noqa: E731
                                min(batch, len(k)))
   nngp, ntk = _run_chunks(fn, keys, batch, progress, "networks")
@@ -411,7 +445,8 @@ def sample_kernels(net: FiniteNetwork, x1, x2=None, draws: int = 32, seed: int =
 
 
 def monte_carlo_kernels(net: FiniteNetwork, x1, x2=None, draws: int = 32, seed: int = 0,
-                        batch_size: int | None = 8, progress: bool = False) -> MonteCarloKernels:
+                        networks_per_call: int | None = 8,
+                        progress: bool = False) -> MonteCarloKernels:
   """Monte Carlo NNGP kernel and NTK over `draws` networks, against `net.theory_kernels(x)`.
 
   >>> import numpy as np, mimictheory as mt
@@ -421,19 +456,19 @@ def monte_carlo_kernels(net: FiniteNetwork, x1, x2=None, draws: int = 32, seed: 
   >>> bool(np.all(np.abs(mc.nngp.z_scores(net.theory_kernels(x).nngp)) < 5))
   True
   """
-  samples = sample_kernels(net, x1, x2, draws, seed, batch_size, progress)
+  samples = sample_kernels(net, x1, x2, draws, seed, networks_per_call, progress)
   return MonteCarloKernels(Estimate.from_samples(samples.nngp), Estimate.from_samples(samples.ntk))
 
 
-@partial(jax.jit, static_argnames=("net", "batch_size"))
-def _correlation_draws(net, x, keys, batch_size):
+@partial(jax.jit, static_argnames=("net", "networks_per_call"))
+def _correlation_draws(net, x, keys, networks_per_call):
   return jax.lax.map(lambda key: net.signal(net.init(key, x.shape[1]), x).correlation, keys,
-                     batch_size=batch_size)
+                     batch_size=networks_per_call)
 
 
 @float64
 def monte_carlo_correlations(net: FiniteNetwork, x, draws: int = 32, seed: int = 0,
-                             batch_size: int | None = 8) -> Estimate:
+                             networks_per_call: int | None = 8) -> Estimate:
   """Correlation of every input pair at every hidden layer, (L, N, N): the empirical T, T̄ maps.
 
   Compare with `net.theory_correlations(x)`, the correlation map iterated from the inputs.
@@ -447,12 +482,12 @@ def monte_carlo_correlations(net: FiniteNetwork, x, draws: int = 32, seed: int =
   net = _check_net(net)
   x = checks.check_data("x", x)
   keys = draw_keys(seed, draws)
-  per_call = draws_per_call(batch_size, draws)
+  per_call = draws_per_call(networks_per_call, draws)
   return Estimate.from_samples(_correlation_draws(net, f64(x), keys, per_call))
 
 
-@partial(jax.jit, static_argnames=("net", "rows", "batch_size"))
-def _chi1_draws(net, q, keys, rows, batch_size):
+@partial(jax.jit, static_argnames=("net", "rows", "networks_per_call"))
+def _chi1_draws(net, q, keys, rows, networks_per_call):
   """One layer φ -> dense (-> BN) at the fixed point: (1/n)‖J v‖² per draw, row-averaged.
 
   J = ∂hˡ⁺¹/∂hˡ of one input; v ~ N(0, I) is a random probe, so E‖J v‖² = ‖J‖²_F (Hutchinson)
@@ -483,12 +518,12 @@ def _chi1_draws(net, q, keys, rows, batch_size):
     jv = jax.jvp(layer_map, (h,), (probe,))[1]  # row by row: the map acts on rows separately
     return jnp.mean(jnp.sum(jv * jv, axis=1)) / n
 
-  return jax.lax.map(draw, keys, batch_size=batch_size)
+  return jax.lax.map(draw, keys, batch_size=networks_per_call)
 
 
 @float64
 def monte_carlo_chi1(net: FiniteNetwork, draws: int = 32, seed: int = 0, rows: int = 16,
-                     batch_size: int | None = 8) -> Estimate:
+                     networks_per_call: int | None = 8) -> Estimate:
   """χ1 from the Jacobian of one layer map hˡ -> hˡ⁺¹ of width n at the variance fixed point.
 
   χ1 = (1/n) E‖J‖²_F with hˡ ~ N(0, q*) (`rows` inputs per draw, ‖J‖²_F by a random probe;
@@ -506,4 +541,5 @@ def monte_carlo_chi1(net: FiniteNetwork, draws: int = 32, seed: int = 0, rows: i
   rows = checks.check_int("rows", rows, minimum=2)
   keys = draw_keys(seed, draws)
   q = limit_point(net.layer, solve_qstar(net.layer))[0]  # where q* is 0 or ∞: as `chi1` does
-  return Estimate.from_samples(_chi1_draws(net, q, keys, rows, draws_per_call(batch_size, draws)))
+  return Estimate.from_samples(_chi1_draws(net, q, keys, rows,
+                                           draws_per_call(networks_per_call, draws)))

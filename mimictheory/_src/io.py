@@ -3,6 +3,8 @@ and a clean exit on Ctrl-C for the long command-line jobs."""
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import secrets
 import signal
@@ -10,7 +12,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_paths", "ensure_dir", "progress_bar", "exit_cleanly_on_interrupt",
-           "remove_stale_temporaries", "out_path"]
+           "remove_stale_temporaries", "out_path", "strict_json", "write_table"]
 
 _temporaries: set[Path] = set()  # written but not yet renamed: removed on an interrupt
 _renaming = 0  # > 0 while a set of files is being renamed into place
@@ -154,3 +156,41 @@ def exit_cleanly_on_interrupt():
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+
+
+def _finite_or_null(value):
+  """`value` with every non-finite float, at any depth of lists, tuples and dicts, as None."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_null(v) for v in value]
+  return value
+
+
+def strict_json(value, indent: int | None = None) -> str:
+  """Strict JSON (RFC 8259): every non-finite number, nested ones included, becomes null.
+
+  >>> strict_json({"loss": float("nan"), "acc": [0.5, float("inf")]})
+  '{"loss": null, "acc": [0.5, null]}'
+  """
+  return json.dumps(_finite_or_null(value), indent=indent, allow_nan=False)
+
+
+def write_table(out, stem: str, markdown: str, payload: dict) -> list[Path]:
+  """The one writer of the project's result tables: `stem.md` (for people) and `stem.json`
+  (strict JSON, for programs) in the folder `out`, written together and atomically (both or
+  neither). Returns their paths.
+
+  >>> import tempfile
+  >>> with tempfile.TemporaryDirectory() as d:
+  ...   [p.name for p in write_table(d, "t", "a table", {"a": [1.0, float("nan")]})]
+  ['t.md', 't.json']
+  """
+  out = ensure_dir(out)
+  paths = [out / f"{stem}.md", out / f"{stem}.json"]
+  with atomic_paths(*paths) as (md, js):
+    md.write_text(markdown.rstrip("\n") + "\n")
+    js.write_text(strict_json(payload, indent=1) + "\n")
+  return paths

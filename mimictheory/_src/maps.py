@@ -21,7 +21,6 @@ batch=B)` is the exact finite-batch χ1.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from functools import partial
 
@@ -31,7 +30,7 @@ import numpy as np
 
 from mimictheory._src import checks
 from mimictheory._src.activations import Activation, get_activation
-from mimictheory._src.norms import THEORY_NORMS
+from mimictheory._src.norms import THEORY_NORMS, Norm, rule
 from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = [
@@ -71,14 +70,14 @@ class Layer:
   sb2: jax.Array
   factor: jax.Array
 
+  @property
+  def rule(self) -> Norm:
+    """What `norm` does to the maps (`norms.Norm`)."""
+    return rule(self.norm)
+
   def variance_map(self, q):
     """Variance map q' = V(q) (one-dimensional integrals only; `Activation.variance` is Var φ)."""
-    act = self.activation
-    if self.norm == "none":
-      return self.sw2 * act.second_moment(q) + self.sb2
-    if self.norm == "weight_mean":
-      return self.sw2 * self.factor * act.variance(q) + self.sb2
-    return jnp.ones(jnp.broadcast_shapes(jnp.shape(q), jnp.shape(self.sw2)))
+    return self.rule.variance_map(self.activation, self.sw2, self.sb2, self.factor, q)
 
   def variance_slope(self, q):
     """dV/dq, by forward-mode autodiff through the dual activation."""
@@ -91,26 +90,12 @@ class Layer:
 
   def covariance_and_slope(self, q1, q2, q12):
     """(q12', ∂q12'/∂q12) in one pass (`Activation.kernel_pair`): the NTK recursion's step."""
-    act = self.activation
-    k, d = act.kernel_pair(q1, q2, q12)
-    if self.norm == "none":
-      return self.sw2 * k + self.sb2, self.sw2 * d
-    centred = k - act.mean(q1) * act.mean(q2)
-    if self.norm == "weight_mean":
-      gain = self.sw2 * self.factor
-      return gain * centred + self.sb2, gain * d
-    scale = 1.0 / jnp.sqrt(act.variance(q1) * act.variance(q2))
-    return centred * scale, d * scale
+    return self.rule.covariance_and_slope(self.activation, self.sw2, self.sb2, self.factor, q1,
+                                          q2, q12)
 
   def diagonal_slope(self, q):
     """∂q12'/∂q12 at q1 = q2 = q12 = q (ρ = 1): one-dimensional E[φ'(√q z)²] (χ1 at q*)."""
-    act = self.activation
-    d = act.derivative_second_moment(q)
-    if self.norm == "none":
-      return self.sw2 * d
-    if self.norm == "weight_mean":
-      return self.sw2 * self.factor * d
-    return d / act.variance(q)
+    return self.rule.diagonal_slope(self.activation, self.sw2, self.factor, q)
 
   def slope(self, q1, q2, q12):
     """∂q12'/∂q12 = σw² f E[φ'(u)φ'(v)] (for BN divided by the unit variances)."""
@@ -120,11 +105,9 @@ class Layer:
 def resolve_arguments(activation, sw2, sb2, norm, fan_in):
   """Validate the public arguments and return (activation, sw2 or None, sb2, factor)."""
   act = get_activation(activation)
-  checks.check_choice("norm", norm, NORMS)
-  n = checks.check_fan_in(fan_in)
   # Lemma 1's finite fan-in factor belongs to weight mean's centring only (a numerically
   # integrated activation with norm "none" was multiplied by it until 2026-12-02)
-  factor = 1.0 if math.isinf(n) or norm != "weight_mean" else (n - 1.0) / n
+  factor = rule(norm).fan_in_factor(checks.check_fan_in(fan_in))
   sb2 = checks.check_nonnegative("sb2", sb2)
   if sw2 is not None:
     sw2 = checks.check_positive("sw2", sw2)
@@ -136,7 +119,7 @@ def build_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) -
   act, sw2, sb2, factor = resolve_arguments(activation, sw2, sb2, norm, fan_in)
   if sw2 is None:
     sw2 = _stable_sw2(act, norm, sb2, factor)
-  return Layer(act, norm, f64(sw2), f64(sb2), f64(factor))
+  return Layer(act, rule(norm).name, f64(sw2), f64(sb2), f64(factor))  # "bn": "batch_norm"
 
 
 @float64
@@ -154,12 +137,11 @@ def make_layer(activation="relu", sw2=2.0, sb2=0.0, norm="none", fan_in=None) ->
 
 def _stable_sw2(act: Activation, norm: str, sb2, factor):
   """σw² that makes q = 1 a fixed point of the variance map: V(1) = 1."""
-  if norm in BATCH_NORMS:
+  if rule(norm).normalised:
     return jnp.ones_like(f64(sb2))
   if not checks.is_traced(sb2) and np.any(np.asarray(sb2) >= 1.0):
     raise ValueError(f"sb2 must be < 1 for the stable initialisation sw2=None, got {sb2!r}")
-  moment = act.second_moment(f64(1.0)) if norm == "none" else factor * act.variance(f64(1.0))
-  return (1.0 - f64(sb2)) / moment
+  return (1.0 - f64(sb2)) / (factor * rule(norm).moment(act, f64(1.0)))
 
 
 @float64
@@ -241,10 +223,9 @@ def _fixed_point(variance, zero_is_fixed, shape, q0, max_iter: int, cap=Q_MAX):
 
 def zero_is_fixed(layer: Layer):
   """V(0) = 0: σb² = 0 and φ(0) = 0 (or weight mean, which centres φ(0) away); never for BN."""
-  if layer.norm in BATCH_NORMS:
+  if layer.rule.normalised:
     return jnp.zeros(jnp.shape(layer.sb2), bool)
-  centred = layer.norm == "weight_mean"
-  return (layer.sb2 == 0) & (centred | (layer.activation(f64(0.0)) == 0))
+  return (layer.sb2 == 0) & (layer.rule.centred | (layer.activation(f64(0.0)) == 0))
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
@@ -258,7 +239,7 @@ def search_cap(layer: Layer):
   """Where the search for q* gives up (q* = ∞): Q_MAX, or for a bounded φ (`sup_square`) four
   times its bound σw² sup φ² + σb² on q*, which a bounded φ never exceeds (so never ∞)."""
   sup = layer.activation.sup_square
-  if sup is None or layer.norm in BATCH_NORMS:
+  if sup is None or layer.rule.normalised:
     return Q_MAX
   return jnp.maximum(Q_MAX, 4.0 * (layer.sw2 * sup + layer.sb2) + 1.0)
 
@@ -522,7 +503,7 @@ def explain_nan(layer: Layer, out):
 
 def _finite_batch_chi1(layer: Layer, batch):
   from mimictheory._src import batch_norm as bn
-  if layer.norm != "batch_norm":
+  if not layer.rule.exact_batch:
     raise ValueError(f"batch applies to norm='batch_norm' only (the exact finite-batch BN), "
                      f"got norm={layer.norm!r}")
   arr = np.asarray(batch)
@@ -659,8 +640,7 @@ def series_layer(layer: Layer, q) -> Layer:
   E[φφ] and E[φ'φ'] are below SERIES_TOL at ρ = ±1, where they are largest (|ρ|^(K+1)). Else,
   and for closed forms, `layer` itself (the 2-D quadrature)."""
   from mimictheory._src import tables
-  from mimictheory._src.activations import Numerical
-  if not isinstance(layer.activation, Numerical) or layer.norm in BATCH_NORMS:
+  if layer.activation.closed_form or layer.rule.normalised:
     return layer
   q_eval, limit = limit_point(layer, q)
   edges = f64(np.array([-1.0, 1.0])) * q_eval

@@ -29,7 +29,7 @@ from flax import nnx
 
 from mimictheory._src import checks
 from mimictheory._src.norms import check_norm
-from mimictheory._src.signals import pair_statistics, unit_statistics
+from mimictheory._src.signals import Signal, pair_statistics, unit_statistics
 from mimictheory._src.nn import (
     MIN_FAN_IN, NORM_OPTIONS, RESIDUAL_BASELINES, CentredKernel, Dense, LastBatchNorm,
     ResidualScalar, centre_kernel, init_sw2, pytorch_init)
@@ -568,20 +568,21 @@ def _modes(model: nnx.Module):
           for _, m in nnx.iter_modules(model)]
 
 
-def signals(model: nnx.Module, x) -> list[dict]:
-  """Signal-propagation metrics of every conv output of `model` on the batch x (NHWC), in the
-  order the convs run (NFNets' SPPs, with channels as units): `channel_mean` (average squared
-  batch mean of a channel), `channel_variance` (average batch variance of a channel), `q`
-  (per input, the mean squared activation) and `correlation` (every input pair, over all
-  positions and channels). Runs the model once in eval mode, then restores each module's own
-  mode (so it can be called from a training loop's step callback).
+def signals(model: nnx.Module, x) -> Signal:
+  """Signal-propagation metrics of every conv output of `model` on the batch x (NHWC), one row
+  per conv in the order they run: a `Signal` (NFNets' SPPs) with channels as units, the same
+  type and words as an MLP's `signals` and a finite network's: `mean` (L,) the average squared
+  batch mean of a channel (over the batch and positions), `variance` (L,) its average batch
+  variance, `q` (L, N) each input's mean squared activation, `correlation` (L, N, N) every
+  input pair over all positions and channels. Runs the model once in eval mode, then restores
+  each module's own mode (so it can be called from a training loop's step callback).
 
   >>> import numpy as np
   >>> from mimictheory.nn import make_model, signals
   >>> net = make_model("vgg11", classes=10, norm="mimic", width=0.125)
-  >>> rows = signals(net, np.random.default_rng(0).normal(size=(4, 32, 32, 3)))
-  >>> sorted(rows[0])[:3], len(rows) > 5
-  (['channel_mean', 'channel_variance', 'correlation'], True)
+  >>> sig = signals(net, np.random.default_rng(0).normal(size=(4, 32, 32, 3)))
+  >>> sig.mean.shape, sig.q.shape, sig.correlation.shape      # VGG11: eight convs
+  ((8,), (8, 4), (8, 4, 4))
   """
   outputs = []
   token = _RECORDING.set(outputs)
@@ -594,13 +595,12 @@ def signals(model: nnx.Module, x) -> list[dict]:
     for module, attributes in modes:
       for name, value in attributes.items():
         setattr(module, name, value)
-  metrics = []
+  rows = []
   for y in outputs:
-    channel_mean, channel_variance = unit_statistics(y.reshape(-1, y.shape[-1]))
+    mean, variance = unit_statistics(y.reshape(-1, y.shape[-1]))
     q, correlation = pair_statistics(y.reshape(y.shape[0], -1))
-    metrics.append({"channel_mean": channel_mean, "channel_variance": channel_variance, "q": q,
-                    "correlation": correlation})
-  return metrics
+    rows.append(Signal(mean, variance, q, correlation))
+  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *rows)
 
 
 MODELS = {

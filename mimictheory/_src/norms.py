@@ -7,15 +7,22 @@ every hidden layer). "batch_norm_paper" is the theory's full-batch approximation
 (Theorem 2); "last_bn" (a plain network with the last BN only) and "mimic" (MimicNorm: weight
 mean, the last BN and, in residual models, the residual scalars) exist only as models.
 "bn" is accepted as another spelling of "batch_norm".
+
+What a theory norm does to one layer's mean-field maps is a `Norm` (`rule(name)`): whether it
+centres φ (weight mean and BN remove (E φ)²), whether it normalises by the unit variance (BN:
+σw², σb² drop out), whether it is exact at a finite batch, and Lemma 1's fan-in factor. The
+maps, phase diagrams and descriptions ask the rule; none compares names.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax.numpy as jnp
 
 from mimictheory._src import checks
 
 __all__ = ["THEORY_NORMS", "MODEL_NORMS", "RESIDUAL_BASELINES", "ALIASES", "ABLATION_METHODS",
-           "check_norm", "centre_kernel"]
+           "check_norm", "centre_kernel", "Norm", "rule"]
 
 THEORY_NORMS = ("none", "weight_mean", "batch_norm", "batch_norm_paper")
 MODEL_NORMS = ("batch_norm", "none", "weight_mean", "last_bn", "mimic")
@@ -48,3 +55,68 @@ def centre_kernel(kernel):
   [0.0, 0.0]
   """
   return kernel - jnp.mean(kernel, axis=tuple(range(kernel.ndim - 1)), keepdims=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+  """What a normalisation does to a layer's mean-field maps, with φ the activation, f Lemma 1's
+  factor and K = E[φ(u)φ(v)], D = E[φ'(u)φ'(v)]:
+
+      plain         q12' = σw² f K + σb²,                 ∂q12'/∂q12 = σw² f D
+      centred       q12' = σw² f (K − m1 m2) + σb²         (weight mean, eq 10)
+      normalised    q12' = (K − m1 m2) / √(Var1 Var2),    ∂q12'/∂q12 = D / √(Var1 Var2)   (BN)
+
+  `exact_batch`: BN exact at a finite batch where the batch is known (kernels, χ1(B)); these
+  maps are then its full-batch limit (Theorem 2).
+
+  >>> from mimictheory._src.norms import rule
+  >>> [(r.name, r.centred, r.normalised) for r in map(rule, THEORY_NORMS[:3])]
+  [('none', False, False), ('weight_mean', True, False), ('batch_norm', True, True)]
+  >>> rule("weight_mean").fan_in_factor(300) == 299 / 300, rule("none").fan_in_factor(300)
+  (True, 1.0)
+  """
+  name: str
+  centred: bool
+  normalised: bool
+  exact_batch: bool = False
+
+  def fan_in_factor(self, n: float) -> float:
+    """Lemma 1's (n − 1)/n for a centred dense layer of fan-in n (1 for n = ∞ or otherwise)."""
+    if self.centred and not self.normalised and n != float("inf"):
+      return (n - 1.0) / n
+    return 1.0
+
+  def moment(self, act, q):
+    """The moment that σw² f multiplies in the variance map: E[φ²], or Var φ when centred."""
+    return act.variance(q) if self.centred else act.second_moment(q)
+
+  def variance_map(self, act, sw2, sb2, factor, q):
+    if self.normalised:
+      return jnp.ones(jnp.broadcast_shapes(jnp.shape(q), jnp.shape(sw2)))
+    return sw2 * factor * self.moment(act, q) + sb2
+
+  def covariance_and_slope(self, act, sw2, sb2, factor, q1, q2, q12):
+    k, d = act.kernel_pair(q1, q2, q12)
+    if self.centred:
+      k = k - act.mean(q1) * act.mean(q2)
+    if self.normalised:
+      scale = 1.0 / jnp.sqrt(act.variance(q1) * act.variance(q2))
+      return k * scale, d * scale
+    gain = sw2 * factor
+    return gain * k + sb2, gain * d
+
+  def diagonal_slope(self, act, sw2, factor, q):
+    d = act.derivative_second_moment(q)
+    if self.normalised:
+      return d / act.variance(q)
+    return sw2 * factor * d
+
+
+_RULES = {r.name: r for r in (Norm("none", False, False), Norm("weight_mean", True, False),
+                              Norm("batch_norm", True, True, exact_batch=True),
+                              Norm("batch_norm_paper", True, True))}
+
+
+def rule(name: str) -> Norm:
+  """The `Norm` of a theory norm's name (ValueError naming the allowed ones otherwise)."""
+  return _RULES[check_norm(name, THEORY_NORMS)]

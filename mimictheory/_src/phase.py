@@ -21,12 +21,12 @@ import numpy as np
 
 from mimictheory._src import checks
 from mimictheory._src import tables
-from mimictheory._src.activations import Numerical
 from mimictheory._src.io import progress_bar
 from mimictheory._src.maps import (
-    BATCH_NORMS, COLLAPSED, CONVERGED, DIVERGED, NOT_CONVERGED, Q_MAX, Q_MIN, Layer, limit_point,
+    COLLAPSED, CONVERGED, DIVERGED, NOT_CONVERGED, Q_MAX, Q_MIN, Layer, limit_point,
     newton_cstar, resolve_arguments, slope_at_cstar, slope_at_one, solve_cstar, solve_qstar_status,
     zero_is_fixed, depth_scale)
+from mimictheory._src.norms import rule
 from mimictheory._src.precision import concrete_only, f64, float64
 
 __all__ = ["PhaseDiagram", "phase_diagram", "CriticalLine", "critical_line", "REGIMES"]
@@ -129,10 +129,10 @@ def _series_fields(layer: Layer, q):
   a = act.coefficient(q_eval)
   k = jnp.arange(a.shape[-1] - 1.0)
   terms = jnp.square(a[..., :-1])
-  if layer.norm != "none":
+  if layer.rule.centred:
     terms = terms.at[..., 0].set(0.0)  # centring removes (E φ)²
   slope_terms = jnp.square(a[..., 1:]) * (k + 1.0)  # E[φ'φ'] = Σ (k+1) a_{k+1}² c^k / q
-  bn = layer.norm in BATCH_NORMS
+  bn = layer.rule.normalised
   s = 1.0 / act.variance(q_eval) if bn else lay.sw2 * lay.factor
   shift = 0.0 if bn else lay.sb2
   v = lay.variance_map(q_eval)
@@ -211,13 +211,14 @@ def phase_diagram(activation="relu", sw2=None, sb2=None, norm="none", fan_in=Non
   sw2 = np.linspace(0.5, 4.0, 200) if sw2 is None else grid_axis("sw2", sw2, positive=True)
   sb2 = np.linspace(0.0, 0.3, 150) if sb2 is None else grid_axis("sb2", sb2, positive=False)
   act, _, _, factor = resolve_arguments(activation, 1.0, 0.0, norm, fan_in)
+  norm = rule(norm).name  # one spelling ("bn": "batch_norm")
   cells = sw2.size * sb2.size  # the fields, their flat copies and the meshgrid: ~24 per cell
   checks.check_memory("phase_diagram", 8.0 * 24 * cells, f"{sw2.size} x {sb2.size} cells, "
                       "24 float64 values each", "use a coarser grid, or split it")
   w, b = (a.reshape(-1) for a in np.meshgrid(sw2, sb2, indexing="ij"))
   chunk = checks.check_int("chunk", 65536 if chunk is None else chunk, minimum=1)
   chunk = min(chunk, w.size)
-  numerical = isinstance(act, Numerical)
+  numerical = not act.closed_form
   base = tables.tabulated(act) if numerical else act
   layer = lambda a, ws, bs: Layer(a, norm, f64(ws), f64(bs), f64(factor))  # noqa: E731
   desc = f"phase diagram ({act.name})"
@@ -261,7 +262,7 @@ def phase_diagram(activation="relu", sw2=None, sb2=None, norm="none", fan_in=Non
   fields = [a.reshape(sw2.size, sb2.size) for a in
             (q, chi1, cstar, chi_c, np.asarray(depth_scale(chi_c)),
              np.asarray(depth_scale(chi_q)), regime)]
-  critical = None if norm in BATCH_NORMS else critical_line(act, sb2, norm, fan_in)
+  critical = None if rule(norm).normalised else critical_line(act, sb2, norm, fan_in)
   return PhaseDiagram(act.name, norm, sw2, sb2, *fields, critical, fallback)
 
 
@@ -297,8 +298,7 @@ class CriticalLine:
 def _on_critical_line(act, norm, factor, q):
   """(σw², σb²) whose fixed point is q with χ1 = 1: σw² = 1/(f E[φ'²]), σb² = q - σw² f A(q)."""
   sw2 = 1.0 / (factor * act.derivative_second_moment(q))
-  moment = act.second_moment(q) if norm == "none" else act.variance(q)
-  return sw2, q - sw2 * factor * moment
+  return sw2, q - sw2 * factor * rule(norm).moment(act, q)
 
 
 _SCAN = np.logspace(math.log10(Q_MIN) + 1, math.log10(Q_MAX) - 1, 4001)  # q* scanned for roots
@@ -365,7 +365,8 @@ def critical_line(activation="relu", sb2=None, norm="none", fan_in=None) -> Crit
   [1.0, 1.760955]
   """
   act, _, _, factor = resolve_arguments(activation, 1.0, 0.0, norm, fan_in)
-  if norm in BATCH_NORMS:
+  norm = rule(norm).name  # one spelling ("bn": "batch_norm")
+  if rule(norm).normalised:
     raise ValueError(f"norm={norm!r} has no critical line: its chi1 does not depend on "
                      "(sw2, sb2); use norm 'none' or 'weight_mean'")
   sb2 = np.linspace(0.0, 0.3, 150) if sb2 is None else grid_axis("sb2", sb2, positive=False)
@@ -373,16 +374,15 @@ def critical_line(activation="relu", sb2=None, norm="none", fan_in=None) -> Crit
   if act.homogeneity == 1:
     sw2 = 1.0 / (factor * act.derivative_second_moment(f64(1.0)))
     sw2 = jnp.full(target.shape, sw2)
-    moment = act.second_moment(f64(1.0)) if norm == "none" else act.variance(f64(1.0))
-    slope = sw2 * factor * moment  # V(q) = slope · q + σb² for homogeneous φ
+    slope = sw2 * factor * rule(norm).moment(act, f64(1.0))  # V(q) = slope·q + σb², homogeneous
     q = jnp.where(slope < 1, target / jnp.where(slope < 1, 1 - slope, 1.0), jnp.inf)
     q = jnp.where((slope >= 1) & (target == 0), 1.0, q)
     exists = np.ones(target.shape, bool)
     return CriticalLine(sb2, np.asarray(sw2), np.asarray(q), exists)
-  tab = tables.tabulated(act) if isinstance(act, Numerical) else act
+  tab = act if act.closed_form else tables.tabulated(act)
   # Where V(0) = 0, σb²(q*) -> 0 as q* -> 0 and the σb² = 0 row would see rounding noise as
   # roots: its only point is the end point below.
-  zero_fixed = norm == "weight_mean" or float(act(f64(0.0))) == 0.0
+  zero_fixed = rule(norm).centred or float(act(f64(0.0))) == 0.0
   scan = np.nonzero(~((sb2 == 0) & zero_fixed))[0]
   rows, roots = _scan_roots(tab, norm, f64(factor), np.asarray(sb2[scan]))
   rows = scan[rows]

@@ -1,4 +1,5 @@
-"""Plotting: phase diagrams and training curves, and the house style of every figure.
+"""Plotting: the house style of every figure, and one function per panel (`plot_*(ax, ...)`)
+that the figures, the command line and the notebooks all call.
 
 Figures are `matplotlib.figure.Figure` objects made directly, never through `pyplot`, so the
 library neither selects nor changes the user's matplotlib backend and keeps no global figure
@@ -20,7 +21,9 @@ from mimictheory._src.io import atomic_path, atomic_paths
 
 __all__ = ["STYLE", "NORM_TITLES", "new_figure", "save_figure", "write_figure",
            "plot_phase_diagram", "plot_phase_diagrams", "plot_training", "batch_chi1_curve",
-           "plain_log_ticks"]
+           "plain_log_ticks", "plot_correlation_maps", "plot_batch_chi1", "plot_chi1_map",
+           "plot_ntk_spectrum", "plot_layer_correlations", "plot_width_gap", "plot_depth_scale",
+           "plot_accuracy"]
 
 STYLE = {
     "font.size": 9.5, "axes.titlesize": 10, "axes.labelsize": 9.5, "legend.fontsize": 8.5,
@@ -197,22 +200,16 @@ def plain_log_ticks(axis, subs=(1.0, 2.0, 5.0)):
 def _phase_row(fig, axes, pd):
   """χ1 with the critical line, q* and ξ_c of one `PhaseDiagram` on three axes."""
   import matplotlib
-  from matplotlib.colors import LogNorm, TwoSlopeNorm
+  from matplotlib.colors import LogNorm
   from matplotlib.patches import Patch
   style = _Cells(pd)
   extent = style.extent
   special = pd.regime >= _ZERO
   name = NORM_TITLES.get(pd.norm, pd.norm)
-  chi = np.where(special, np.nan, pd.chi1)
-  lo, hi = (np.nanmin(chi), np.nanmax(chi)) if np.isfinite(chi).any() else (0.5, 1.5)
-  im = style(axes[0], chi, cmap="RdBu_r", norm=TwoSlopeNorm(1.0, min(lo, 0.999), max(hi, 1.001)))
+  im = plot_chi1_map(axes[0], pd, missing=None)
   _colorbar(fig, im, axes[0], r"$\chi_1$")
   axes[0].set_title(f"{name}: " + r"$\chi_1$ (blue ordered, red chaotic)")
-  handles = []
-  if pd.critical is not None and pd.critical.exists.any():
-    ok = pd.critical.exists
-    handles += axes[0].plot(pd.critical.sb2[ok], pd.critical.sw2[ok], "k-", lw=2,
-                            label=r"critical line $\chi_1 = 1$")
+  handles = list(axes[0].get_lines())  # the critical line
   if pd.critical is not None and pd.critical.branch_reached is not None:
     other = ~pd.critical.branch_reached & np.isfinite(pd.critical.branch_sw2)
     if other.any():
@@ -269,16 +266,11 @@ def batch_chi1_curve(activation, batches=BATCHES):
 
 def _batch_norm_row(fig, axes, pd):
   """BN: σw², σb² drop out, so the row shows χ1 against the batch size instead of a grid."""
-  batches, chi, limit = batch_chi1_curve(pd.activation)
   for ax in axes:
     ax.remove()
   spec = axes[0].get_subplotspec()
   ax = fig.add_subplot(spec.get_gridspec()[spec.rowspan.start, :2])
-  ax.semilogx(batches, chi, "o-", ms=3, color="tab:red", label="exact batch norm at batch B")
-  ax.axhline(limit, color="k", ls="--", lw=1, label=f"Theorem 2 (B → ∞): {limit:.4f}")
-  ax.axhline(1.0, color="0.5", ls=":", lw=1, label=r"critical $\chi_1 = 1$")
-  ax.set_xlabel("batch size B")
-  ax.set_ylabel(r"$\chi_1$")
+  chi = plot_batch_chi1(ax, pd.activation)
   ax.set_title(r"batch norm: $\chi_1$ against the batch size (σw², σb² drop out)")
   ax.legend(loc="upper right")
   note = fig.add_subplot(axes[2].get_subplotspec())
@@ -355,8 +347,7 @@ def plot_training(history, path=None, title: str = ""):
   axes[0].set_yscale("log")
   axes[0].set_ylabel("cross-entropy")
   axes[0].legend()
-  axes[1].plot(epochs, [r["test_accuracy"] for r in history], "o-", ms=3)
-  axes[1].set_ylabel("test accuracy")
+  plot_accuracy(axes[1], {"": history})
   if has_bn:
     axes[2].plot(epochs, np.asarray(variance), lw=1)
     axes[2].set_yscale("log")
@@ -368,3 +359,197 @@ def plot_training(history, path=None, title: str = ""):
   if path is not None:
     save_figure(fig, path)
   return fig
+
+
+# ------------------------------------------------------------------------------------------
+# Panels: one function per panel, drawn on a given axes, that the figures and the notebooks
+# both call (so a notebook never redraws a library panel by hand).
+# ------------------------------------------------------------------------------------------
+_MARKERS = (("o", 13), ("s", 7), ("D", 5), ("^", 4))  # the first fixed points drawn largest
+
+
+def plot_correlation_maps(ax, rho, curves: dict, fixed_points: dict | None = None,
+                          emphasis: str | None = None, linestyles: dict | None = None):
+  """Correlation maps ρ -> T(ρ) against the identity: `curves` {label: values on `rho`},
+  `fixed_points` {label: `FixedPoints`} marked on the diagonal (filled: stable; the markers
+  shrink from curve to curve so that coinciding points stay visible), `emphasis` the label
+  drawn thick, `linestyles` {label: style} (e.g. "--" for a curve that lies on another).
+  Figure 4's panel.
+
+  >>> import numpy as np, mimictheory as mt
+  >>> fig, ax = new_figure(4, 4)
+  >>> rho = np.linspace(-1, 1, 5)
+  >>> lines = mt.plot_correlation_maps(ax, rho, {"T": mt.correlation_map(rho, "relu")})
+  >>> [line.get_label() for line in ax.get_lines()][1:]   # after the identity
+  ['T']
+  """
+  import matplotlib
+  palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+  ax.plot(rho, rho, color="0.6", ls="--", lw=1, label=r"identity $\rho$")
+  lines = []
+  for i, (label, values) in enumerate(curves.items()):
+    color = palette[i % len(palette)]
+    width = 3 if label == emphasis else 2 if emphasis is None else 1.3
+    (line,) = ax.plot(rho, np.asarray(values), color=color, lw=width, label=label,
+                      ls=(linestyles or {}).get(label, "-"))
+    lines.append(line)
+    fps = (fixed_points or {}).get(label)
+    if fps is not None:
+      marker, size = _MARKERS[i % len(_MARKERS)]
+      for p, stable in zip(fps.points, fps.stable):
+        ax.plot([p], [p], marker, color=color, ms=size, mec=color, mew=2,
+                mfc=color if stable else "white", zorder=20 - size, ls="none")
+  ax.set_xlabel(r"input correlation $\rho$")
+  ax.set_ylabel("output correlation")
+  return lines
+
+
+def plot_batch_chi1(ax, activation, batch: int | None = None):
+  """χ1 of exact batch norm against the batch size, with Theorem 2's limit and the critical
+  χ1 = 1; a star at `batch` if given.
+
+  >>> fig, ax = new_figure(4, 3)
+  >>> _ = plot_batch_chi1(ax, "relu", batch=32)
+  >>> ax.get_xlabel()
+  'batch size B'
+  """
+  batches, chi, limit = batch_chi1_curve(activation)
+  ax.semilogx(batches, chi, "o-", ms=3, color="tab:red", label="exact batch norm at batch B")
+  ax.axhline(limit, color="k", ls="--", lw=1, label=f"Theorem 2 (B → ∞): {limit:.4f}")
+  ax.axhline(1.0, color="0.5", ls=":", lw=1, label=r"critical $\chi_1 = 1$")
+  if batch is not None:
+    from mimictheory._src.maps import chi1
+    ax.plot([batch], [float(chi1(activation, norm="batch_norm", batch=batch))], "k*", ms=14,
+            label=f"batch {batch}")
+  ax.set_xlabel("batch size B")
+  ax.set_ylabel(r"$\chi_1$")
+  return chi
+
+
+def plot_chi1_map(ax, pd, point=None, missing="0.75"):
+  """χ1 over a `PhaseDiagram`'s (σb², σw²) grid (blue ordered, red chaotic; cells where q* = 0
+  or ∞ in the colour `missing`, None to leave them for an overlay) with its critical line,
+  and a star at `point` = (σw², σb²) if given. Returns the image (for a colour bar).
+
+  >>> import numpy as np, mimictheory as mt
+  >>> fig, ax = new_figure(4, 3)
+  >>> pd = mt.phase_diagram("erf", sw2=np.linspace(0.5, 3, 6), sb2=np.linspace(0, 0.2, 4))
+  >>> image = mt.plot_chi1_map(ax, pd, point=(2.0, 0.1))
+  >>> print(ax.get_ylabel())
+  $\\sigma_w^2$
+  """
+  from matplotlib.colors import TwoSlopeNorm
+  style = _Cells(pd)
+  chi = np.where(pd.regime >= _ZERO, np.nan, pd.chi1)
+  lo, hi = (np.nanmin(chi), np.nanmax(chi)) if np.isfinite(chi).any() else (0.5, 1.5)
+  if missing is not None:
+    ax.set_facecolor(missing)  # q* = 0 or ∞: no colour of the χ1 scale
+  image = style(ax, chi, cmap="RdBu_r",
+                norm=TwoSlopeNorm(1.0, min(lo, 0.999), max(hi, 1.001)))
+  if pd.critical is not None and pd.critical.exists.any():
+    ok = pd.critical.exists
+    ax.plot(pd.critical.sb2[ok], pd.critical.sw2[ok], "k-", lw=2,
+            label=r"critical line $\chi_1 = 1$")
+  if point is not None:
+    ax.plot([point[1]], [point[0]], "k*", ms=14, mfc="yellow", clip_on=False)
+  ax.set_xlim(style.extent[0], style.extent[1])
+  ax.set_ylim(style.extent[2], style.extent[3])
+  ax.set_xlabel(r"$\sigma_b^2$")
+  ax.set_ylabel(r"$\sigma_w^2$")
+  return image
+
+
+def plot_ntk_spectrum(ax, spectrum):
+  """The NTK's eigenvalues at the deepest depth of an `NTKSpectrum` (descending), with its
+  condition number κ against depth in an inset (Theorem 1).
+
+  >>> import numpy as np, mimictheory as mt
+  >>> fig, ax = new_figure(4, 3)
+  >>> spec = mt.ntk_spectrum(np.random.default_rng(0).normal(size=(6, 3)), depth=4)
+  >>> inset = mt.plot_ntk_spectrum(ax, spec)
+  >>> inset.get_title()
+  'κ against depth'
+  """
+  eig = np.asarray(spectrum.eigenvalues[-1])[::-1]
+  ax.semilogy(np.arange(1, len(eig) + 1), eig, "o-", ms=3,
+              label=f"eigenvalues at depth {int(spectrum.depths[-1])}")
+  # the inset where the eigenvalues are not: top right when most lie low on the log scale,
+  # bottom left when most lie high (a well-conditioned NTK)
+  logs = np.log(eig[eig > 0]) if np.any(eig > 0) else np.zeros(1)
+  high = np.median(logs) > 0.5 * (logs.min() + logs.max())
+  inset = ax.inset_axes([0.12, 0.1, 0.42, 0.36] if high else [0.55, 0.5, 0.42, 0.36])
+  condition = np.asarray(spectrum.condition)
+  inset.plot(spectrum.depths, condition, color="tab:purple")
+  if np.nanmax(condition) / np.nanmin(condition) > 30:
+    inset.set_yscale("log")
+  inset.set_title("κ against depth", fontsize=8, pad=2)
+  inset.tick_params(labelsize=7)
+  ax.set_xlabel("index")
+  ax.set_ylabel("NTK eigenvalue")
+  return inset
+
+
+def plot_layer_correlations(ax, layers, theory: dict, measured: dict | None = None):
+  """The correlation of an input pair layer by layer: `theory` {label: values} as lines,
+  `measured` {label: `Estimate`} (finite networks) as points with 2-SE error bars in the same
+  colour.
+
+  >>> import numpy as np
+  >>> fig, ax = new_figure(4, 3)
+  >>> plot_layer_correlations(ax, [1, 2, 3], {"plain": [0.5, 0.6, 0.7]})
+  >>> ax.get_ylabel()
+  'correlation of the pair'
+  """
+  for label, values in theory.items():
+    (line,) = ax.plot(layers, np.asarray(values), "-", label=f"{label}: theory")
+    if measured is not None and label in measured:
+      est = measured[label]
+      ax.errorbar(layers, est.mean, 2 * np.asarray(est.se), fmt="o", color=line.get_color(),
+                  label=f"{label}: networks (± 2 SE)")
+  ax.set_xlabel("layer")
+  ax.set_ylabel("correlation of the pair")
+
+
+def plot_width_gap(ax, widths, gaps):
+  """A relative gap between finite networks and the infinite-width theory against the width,
+  with the n^(-1/2) of the first point for reference (log-log).
+
+  >>> fig, ax = new_figure(4, 3)
+  >>> plot_width_gap(ax, [32, 128], [0.2, 0.1])
+  >>> ax.get_xlabel()
+  'width n'
+  """
+  widths, gaps = np.asarray(widths, float), np.asarray(gaps, float)
+  ax.loglog(widths, gaps, "o-", label="relative RMS gap")
+  ax.loglog(widths, gaps[0] * np.sqrt(widths[0] / widths), "k--", label=r"$n^{-1/2}$")
+  ax.set_xlabel("width n")
+
+
+def plot_depth_scale(ax, sw2, xi, critical: float | None = None):
+  """The correlation depth ξ_c against σw² (log scale), with the critical σw² if given.
+
+  >>> fig, ax = new_figure(4, 3)
+  >>> plot_depth_scale(ax, [1.0, 2.0], [3.0, 10.0], critical=1.5)
+  >>> print(ax.get_ylabel())
+  $\\xi_c$ (layers)
+  """
+  ax.semilogy(sw2, xi)
+  if critical is not None:
+    ax.axvline(critical, color="k", ls="--", label=f"critical σw² = {critical:.3f}")
+  ax.set_xlabel("σw²")
+  ax.set_ylabel(r"$\xi_c$ (layers)")
+
+
+def plot_accuracy(ax, histories: dict):
+  """Test accuracy per epoch of training runs, {label: history} (`TrainResult.history`).
+
+  >>> fig, ax = new_figure(4, 3)
+  >>> plot_accuracy(ax, {"mimic": [{"epoch": 1, "test_accuracy": 0.5}]})
+  >>> ax.get_ylabel()
+  'test accuracy'
+  """
+  for label, history in histories.items():
+    ax.plot([r["epoch"] for r in history], [r["test_accuracy"] for r in history], "o-", ms=3,
+            label=label)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("test accuracy")

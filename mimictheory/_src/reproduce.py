@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mimictheory._src import checks
-from mimictheory._src.io import atomic_path, progress_bar
+from mimictheory._src.io import atomic_path, progress_bar, write_table
 from mimictheory._src.plotting import NORM_TITLES, styled
 
 __all__ = ["EXPERIMENTS", "Run", "plan", "reproduce"]
@@ -173,13 +173,7 @@ def _best(history, key="test_accuracy"):
 
 
 def _write(out: Path, stem: str, rows: list[str], payload: dict) -> list[Path]:
-  out.mkdir(parents=True, exist_ok=True)
-  paths = [out / f"{stem}.md", out / f"{stem}.json"]
-  with atomic_path(paths[0]) as tmp:
-    tmp.write_text("\n".join(rows) + "\n")
-  with atomic_path(paths[1]) as tmp:
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
-  return paths
+  return write_table(out, stem, "\n".join(rows), payload)
 
 
 def _clean(x):

@@ -11,28 +11,26 @@ infinite width the branch's weights are independent of the stream, so the cross 
 
     K^{l+1} = K^l + α_l² K_b(K^l),        Θ^{l+1} = Θ^l + α_l² Θ_b(K^l, Θ^l),
 
-where K_b, Θ_b are one dense layer's maps (`Layer.covariance_and_slope`, or the BN maps), i.e.
-Θ_b = K_b + σw² E[φ'(u)φ'(v)] Θ^l without BN. α_l is a fixed scalar (its own gradient is not
-part of the NTK). `alpha="official"` is MimicNorm's official initial value 1.2^k/l (k = 1 dense
-per branch), which suppresses the branch's share of the variance like 1/l²; `"sqrt"` is the
-paper's text, 1/√l, which gives BN's 1/l.
+where K_b, Θ_b are one dense layer's maps (computed by the description's `stax` layers,
+`residual_description`), i.e. Θ_b = K_b + σw² E[φ'(u)φ'(v)] Θ^l without BN. α_l is a fixed
+scalar (its own gradient is not part of the NTK). `alpha="official"` is MimicNorm's official
+initial value 1.2^k/l (k = 1 dense per branch), which suppresses the branch's share of the
+variance like 1/l²; `"sqrt"` is the paper's text, 1/√l, which gives BN's 1/l.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mimictheory._src import batch_norm as bn
-from mimictheory._src import checks
-from mimictheory._src.kernels import (
-    adequate_batch_nodes, check_batch, dense_step, identical_rows, input_kernel, kernel_layer,
-    normalise_full_batch, validate_inputs)
+from mimictheory._src import checks, stax
+from mimictheory._src.kernels import check_batch, kernel_layer, validate_inputs
 from mimictheory._src.maps import Layer
-from mimictheory._src.precision import concrete_only, f64, float64
+from mimictheory._src.precision import concrete_only, float64
 
 __all__ = ["ResidualKernels", "residual_kernels", "residual_scalars", "official_residual_scalar",
            "ALPHAS"]
@@ -102,35 +100,29 @@ class ResidualKernels:
     return self.branch / self.stream
 
 
-def _branch(layer: Layer, k, ntk, same, nodes):
-  """One branch N -> φ -> Dense: (K_b, Θ_b) from the stream's (K, Θ)."""
-  if layer.norm == "batch_norm":
-    a, b = bn.homogeneous_coefficients(layer.activation)
-    k_b, ntk_b, _, _ = bn.exact_step(a, b, k, ntk, layer.sw2, layer.sb2, same, nodes)
-    return k_b, ntk_b
-  if layer.norm == "batch_norm_paper":
-    k, ntk = normalise_full_batch(k, ntk)
-    layer = dataclasses.replace(layer, norm="none")
-  q = jnp.diagonal(k)
-  k = jnp.where(same, jnp.sqrt(q[:, None] * q[None, :]), k)  # ρ = 1 exactly on the diagonal
-  return dense_step(layer, q, q, k, ntk)
+def residual_description(layer: Layer, alphas, gain: float = 1.0, fan_in=None) -> stax.Network:
+  """The residual network of the module docstring as a description: a `Dense`, then per block
+  `FanOut(2)`, `parallel(Identity(), serial([BatchNorm], act, Dense, Scale(α_l)))`,
+  `FanInSum()`, then a plain `Dense` readout (`fan_in`: the width, None for infinite).
 
+  >>> import numpy as np, mimictheory as mt
+  >>> from mimictheory._src.residual import residual_description
+  >>> net = residual_description(mt.make_layer("relu", 2.0, 0.0), [1.0, 0.5])
+  >>> k = net.kernel_fn(np.ones((1, 1)), get="nngp")  # K = 2, then K (1 + α²) (ReLU at σw² = 2)
+  >>> round(float(k[0, 0]), 12)                          # 2 · 2 · (1 + 1/4), then the readout's 2
+  10.0
+  """
+  w_std, b_std = math.sqrt(float(layer.sw2)), math.sqrt(float(layer.sb2))
+  mean_free, norm = stax.norm_layers(layer.norm)
 
-@partial(jax.jit, static_argnames=("nodes",))
-def _residual(layer: Layer, x, gain, alphas, same, nodes):
-  k, _, _ = input_kernel(layer if layer.norm == "weight_mean" else
-                          dataclasses.replace(layer, norm="none"), x, x, gain)
+  def block(alpha):
+    branch = stax.serial(*norm, stax.Elementwise(layer.activation),
+                         stax.Dense(fan_in, w_std, b_std, weight_mean=mean_free),
+                         stax.Scale(float(alpha)))
+    return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), branch), stax.FanInSum())
 
-  def block(carry, alpha):
-    k, ntk = carry
-    k_b, ntk_b = _branch(layer, k, ntk, same, nodes)
-    stream = jnp.mean(jnp.diagonal(k))
-    branch = alpha**2 * jnp.mean(jnp.diagonal(k_b))
-    return (k + alpha**2 * k_b, ntk + alpha**2 * ntk_b), (stream, branch)
-
-  (k, ntk), (stream, branch) = jax.lax.scan(block, (k, k), alphas)
-  out = layer.sw2 * k + layer.sb2  # the linear readout (not mean-free)
-  return out, out + layer.sw2 * ntk, stream, branch
+  return stax.serial(stax.Dense(fan_in, w_std * math.sqrt(gain), b_std, weight_mean=mean_free),
+                     *[block(alpha) for alpha in alphas], stax.Dense(1, w_std, b_std))
 
 
 @concrete_only
@@ -154,19 +146,23 @@ def residual_kernels(x, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, no
   x, _, depth, gain = validate_inputs(x, None, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   alphas = residual_scalars(alpha, depth)
-  nodes = 0
-  if norm == "batch_norm":
+  if layer.rule.exact_batch:
     if bn.homogeneous_coefficients(layer.activation) is None:
       raise ValueError("residual_kernels with norm='batch_norm' needs a positively homogeneous "
                        f"activation ('relu', 'leaky_relu', 'identity'), got "
                        f"{layer.activation.name!r}")
-    x, same = check_batch(x, ntk=True)
-    nodes = adequate_batch_nodes(layer, x, gain, same, True)
-  else:
-    same = identical_rows(x)
-  nngp, ntk, stream, branch = _residual(layer, f64(x), gain, f64(alphas), same, nodes)
-  if not np.all(np.isfinite(np.asarray(ntk))):
+    check_batch(x, ntk=True)
+  net = residual_description(layer, alphas, gain, fan_in)
+  # the stream entering block 1 (the first Dense), then per block its scaled branch and the
+  # stream after it, then the readout
+  found = net.layer_kernels(x, None, (stax.Dense, stax.Scale, stax._FanInSum))
+  mean_variance = lambda k: float(np.mean(np.diagonal(np.asarray(k.nngp))))  # noqa: E731
+  blocks = found[1:-1]
+  stream = np.array([mean_variance(found[0])] + [mean_variance(k) for k in blocks[2:-1:3]])
+  branch = np.array([mean_variance(k) for k in blocks[1::3]])
+  out = found[-1]
+  if not np.all(np.isfinite(np.asarray(out.ntk))):
     raise FloatingPointError(f"depth={depth}: the NTK of this residual network overflows "
                              "float64 (it grows exponentially with depth); use a smaller depth "
                              "or smaller branch scalars alpha")
-  return ResidualKernels(nngp, ntk, stream, branch)
+  return ResidualKernels(np.asarray(out.nngp), np.asarray(out.ntk), stream, branch)

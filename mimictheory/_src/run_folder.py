@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import shutil
 import signal
 import threading
@@ -25,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mimictheory._src.io import atomic_path
+from mimictheory._src.io import atomic_path, strict_json
 
 __all__ = ["checkpointer", "fingerprint", "lock", "deferred_interrupt", "start_config",
            "record_digest", "restore", "check_space", "save_checkpoint", "read_history",
@@ -194,21 +193,10 @@ def _warn_damaged(damaged, step: int) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
-def _finite_or_null(value):
-  """`value` with every non-finite float, at any depth of lists, tuples and dicts, as None."""
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {k: _finite_or_null(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite_or_null(v) for v in value]
-  return value
-
-
 def json_line(record: dict) -> str:
   """Strict JSON: non-finite numbers, nested ones included (the per-class last-BN variance),
   become null."""
-  return json.dumps(_finite_or_null(record), allow_nan=False)
+  return strict_json(record)
 
 
 def check_space(out: Path, state, epoch: int) -> None:

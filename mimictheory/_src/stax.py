@@ -51,14 +51,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from mimictheory._src import batch_norm as bn
+from mimictheory._src import checks, tables
 from mimictheory._src.activations import (
-    Activation, Erf as _Erf, LeakyReLU, Numerical, ReLU, get_activation)
-from mimictheory._src.kernels import Kernels, identical_rows
-from mimictheory._src.precision import is_traced
+    Activation, Erf as _Erf, LeakyReLU, ReLU, get_activation)
+from mimictheory._src.gram import (
+    Kernels, NTKSpectrum, blocked_gram, check_gram_memory, condition_numbers, identical_rows,
+    symmetric_gram)
+from mimictheory._src.io import progress_bar
+from mimictheory._src.norms import rule
+from mimictheory._src.precision import float64, is_traced
 
 __all__ = ["Kernel", "Network", "MeanField", "Dense", "Elementwise", "Relu", "LeakyRelu", "Erf",
            "Gelu", "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "LayerNorm", "Scale",
-           "serial", "parallel", "FanOut", "FanInSum", "mlp"]
+           "serial", "parallel", "FanOut", "FanInSum", "mlp", "norm_layers"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,8 +74,10 @@ __all__ = ["Kernel", "Network", "MeanField", "Dense", "Elementwise", "Relu", "Le
 class Kernel:
   """The NNGP and NTK of a network's outputs on inputs x1 (rows) and x2 (columns), per unit.
 
-  `cov1`, `cov2`: the variances of the rows' and columns' outputs (the diagonal of the NNGP
-  when x2 is x1); `mean1`, `mean2`: the mean over units of the outputs, needed by a following
+  `ntk` is None where it is not computed (`kernel_fn(..., get="nngp")`: the NNGP alone, which
+  also admits activations without a derivative). `cov1`, `cov2`: the variances of the rows'
+  and columns' outputs (the diagonal of the NNGP when x2 is x1); `mean1`, `mean2`: the mean
+  over units of the outputs, needed by a following
   weight-mean layer (None where it is 0); `same`: pairs of identical inputs (their correlation
   is pinned to 1). Static: `width`, the number of units of the last `Dense` (None: the inputs'
   features); `x1_is_x2`; `pending_batch_norm`, set by an exact `BatchNorm` whose expectation is
@@ -84,7 +91,7 @@ class Kernel:
   ([[0.25, 0.079577], [0.079577, 0.25]], [0.282095, 0.282095])
   """
   nngp: jax.Array
-  ntk: jax.Array
+  ntk: jax.Array | None
   cov1: jax.Array
   cov2: jax.Array
   mean1: jax.Array | None = None
@@ -109,15 +116,16 @@ def _identical(x1, x2):
   return jnp.asarray(identical_rows(np.asarray(x1)))
 
 
-def _input_kernel(x1, x2, same) -> Kernel:
+def _input_kernel(x1, x2, same, with_ntk: bool = True) -> Kernel:
   """The kernel of the inputs themselves: x1 x2ᵀ / d (neural-tangents' starting point), with the
-  feature means for a weight-mean first layer."""
+  feature means for a weight-mean first layer; its NTK 0 (None without the NTK)."""
   d = x1.shape[-1]
   symmetric = x2 is None
   if symmetric:
     x2 = x1
   nngp = x1 @ x2.T / d
-  return Kernel(nngp, jnp.zeros_like(nngp), jnp.sum(x1 * x1, -1) / d, jnp.sum(x2 * x2, -1) / d,
+  return Kernel(nngp, jnp.zeros_like(nngp) if with_ntk else None, jnp.sum(x1 * x1, -1) / d,
+                jnp.sum(x2 * x2, -1) / d,
                 jnp.mean(x1, -1), jnp.mean(x2, -1), same, None, symmetric)
 
 
@@ -167,28 +175,32 @@ class Network:
   def apply_fn(self, params, inputs, rng=None, **kwargs):
     return self.apply(params, inputs, rng)
 
-  def kernel_fn(self, x1, x2=None, get=None, *, mesh=None, progress: bool = False):
+  def kernel_fn(self, x1, x2=None, get=None, *, mesh=None, block_size: int | None = None,
+                progress: bool = False):
     """NNGP and NTK on x1 × x2 (x2=None: x1 × x1), float64. `get`: None (the `Kernel`),
     "nngp", "ntk", or a tuple of them (a namedtuple with those fields).
 
     The route is chosen once, from what the parts declare (`traceable`, `entrywise`): an
     entrywise, pure-JAX description is compiled once and computed tile by tile (a symmetric
     Gram matrix from its upper tiles, exactly symmetric), the tiles sharded over the devices
-    of `mesh` (`mimictheory.row_mesh()`), with a progress bar if asked; one that couples the
-    batch (`BatchNorm`) is computed whole, compiled where it is pure JAX; the others
-    (numerical activations, exact BN) eagerly, layer by layer."""
-    from mimictheory._src.precision import float64
-    return float64(_kernel_fn)(self, x1, x2, get, mesh, progress)
+    of `mesh` (`mimictheory.row_mesh()`), with a progress bar if asked (`block_size`: the
+    tiles' edge, or a cross kernel's rows per block); one that couples the batch
+    (`BatchNorm`) is computed whole, compiled where it is pure JAX; the others (numerical
+    activations, exact BN) eagerly, layer by layer (the progress bar counts layers). Under a
+    transformation (`jit`, `grad`, `vmap` of the inputs or of a layer's W_std, b_std), the
+    description is traced as it stands, into the caller's program."""
+    return _in_float64(_kernel_fn, self, x1, x2, get, mesh, block_size, progress)
 
   def __iter__(self):
     return iter((self.init_fn, self.apply_fn, self.kernel_fn))
 
-  def layer_kernels(self, x1, x2=None, after=None) -> list:
+  def layer_kernels(self, x1, x2=None, after=None, ntk: bool = True) -> list:
     """The `Kernel` after every layer of class `after` (default `Dense`), in the order they
     run, through the whole description (nested `serial` and `parallel` included): the
     per-layer kernels of one pass. After `Dense` they are the pre-activations of every layer
     (`mimictheory.layer_kernels` for an MLP) and the NTK of every depth
-    (`mimictheory.ntk_spectrum`); after `BatchNorm`, the normalised units E[ĥĥᵀ].
+    (`mimictheory.ntk_spectrum`); after `BatchNorm`, the normalised units E[ĥĥᵀ]. `after` may
+    be a tuple of classes. `ntk=False`: the NNGP only (each `Kernel`'s ntk is None).
 
     >>> import numpy as np
     >>> from mimictheory import stax
@@ -196,8 +208,8 @@ class Network:
     >>> [np.round(k.nngp[0, 0], 6) for k in net.layer_kernels(np.eye(2))]   # q* = 1/2 each
     [np.float64(1.0), np.float64(1.0)]
     """
-    from mimictheory._src.precision import float64
-    return float64(_layer_kernels)(self, x1, x2, Dense if after is None else after)
+    return _in_float64(_layer_kernels, self, x1, x2, Dense if after is None else after,
+                       bool(ntk))
 
   def mean_field(self, batch: int | None = None) -> "MeanField":
     """The one-layer mean-field maps of a stack of identical layers: `Dense`, then
@@ -224,10 +236,7 @@ class Network:
     >>> net.ntk_spectrum(np.random.default_rng(0).normal(size=(5, 3))).eigenvalues.shape
     (4, 5)
     """
-    from mimictheory._src.kernels import NTKSpectrum, _condition
-    eig = np.stack([np.linalg.eigvalsh(np.asarray(k.ntk)) for k in self.layer_kernels(x, None,
-                                                                                       after)])
-    return NTKSpectrum(np.arange(len(eig)), eig, _condition(eig, np))
+    return _in_float64(_ntk_spectrum, self, x, Dense if after is None else after)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,14 +267,14 @@ class MeanField:
                 fan_in=self.fan_in)
 
   def _limit_only(self, what):
-    if self.norm == "batch_norm":
+    if rule(self.norm).exact_batch:
       raise ValueError(f"{what} of an exact BatchNorm() stack: only its full-batch limit is "
                        "computed; describe the network with BatchNorm(full_batch_limit=True)")
 
   def chi1(self):
     """χ1 (`mimictheory.chi1`); at `batch` for an exact BN stack."""
     from mimictheory._src.maps import chi1
-    if self.norm == "batch_norm" and self.batch is None:
+    if rule(self.norm).exact_batch and self.batch is None:
       raise ValueError("chi1 of an exact BatchNorm() stack needs mean_field(batch=B), B >= 4")
     return chi1(**self._args(), batch=self.batch)
 
@@ -343,13 +352,26 @@ def _mean_field(network, batch):
     fail("weight mean and batch norm together")
   fan_in = widths.pop() if first.weight_mean else None
   if batch is not None:
-    from mimictheory._src import checks
     batch = checks.check_int("batch", batch, minimum=bn.MIN_BATCH_NTK)
   return MeanField(acts.pop(), float(first.W_std) ** 2,
                    0.0 if first.b_std is None else float(first.b_std) ** 2, norm, fan_in, batch)
 
 
+def _in_float64(fn, network, *args):
+  """`fn(network, *args)` in float64 (`precision.float64`). A description whose parameters are
+  traced (a user's jax.grad over W_std) is traced as it stands, which needs 64-bit types on
+  (`mimictheory.kernels` over a traced sw2 turns them on itself)."""
+  if _has_tracers(network):
+    if jnp.result_type(float) != jnp.float64:
+      raise TypeError("a description with traced parameters (W_std, b_std, alpha under jit, "
+                      "grad or vmap) is computed in float64 only with jax_enable_x64 on: "
+                      "use `with jax.enable_x64(True):` around the transformation")
+    return fn(network, *args)
+  return float64(fn)(network, *args)
+
+
 _COLLECT: contextvars.ContextVar = contextvars.ContextVar("stax_collect", default=None)
+_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("stax_progress", default=False)
 
 
 def _apply(block, k):
@@ -358,16 +380,52 @@ def _apply(block, k):
   return k
 
 
+def _is_number(value) -> bool:
+  """A layer's numeric parameter (W_std, b_std, alpha, epsilon): a float, a 0-d array or a
+  tracer; ints, booleans, activations and None are its structure."""
+  if isinstance(value, float) or is_traced(value):
+    return True
+  return isinstance(value, (np.floating, np.ndarray, jax.Array)) and np.ndim(value) == 0
+
+
+def _skeleton(layer):
+  """The layer's structure without its numbers: equal skeletons differ only in W_std, b_std,
+  alpha, ... (blocks that one scan runs, with the numbers as its inputs)."""
+  if isinstance(layer, _Combinator):
+    return type(layer), tuple(_skeleton(part) for part in layer.layers)
+  return type(layer), tuple((f.name, None if _is_number(getattr(layer, f.name))
+                             else getattr(layer, f.name)) for f in dataclasses.fields(layer))
+
+
+def _numbers(layer) -> list:
+  """The layer's numeric parameters, in the order of `_skeleton`."""
+  if isinstance(layer, _Combinator):
+    return [n for part in layer.layers for n in _numbers(part)]
+  return [getattr(layer, f.name) for f in dataclasses.fields(layer)
+          if _is_number(getattr(layer, f.name))]
+
+
+def _with_numbers(layer, numbers):
+  """`layer` with its numeric parameters taken in order from the iterator `numbers`."""
+  if isinstance(layer, _Combinator):
+    return dataclasses.replace(layer, layers=tuple(_with_numbers(p, numbers)
+                                                   for p in layer.layers))
+  changes = {f.name: next(numbers) for f in dataclasses.fields(layer)
+             if _is_number(getattr(layer, f.name))}
+  return dataclasses.replace(layer, **changes) if changes else layer
+
+
 def _repeats(layers, i, longest: int = 4):
-  """(period, repeats) of the longest run of identical blocks of at most `longest` layers
-  starting at layers[i] (repeats 1 if none repeats)."""
+  """(period, repeats) of the longest run of blocks of at most `longest` layers starting at
+  layers[i] that differ only in their numbers (`_skeleton`; repeats 1 if none repeats)."""
+  skeletons = [_skeleton(layer) for layer in layers]
   best = (1, 1)
   for period in range(1, longest + 1):
-    block = layers[i:i + period]
+    block = skeletons[i:i + period]
     if len(block) < period:
       break
     repeats = 1
-    while layers[i + repeats * period:i + (repeats + 1) * period] == block:
+    while skeletons[i + repeats * period:i + (repeats + 1) * period] == block:
       repeats += 1
     if repeats >= 2 and period * repeats > best[0] * best[1]:
       best = (period, repeats)
@@ -383,6 +441,66 @@ def _same_structure(shapes, k) -> bool:
                   for a, b in zip(leaves(shapes), leaves(k))))
 
 
+def _scanned(blocks, k):
+  """`blocks` (of one skeleton) applied in turn as one `lax.scan` whose inputs are their numbers
+  (None if the kernel's structure changes in a block, so that it cannot be a scan's carry).
+  Kernels that `layer_kernels` collects inside the blocks come out of the scan stacked and are
+  handed on one repeat at a time (`_unstacked`)."""
+  first = blocks[0]
+  token = _COLLECT.set(None)  # shapes only: collect nothing
+  try:
+    shapes = jax.eval_shape(lambda kk: _apply(first, kk), k)
+  finally:
+    _COLLECT.reset(token)
+  if not _same_structure(shapes, k):
+    return None
+  collect = _COLLECT.get()
+  numbers = [[n for layer in block for n in _numbers(layer)] for block in blocks]
+  xs = jnp.asarray(numbers, dtype=k.nngp.dtype) if numbers[0] else None
+
+  def body(carry, values):
+    it = iter([] if values is None else list(values))
+    block = [_with_numbers(layer, it) for layer in first]
+    if collect is None:
+      return _apply(block, carry), None
+    found = []
+    inner = _COLLECT.set((collect[0], found))
+    try:
+      carry = _apply(block, carry)
+    finally:
+      _COLLECT.reset(inner)
+    return carry, tuple(found)
+
+  k, stacked = jax.lax.scan(body, k, xs, length=len(blocks))
+  if collect is not None:  # unstacked by `_unstacked`, outside any compiled program
+    collect[1].append(_Stacked(stacked))
+  return k
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Stacked:
+  """The kernels a scan collected: a tuple (one per collecting layer in its block) of `Kernel`s
+  stacked over the repeats."""
+  kernels: tuple
+
+
+def _unstacked(found) -> list:
+  """`found` with every `_Stacked` entry expanded, repeat by repeat, in the order run."""
+  out = []
+  for item in found:
+    if not isinstance(item, _Stacked):
+      out.append(item)
+      continue
+    leaves = jax.tree_util.tree_leaves(item.kernels)
+    if not is_traced(leaves):  # slice on the host: one transfer, then views
+      item = jax.tree_util.tree_map(np.asarray, item)
+    repeats = leaves[0].shape[0] if leaves else 0
+    for r in range(repeats):
+      out.extend(jax.tree_util.tree_map(lambda a: a[r], k) for k in item.kernels)
+  return out
+
+
 def _record(layer, k):
   """Keep `k` (resolved) if `layer_kernels` is collecting after layers of this class."""
   collect = _COLLECT.get()
@@ -391,93 +509,142 @@ def _record(layer, k):
   return k
 
 
-def _layer_kernels(network, x1, x2, after):
-  found = []
-  token = _COLLECT.set((after, found))
-  try:
-    _kernel_fn(network, x1, x2, None)
-  finally:
-    _COLLECT.reset(token)
-  if not found:
-    raise ValueError(f"after={getattr(after, '__name__', after)!r}: the description has no such "
-                     "layer")
-  return found
+def _has_tracers(network) -> bool:
+  """A layer's parameters (W_std, b_std, alpha, ...) are being traced by a transformation."""
+  if isinstance(network, _Combinator):
+    return any(_has_tracers(layer) for layer in network.layers)
+  return dataclasses.is_dataclass(network) and is_traced(
+      [getattr(network, f.name) for f in dataclasses.fields(network)])
 
 
-def _kernel_fn(network, x1, x2, get, mesh=None, progress=False):
-  from mimictheory._src import checks
+def _inputs(x1, x2):
   x1 = jnp.asarray(checks.check_data("x1", x1), jnp.float64)
   if x2 is not None:
     x2 = jnp.asarray(checks.check_data("x2", x2), jnp.float64)
     if x2.shape[1] != x1.shape[1]:
       raise ValueError(f"x2 must have the same number of features as x1 ({x1.shape[1]}), got "
                        f"shape {x2.shape}")
-  same = _identical(x1, x2)
-  collecting = _COLLECT.get() is not None
-  tiled = network.traceable() and network.entrywise() and not is_traced(x1, x2)
-  if mesh is not None and not tiled:
-    raise ValueError("mesh: only descriptions without BatchNorm and with closed-form "
-                     "activations are computed in tiles that can be sharded (this one has "
-                     f"{'a BatchNorm' if not network.entrywise() else 'a numerical activation'})"
-                     "; call kernel_fn without mesh")
-  if not collecting and tiled:
-    k = _tiled(network, x1, x2, same, mesh, progress)
-  elif not collecting and network.traceable():
-    k = _compiled(network, x1, x2, same)  # one XLA program for the whole description
+  return x1, x2, _identical(x1, x2)
+
+
+def _collected(network, x1, x2, same, after, with_ntk):
+  found = []
+  token = _COLLECT.set((after, found))
+  try:
+    _run(network, x1, x2, same, with_ntk)
+  finally:
+    _COLLECT.reset(token)
+  return found
+
+
+_collected_compiled = jax.jit(_collected, static_argnums=(0, 4, 5))
+
+
+def _layer_kernels(network, x1, x2, after, with_ntk=True):
+  x1, x2, same = _inputs(x1, x2)
+  traced = is_traced(x1, x2) or _has_tracers(network)
+  if network.traceable() and not traced:
+    found = _collected_compiled(network, x1, x2, same, after, with_ntk)  # repeats scanned
   else:
-    k = _run(network, x1, x2, same)
-  if get is None:
+    found = _collected(network, x1, x2, same, after, with_ntk)
+  found = _unstacked(found)
+  if not found:
+    raise ValueError(f"after={getattr(after, '__name__', after)!r}: the description has no such "
+                     "layer")
+  return found
+
+
+@jax.jit
+def _eigenvalues(ntk):
+  """Ascending eigenvalues of a stack of NTK Gram matrices (NaN where they overflowed)."""
+  return jax.vmap(lambda t: jnp.linalg.eigvalsh(0.5 * (t + t.T)))(ntk)
+
+
+def _ntk_spectrum(network, x, after):
+  kernels = _layer_kernels(network, x, None, after)
+  eig = _eigenvalues(jnp.stack([k.ntk for k in kernels]))
+  return NTKSpectrum(jnp.arange(len(eig)), eig, condition_numbers(eig, jnp))
+
+
+def _kernel_fn(network, x1, x2, get, mesh=None, block_size=None, progress=False):
+  fields = None if get is None else (_check_get(get),) if isinstance(get, str) else tuple(
+      _check_get(g) for g in get)
+  with_ntk = fields is None or "ntk" in fields
+  x1, x2, same = _inputs(x1, x2)
+  if block_size is not None:
+    block_size = checks.check_int("block_size", block_size, minimum=1)
+  traced = is_traced(x1, x2) or _has_tracers(network)
+  tiled = network.traceable() and network.entrywise() and not traced
+  if mesh is not None and not tiled:
+    why = ("a BatchNorm" if not network.entrywise() else "a numerical activation"
+           if not network.traceable() else "traced inputs or parameters")
+    raise ValueError("mesh: only descriptions without BatchNorm and with closed-form "
+                     f"activations, on concrete values, are computed in tiles that can be "
+                     f"sharded (this one has {why}); call kernel_fn without mesh")
+  if tiled:
+    k = _tiled(network, x1, x2, same, mesh, block_size, progress, with_ntk)
+  elif traced:
+    k = _run(network, x1, x2, same, with_ntk)  # into the caller's program
+  elif network.traceable():
+    k = _compiled(network, x1, x2, same, with_ntk)  # one XLA program for the whole description
+  else:
+    token = _PROGRESS.set(bool(progress))
+    try:
+      k = _run(network, x1, x2, same, with_ntk)  # eagerly, layer by layer
+    finally:
+      _PROGRESS.reset(token)
+  if fields is None:
     return k
   if isinstance(get, str):
-    return getattr(k, _check_get(get))
-  fields = tuple(_check_get(g) for g in get)
+    return getattr(k, get)
   return collections.namedtuple("Kernel", fields)(*(getattr(k, g) for g in fields))
 
 
-def _run(network, x1, x2, same) -> Kernel:
-  return _resolve(_record(network, network.kernel(_input_kernel(x1, x2, same))))
+def _run(network, x1, x2, same, with_ntk=True) -> Kernel:
+  return _resolve(_record(network, network.kernel(_input_kernel(x1, x2, same, with_ntk))))
 
 
-_compiled = jax.jit(_run, static_argnums=0)
+_compiled = jax.jit(_run, static_argnums=(0, 4))
 
 
-@partial(jax.jit, static_argnums=0)
-def _tiles(network, x_rows, x_cols, on_diagonal):
-  """`kernels.symmetric_gram`'s tile function: C square tiles, the diagonal ones pinned."""
+@partial(jax.jit, static_argnums=(0, 4))
+def _tiles(network, x_rows, x_cols, on_diagonal, with_ntk):
+  """`gram.symmetric_gram`'s tile function: C square tiles, the diagonal ones pinned."""
   def one(xr, xc, diagonal):
-    k = _run(network, xr, xc, diagonal & jnp.eye(xr.shape[0], dtype=bool))
+    k = _run(network, xr, xc, diagonal & jnp.eye(xr.shape[0], dtype=bool), with_ntk)
     return Kernels(k.nngp, k.ntk)
   return jax.vmap(one)(x_rows, x_cols, on_diagonal)
 
 
-@partial(jax.jit, static_argnums=0)
-def _block(network, x1, x2):
-  k = _run(network, x1, x2, None)
+@partial(jax.jit, static_argnums=(0, 3))
+def _block(network, x1, x2, with_ntk):
+  k = _run(network, x1, x2, None, with_ntk)
   return Kernels(k.nngp, k.ntk)
 
 
 @partial(jax.jit, static_argnums=0)
 def _rows(network, x):
-  """Each row's own variance and unit mean (a 1 × 1 kernel per row)."""
-  return jax.vmap(lambda row: _run(network, row[None], row[None], jnp.ones((1, 1), bool)))(x)
+  """Each row's own variance and unit mean (a 1 × 1 kernel per row; no NTK)."""
+  return jax.vmap(lambda row: _run(network, row[None], row[None], jnp.ones((1, 1), bool),
+                                   False))(x)
 
 
-def _tiled(network, x, x2, same, mesh, progress) -> Kernel:
-  from mimictheory._src.kernels import blocked_gram, check_gram_memory, symmetric_gram
+def _tiled(network, x, x2, same, mesh, block_size, progress, with_ntk) -> Kernel:
   check_gram_memory("kernel_fn", x.shape[0], x.shape[0] if x2 is None else x2.shape[0])
   if x2 is None:
-    out = symmetric_gram(partial(_tiles, network), np.asarray(x), None, mesh, progress)
+    out = symmetric_gram(partial(_tiles, network, with_ntk=with_ntk), np.asarray(x), block_size,
+                         mesh, progress)
   else:
-    out = blocked_gram(partial(_block, network), np.asarray(x), np.asarray(x2), None, mesh,
-                       progress)
+    out = blocked_gram(partial(_block, network, with_ntk=with_ntk), np.asarray(x),
+                       np.asarray(x2), block_size, mesh, progress)
   rows = _rows(network, x)
   cols = rows if x2 is None else _rows(network, x2)
   mean = lambda r: None if r.mean1 is None else r.mean1[:, 0]  # noqa: E731
   nngp = jnp.asarray(out.nngp)
   cov1, cov2 = ((jnp.diagonal(nngp),) * 2 if x2 is None else  # the pinned diagonal itself
                 (rows.cov1[:, 0], cols.cov1[:, 0]))
-  return Kernel(nngp, jnp.asarray(out.ntk), cov1, cov2, mean(rows), mean(cols), same,
-                rows.width, x2 is None)
+  ntk = None if out.ntk is None else jnp.asarray(out.ntk)
+  return Kernel(nngp, ntk, cov1, cov2, mean(rows), mean(cols), same, rows.width, x2 is None)
 
 
 def _check_get(name):
@@ -499,7 +666,9 @@ class Dense(Network):
   """A fully connected layer in the NTK parameterisation: y = W_std/√n · x W + b_std · b,
   W (n, out_dim) and b (1, out_dim) standard normal (no bias when `b_std` is None).
   `weight_mean=True` centres each output unit's weights over its n inputs (MimicNorm's weight
-  mean); see the module docstring for its kernel.
+  mean); see the module docstring for its kernel. `out_dim=None` describes the infinite-width
+  layer itself (the theory only: a following weight mean then has Lemma 1's factor 1, and
+  `init` refuses it).
 
   >>> import numpy as np
   >>> from mimictheory import stax
@@ -509,15 +678,15 @@ class Dense(Network):
   >>> stax.Dense(4, weight_mean=True).kernel_fn(x, get="nngp")       # |x - 2|²/3
   array([[0.66666667]])
   """
-  out_dim: int
+  out_dim: int | None
   W_std: float = 1.0
   b_std: float | None = None
   parameterization: str = "ntk"
   weight_mean: bool = False
 
   def __post_init__(self):
-    from mimictheory._src import checks
-    checks.check_int("out_dim", self.out_dim, minimum=1)
+    if self.out_dim is not None:
+      checks.check_int("out_dim", self.out_dim, minimum=1)
     checks.check_nonnegative("W_std", self.W_std)
     if self.b_std is not None:
       checks.check_nonnegative("b_std", self.b_std)
@@ -526,6 +695,9 @@ class Dense(Network):
       raise TypeError(f"weight_mean must be True or False, got {self.weight_mean!r}")
 
   def init(self, key, input_shape):
+    if self.out_dim is None:
+      raise ValueError("Dense(out_dim=None) describes an infinite-width layer (its kernel only); "
+                       "give out_dim a width to build the finite network")
     n = input_shape[-1]
     k_w, k_b = jax.random.split(key)
     w = jax.random.normal(k_w, (n, self.out_dim))
@@ -561,8 +733,8 @@ class Dense(Network):
       cov1 = cov2 = jnp.diagonal(nngp)
     else:
       cov1, cov2 = gain * cov1 + sb2, gain * cov2 + sb2
-    return Kernel(nngp, gain * k.ntk + nngp, cov1, cov2, None, None, k.same, self.out_dim,
-                  k.x1_is_x2)
+    ntk = None if k.ntk is None else gain * k.ntk + nngp
+    return Kernel(nngp, ntk, cov1, cov2, None, None, k.same, self.out_dim, k.x1_is_x2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -591,11 +763,12 @@ class Elementwise(Network):
     return self.activation(x)
 
   def traceable(self) -> bool:
-    return not isinstance(self.activation, Numerical)
+    return self.activation.closed_form
 
   def kernel(self, k: Kernel) -> Kernel:
     act: Activation = self.activation
-    act.require_derivative()
+    if k.ntk is not None:
+      act.require_derivative()  # the NTK needs E[φ'φ']
     if k.pending_batch_norm:
       coefficients = bn.homogeneous_coefficients(act)
       if coefficients is None:
@@ -606,35 +779,39 @@ class Elementwise(Network):
             "Monte Carlo estimate")
       return _batch_norm_then(k, *coefficients)
     nngp, deriv, mean1, mean2, cov1, cov2 = _elementwise(act, k)
-    return Kernel(nngp, deriv * k.ntk, cov1, cov2, mean1, mean2, k.same, k.width, k.x1_is_x2)
+    ntk = None if k.ntk is None else deriv * k.ntk
+    return Kernel(nngp, ntk, cov1, cov2, mean1, mean2, k.same, k.width, k.x1_is_x2)
 
 
 def _elementwise(act: Activation, k: Kernel):
   """E[φφ], E[φ'φ'] on the Gram matrix, E[φ] and E[φ²] at the rows' and columns' variances.
   The route: closed forms entrywise; numerical activations by Mehler's series with its
-  quadrature fallback (`kernels._series_layer`) on concrete values, 2-D quadrature when
-  traced. The diagonal of a symmetric kernel is pinned to the one-dimensional moments."""
+  quadrature fallback (`tables.gram_series`) on concrete values, 2-D quadrature when
+  traced. The diagonal of a symmetric kernel is pinned to the one-dimensional moments. Without
+  the NTK, E[φ'φ'] is None."""
   q1, q2 = k.cov1, k.cov2
-  if isinstance(act, Numerical) and not is_traced(k.nngp):
-    from mimictheory._src import tables
-    from mimictheory._src.kernels import _series_layer
+  with_ntk = k.ntk is not None
+  if not act.closed_form and not is_traced(k.nngp):
     q1n, q2n = (np.maximum(np.asarray(q, np.float64), 1e-16) for q in (q1, q2))
     rho = np.clip(np.asarray(k.nngp) / np.sqrt(np.outer(q1n, q2n)), -1.0, 1.0)
-    kern, deriv, m1, m2, _ = _series_layer(act, tables.tabulated(act), q1n, q2n, rho,
-                                           k.x1_is_x2)
-    return (jnp.asarray(kern), jnp.asarray(deriv), jnp.asarray(m1[:, 1]), jnp.asarray(m2[:, 1]),
+    kern, deriv, m1, m2, _ = tables.gram_series(act, tables.tabulated(act), q1n, q2n, rho,
+                                                k.x1_is_x2, with_ntk)
+    return (jnp.asarray(kern), jnp.asarray(deriv) if with_ntk else None,
+            jnp.asarray(m1[:, 1]), jnp.asarray(m2[:, 1]),
             jnp.asarray(m1[:, 0]), jnp.asarray(m2[:, 0]))
   nngp, rows, cols = k.nngp, q1[:, None], q2[None, :]
   if k.same is not None:  # identical inputs: q12 = q1 (= q2, computed by the same operations
     nngp = jnp.where(k.same, rows, nngp)  # on the same values) to the last bit: ρ = 1 exactly
-  kern, deriv = act.kernel_pair(rows, cols, nngp)
+  kern, deriv = act.kernel_pair(rows, cols, nngp) if with_ntk else (
+      act.kernel(rows, cols, nngp), None)
   m1, m2 = act.mean(q1), act.mean(q2)
   s1 = act.second_moment(q1)
   s2 = s1 if k.x1_is_x2 else act.second_moment(q2)
   if k.x1_is_x2:
     eye = jnp.eye(nngp.shape[0], dtype=bool)
     kern = jnp.where(eye, s1[:, None], kern)
-    deriv = jnp.where(eye, act.derivative_second_moment(q1)[:, None], deriv)
+    if with_ntk:
+      deriv = jnp.where(eye, act.derivative_second_moment(q1)[:, None], deriv)
   return kern, deriv, m1, m2, s1, s2
 
 
@@ -779,8 +956,7 @@ class BatchNorm(Network):
       raise ValueError("BatchNorm couples the inputs of a batch: call kernel_fn(x, None) with the "
                        "whole batch as x and take the block you need")
     if self.full_batch_limit:
-      from mimictheory._src.kernels import normalise_full_batch
-      nngp, ntk = normalise_full_batch(k.nngp, k.ntk)
+      nngp, ntk = bn.normalise_full_batch(k.nngp, k.ntk)
       q = jnp.diagonal(nngp)
       return Kernel(nngp, ntk, q, q, None, None, k.same, k.width, True)
     if is_traced(k.nngp):
@@ -810,7 +986,6 @@ class LayerNorm(Network):
   eps: float = 1e-12
 
   def __post_init__(self):
-    from mimictheory._src import checks
     if self.axis != -1:
       raise ValueError(f"axis must be -1 (the units), got {self.axis}")
     checks.check_nonnegative("eps", self.eps)
@@ -836,7 +1011,8 @@ class LayerNorm(Network):
     cov1, cov2 = (k.cov1 - m1**2) / s1**2, (k.cov2 - m2**2) / s2**2
     if k.x1_is_x2:
       nngp = jnp.where(jnp.eye(nngp.shape[0], dtype=bool), cov1[:, None], nngp)
-    return Kernel(nngp, k.ntk * scale, cov1, cov2, None, None, k.same, k.width, k.x1_is_x2)
+    ntk = None if k.ntk is None else k.ntk * scale
+    return Kernel(nngp, ntk, cov1, cov2, None, None, k.same, k.width, k.x1_is_x2)
 
 
 def _batch_norm_then(k: Kernel, a, b) -> Kernel:
@@ -844,14 +1020,15 @@ def _batch_norm_then(k: Kernel, a, b) -> Kernel:
   E[D J Θ Jᵀ D] by `batch_norm.adaptive_step` (σw² = 1, σb² = 0; error estimate below
   1e-11)."""
   size = k.nngp.shape[0]
-  if size < bn.MIN_BATCH_NTK:
+  if size < bn.MIN_BATCH_NTK and k.ntk is not None:
     raise ValueError(f"x1 must have at least {bn.MIN_BATCH_NTK} rows (the batch) for the NTK of a "
-                     f"network with BatchNorm, got {size}")
+                     f"network with BatchNorm, got {size} (get='nngp' needs 2)")
   same = jnp.eye(size, dtype=bool) if k.same is None else k.same
   post, theta, _ = bn.adaptive_step(a, b, k.nngp, k.ntk, 1.0, 0.0, same)
   q = jnp.diagonal(post)
   # the unit mean of ĥ is 0 (g -> -g); that of φ(ĥ) for a non-linear φ is not computed
-  return Kernel(post, theta - post, q, q, None, None, k.same, k.width, True,
+  return Kernel(post, None if theta is None else theta - post, q, q, None, None, k.same,
+                k.width, True,
                 mean_known=(a, b) == (1.0, 0.0))
 
 
@@ -876,44 +1053,61 @@ class Scale(Network):
     k = _resolve(k)
     a2 = self.alpha**2
     mean = lambda m: None if m is None else self.alpha * m  # noqa: E731
-    return k.replace(nngp=a2 * k.nngp, ntk=a2 * k.ntk, cov1=a2 * k.cov1, cov2=a2 * k.cov2,
+    return k.replace(nngp=a2 * k.nngp, ntk=None if k.ntk is None else a2 * k.ntk,
+                     cov1=a2 * k.cov1, cov2=a2 * k.cov2,
                      mean1=mean(k.mean1), mean2=mean(k.mean2))
 
 
-def mlp(depth: int, activation="relu", sw2=2.0, sb2=0.0, norm: str = "none",
-        width: int = 512, out_dim: int = 1) -> Network:
-  """The library's MLP as a description: `Dense`, then `depth` times [BN] activation `Dense`,
-  every `Dense` with W_std = √σw², b_std = √σb², the last with `out_dim` units. `norm`:
-  "none", "weight_mean" (every `Dense` centred; `width` is then Lemma 1's fan-in),
-  "batch_norm" (exact `BatchNorm()`) or "batch_norm_paper" (`BatchNorm(full_batch_limit=
-  True)`). Its kernels are `mimictheory.kernels(x, depth, activation, sw2, sb2, norm,
-  fan_in=width)` (tested equal).
+def norm_layers(norm) -> tuple[bool, list]:
+  """A theory norm's place in a description (`norms.rule`): (weight_mean of every `Dense`, the
+  layers before each activation: `[BatchNorm()]` exact, `[BatchNorm(full_batch_limit=True)]`
+  Theorem 2's, or none).
 
-  >>> import numpy as np, mimictheory as mt
+  >>> from mimictheory import stax
+  >>> stax.norm_layers("weight_mean"), stax.norm_layers("bn")
+  ((True, []), (False, [BatchNorm(full_batch_limit=False, epsilon=0.0)]))
+  """
+  r = rule(norm)
+  if not r.normalised:
+    return r.centred, []
+  return False, [BatchNorm(full_batch_limit=not r.exact_batch)]
+
+
+def mlp(depth: int, activation="relu", sw2=2.0, sb2=0.0, norm: str = "none",
+        width: int | None = 512, out_dim: int = 1, input_gain: float = 1.0) -> Network:
+  """The library's MLP as a description: `Dense`, then `depth` times [BN] activation `Dense`,
+  every `Dense` with W_std = √σw², b_std = √σb², the last with `out_dim` units, the first's
+  W_std also times √`input_gain` (K¹ = σw² · input_gain · x·x'/d + σb²; the paper's eq 1 has
+  1/2). `norm`: "none", "weight_mean" (every `Dense` centred; `width` is then Lemma 1's
+  fan-in), "batch_norm" (exact `BatchNorm()`) or "batch_norm_paper" (`BatchNorm(
+  full_batch_limit=True)`). `width=None`: the hidden layers at infinite width (the kernels
+  only; no Lemma 1 factor). This is the network of `mimictheory.kernels(x, depth, activation,
+  sw2, sb2, norm, fan_in=width, input_gain)`, which calls it. sw2 and sb2 may be traced.
+
+  >>> import numpy as np
   >>> from mimictheory import stax
   >>> x = np.random.default_rng(0).normal(size=(5, 3))
-  >>> net = stax.mlp(4, "erf", sw2=1.5, sb2=0.1, norm="weight_mean", width=100)
-  >>> ref = mt.kernels(x, depth=4, activation="erf", sw2=1.5, sb2=0.1, norm="weight_mean",
-  ...                  fan_in=100)
-  >>> bool(np.allclose(net.kernel_fn(x).ntk, ref.ntk, rtol=1e-13))
+  >>> k = stax.mlp(4, "relu", sw2=2.0, sb2=0.0).kernel_fn(x)   # He's init: q stays 2|x|²/d
+  >>> bool(np.allclose(np.diag(k.nngp), 2 * (x**2).mean(1), rtol=1e-13))
+  True
+  >>> k = stax.mlp(4, "relu", sw2=2.0, input_gain=0.5).kernel_fn(x)    # the paper's eq 1
+  >>> bool(np.allclose(np.diag(k.nngp), (x**2).mean(1), rtol=1e-13))
   True
   """
-  from mimictheory._src import checks
-  from mimictheory._src.norms import THEORY_NORMS, check_norm
   depth = checks.check_int("depth", depth, minimum=1)
-  width = checks.check_int("width", width, minimum=2)
-  norm = check_norm(norm, THEORY_NORMS)
-  sw2 = float(checks.check_positive("sw2", sw2))
-  sb2 = float(checks.check_nonnegative("sb2", sb2))
-  wm = norm == "weight_mean"
-  dense = lambda n: Dense(n, W_std=math.sqrt(sw2), b_std=math.sqrt(sb2),  # noqa: E731
-                          weight_mean=wm)
-  bn = {"batch_norm": [BatchNorm()],
-        "batch_norm_paper": [BatchNorm(full_batch_limit=True)]}.get(norm, [])
+  if width is not None:
+    width = checks.check_int("width", width, minimum=2)
+  sw2 = checks.check_positive("sw2", sw2)
+  sb2 = checks.check_nonnegative("sb2", sb2)
+  gain = checks.check_positive("input_gain", input_gain)
+  root = jnp.sqrt if is_traced(sw2, sb2, gain) else lambda v: math.sqrt(float(v))
+  w_std, b_std, w_first = root(sw2), root(sb2), root(sw2 * gain)  # one object each: equal layers
+  wm, bn = norm_layers(norm)
+  dense = lambda n, w=w_std: Dense(n, W_std=w, b_std=b_std, weight_mean=wm)  # noqa: E731
   act = Elementwise(activation)
-  return serial(dense(width), *[layer for i in range(depth)
-                                for layer in (*bn, act, dense(out_dim if i == depth - 1
-                                                              else width))])
+  return serial(dense(width, w_first), *[layer for i in range(depth)
+                                         for layer in (*bn, act, dense(out_dim if i == depth - 1
+                                                                       else width))])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -961,19 +1155,30 @@ class _Serial(_Combinator):
 
   def kernel(self, k: Kernel) -> Kernel:
     """The layers in order. Under a trace, a run of repeats of the same few layers (`[act,
-    Dense] * depth`) is one `lax.scan` over its period: unrolled, XLA fuses the NNGP and NTK
+    Dense] * depth`, or residual blocks that differ only in their α) is one `lax.scan` over
+    its period, the blocks' numbers its inputs: unrolled, XLA fuses the NNGP and NTK
     chains of every layer into each other's fusions and recomputes them (measured 12x slower
-    at depth 10, and 20 s to compile)."""
+    at depth 10, and 20 s to compile). Eagerly, with a progress bar if `kernel_fn` asked for
+    one (the outermost `serial` counts its layers)."""
     layers, i = self.layers, 0
+    if not is_traced(k.nngp):
+      show = _PROGRESS.get()
+      token = _PROGRESS.set(False)  # nested serials: no bar of their own
+      try:
+        for layer in progress_bar(layers, show, "kernel layers"):
+          k = _record(layer, layer.kernel(k))
+      finally:
+        _PROGRESS.reset(token)
+      return k
     while i < len(layers):
       period, repeats = _repeats(layers, i)
-      if repeats >= 2 and is_traced(k.nngp) and _COLLECT.get() is None:
-        block = layers[i:i + period]
-        if _same_structure(jax.eval_shape(lambda kk: _apply(block, kk), k), k):
-          k, _ = jax.lax.scan(lambda c, _: (_apply(block, c), None), k, None, length=repeats)
-          i += period * repeats
+      if repeats >= 2:
+        blocks = [layers[i + r * period:i + (r + 1) * period] for r in range(repeats)]
+        scanned = _scanned(blocks, k)
+        if scanned is not None:
+          k, i = scanned, i + period * repeats
           continue
-        k = _apply(block, k)  # once unrolled: the kernel takes its steady structure
+        k = _apply(blocks[0], k)  # once unrolled: the kernel takes its steady structure
         i += period
         continue
       k = _record(layers[i], layers[i].kernel(k))
@@ -1061,7 +1266,10 @@ class _FanInSum(Network):
   def kernel(self, ks):
     ks = [_resolve(k) for k in ks]
     first = ks[0]
-    add = lambda name: sum((getattr(k, name) for k in ks[1:]), getattr(first, name))  # noqa: E731
+    def add(name):
+      if getattr(first, name) is None:  # the NTK when it is not computed
+        return None
+      return sum((getattr(k, name) for k in ks[1:]), getattr(first, name))
 
     def mean(name):  # None is a mean of 0
       terms = [getattr(k, name) for k in ks if getattr(k, name) is not None]

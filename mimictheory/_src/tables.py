@@ -36,7 +36,7 @@ from mimictheory._src.precision import f64
 
 __all__ = ["Table", "moment_table", "coefficient_table",
            "hermite_coefficients", "mehler", "Tabulated", "tabulated", "MOMENT_RANGE", "ORDER",
-           "ORDERS", "horner", "polynomial", "coefficient_range"]
+           "ORDERS", "horner", "polynomial", "coefficient_range", "gram_series", "SERIES_TOL"]
 
 #: q range of the moment table; below it the moments are linear in q (analytic at 0) to 1e-16.
 MOMENT_RANGE = (1e-18, 1e17)
@@ -394,3 +394,113 @@ def tabulated(act: Numerical, lo: float | None = None, hi: float | None = None,
   """`act` with its moment table and, for lo < hi, its coefficient table on [lo, hi]."""
   coefficient = None if lo is None else coefficient_table(act, lo, hi, order)
   return Tabulated(act, moment_table(act), coefficient, name=act.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mehler's series on a whole Gram matrix, with its fallback cascade: the series where its
+# truncation bound is below SERIES_TOL, a longer series on the remaining entries, 2-D quadrature
+# on the rest (the route of every numerical activation's kernel, `stax.Elementwise`).
+# ----------------------------------------------------------------------------------------------
+SERIES_TOL = 1e-11  # truncation bound accepted per entry, relative to √(E[·²] E[·²])
+
+
+_UNROLL = 8  # Horner steps fused per pass over the matrix
+
+
+@functools.partial(jax.jit, static_argnames=("order",))
+def _dense_series(table, q1, q2, rho, order: int):
+  """E[φ(u)φ(v)] and E[φ'(u)φ'(v)] for every entry from Mehler's series Σ_k a_k(q1) a_k(q2)
+  ρ^k (and Stein's lemma, b_k = a_{k+1} √((k+1)/q), for φ'), with the coefficients used (for
+  the truncation bounds). Horner's rule runs _UNROLL terms per fused pass over the matrix:
+  O(N1 N2 K) time, O(N1 N2) memory. `order` + 1 must be a multiple of _UNROLL."""
+  a1, a2 = table(q1), table(q2)  # (N, order + 2)
+  scale = jnp.sqrt(jnp.arange(1.0, order + 2.0))
+  b1, b2 = a1[:, 1:] * scale / jnp.sqrt(q1[:, None]), a2[:, 1:] * scale / jnp.sqrt(q2[:, None])
+  a1, a2 = a1[:, :-1], a2[:, :-1]
+
+  def block(i, acc):
+    kernel, deriv = acc
+    for u in range(_UNROLL):  # terms order - i·_UNROLL - u, highest first
+      k = order - i * _UNROLL - u
+      col = lambda m: jax.lax.dynamic_index_in_dim(m, k, axis=1, keepdims=False)  # noqa: E731
+      kernel = kernel * rho + col(a1)[:, None] * col(a2)[None, :]
+      deriv = deriv * rho + col(b1)[:, None] * col(b2)[None, :]
+    return kernel, deriv
+
+  zero = jnp.zeros_like(rho)
+  kernel, deriv = jax.lax.fori_loop(0, (order + 1) // _UNROLL, block, (zero, zero))
+  return kernel, deriv, a1, a2, b1, b2
+
+
+@functools.partial(jax.jit, static_argnames=("order",))
+def _row_coefficients(table, q, order: int):
+  """a_0..a_K and b_0..b_K (φ' by Stein's lemma) at every q."""
+  a = table(q)
+  b = a[:, 1:] * jnp.sqrt(jnp.arange(1.0, order + 2.0) / q[:, None])
+  return a[:, :-1], b[:, :-1]
+
+
+@jax.jit
+def _entry_series(a1, a2, b1, b2, i, j, rho):
+  """Mehler's series for the entries (i[n], j[n]) only, from per-row coefficients."""
+  def step(acc, k):
+    kernel, deriv = acc
+    return (kernel * rho + a1[i, k] * a2[j, k], deriv * rho + b1[i, k] * b2[j, k]), None
+
+  zero = jnp.zeros_like(rho)
+  order = a1.shape[1] - 1
+  return jax.lax.scan(step, (zero, zero), jnp.arange(order, -1, -1))[0]
+
+
+def _tails(moment, coeffs):
+  """Parseval tails E[f²] - Σ_{k<=K} c_k², relative to E[f²] (>= 0 up to rounding)."""
+  return np.maximum(moment - np.sum(coeffs**2, axis=-1), 0.0) / np.maximum(moment, 1e-300)
+
+
+def gram_series(act, tabulated, q1, q2, rho, symmetric: bool, with_ntk: bool = True):
+  """E[φφ] and E[φ'φ'] on the Gram matrix: Mehler's series where its truncation bound is
+  below SERIES_TOL, then a longer series on the remaining entries, then 2-D quadrature; on
+  the diagonal of a symmetric Gram matrix the 1-D moments. Returns (K, D, moments at q1 and
+  q2, number of entries by 2-D quadrature). `with_ntk=False`: D is not needed (zeros; φ may
+  jump)."""
+  m1, m2 = (np.array(moments_jit(tabulated.moment, f64(q))) for q in (q1, q2))
+  lo, hi = coefficient_range(np.concatenate([q1, q2]))
+  first, longer = ORDERS
+  table = coefficient_table(act, lo, hi, first)
+  kernel, deriv, a1, a2, b1, b2 = (np.array(v) for v in _dense_series(
+      table, f64(q1), f64(q2), f64(rho), first))
+  power = np.abs(rho) ** (first + 1.0)
+  todo = power * np.sqrt(np.outer(_tails(m1[:, 0], a1), _tails(m2[:, 0], a2))) > SERIES_TOL
+  if with_ntk:
+    todo |= power * np.sqrt(np.outer(_tails(m1[:, 2], b1), _tails(m2[:, 2], b2))) > SERIES_TOL
+  if symmetric:
+    np.fill_diagonal(todo, False)
+  i, j = np.nonzero(todo)
+  if i.size:  # the longer series on those entries
+    a1, b1 = (np.asarray(v) for v in _row_coefficients(
+        coefficient_table(act, lo, hi, longer), f64(q1), longer))
+    a2, b2 = (a1, b1) if symmetric else (np.asarray(v) for v in _row_coefficients(
+        coefficient_table(act, lo, hi, longer), f64(q2), longer))
+    n = i.size
+    pad = lambda v: np.pad(v, (0, (1 << max(n - 1, 0).bit_length()) - n), mode="edge")  # noqa: E731
+    k, d = (np.asarray(v)[:n] for v in _entry_series(
+        f64(a1), f64(a2), f64(b1), f64(b2), pad(i), pad(j), f64(pad(rho[i, j]))))
+    kernel[i, j], deriv[i, j] = k, d
+    power = np.abs(rho[i, j]) ** (longer + 1.0)
+    t_a1, t_a2 = _tails(m1[:, 0], a1), _tails(m2[:, 0], a2)
+    t_b1, t_b2 = _tails(m1[:, 2], b1), _tails(m2[:, 2], b2)
+    bad = power * np.sqrt(t_a1[i] * t_a2[j]) > SERIES_TOL
+    if with_ntk:
+      bad |= power * np.sqrt(t_b1[i] * t_b2[j]) > SERIES_TOL
+    i, j = i[bad], j[bad]
+  if i.size:  # 2-D quadrature entry by entry
+    q12 = rho[i, j] * np.sqrt(q1[i] * q2[j])
+    kernel[i, j] = np.asarray(act.kernel(q1[i], q2[j], q12))
+    if with_ntk:
+      deriv[i, j] = np.asarray(act.derivative_kernel(q1[i], q2[j], q12))
+  if symmetric:
+    np.fill_diagonal(kernel, m1[:, 0])
+    np.fill_diagonal(deriv, m1[:, 2])
+  if not with_ntk:
+    deriv = np.zeros_like(deriv)
+  return kernel, deriv, m1, m2, int(i.size)
