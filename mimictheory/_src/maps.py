@@ -645,7 +645,9 @@ def series_layer(layer: Layer, q) -> Layer:
   q_eval, limit = limit_point(layer, q)
   edges = f64(np.array([-1.0, 1.0])) * q_eval
   scale = float(np.asarray(limit.sw2 * limit.factor / limit.variance_map(q_eval)))
-  for order in tables.ORDERS:
+  accepted = []
+
+  def by_series(order, todo):
     series = tables.tabulated(layer.activation, *tables.coefficient_range(np.asarray(q_eval)),
                               order)
     # T = σw² f E[φφ] / V(q) and T' = σw² f q E[φ'φ'] / V(q): their truncation errors
@@ -653,8 +655,11 @@ def series_layer(layer: Layer, q) -> Layer:
                         float(np.max(np.asarray(series.derivative_bound(q_eval, q_eval, edges))))
                         * float(np.asarray(q_eval)))
     if bound <= SERIES_TOL:
-      return dataclasses.replace(layer, activation=series)
-  return layer
+      accepted.append(series)
+    return todo & (bound > SERIES_TOL)
+
+  tables.cascade(np.ones(1, bool), by_series, lambda todo: None)  # quadrature: `layer` itself
+  return dataclasses.replace(layer, activation=accepted[0]) if accepted else layer
 
 
 @partial(jax.jit, static_argnames=("steps",))

@@ -236,28 +236,33 @@ def phase_diagram(activation="relu", sw2=None, sb2=None, norm="none", fan_in=Non
   fallback = 0
   # c* < 1 only where T'(1) > 1 at a finite q*; elsewhere c* = 1 and χ_c = T'(1).
   open_ = (slope_one > 1.0 + 1e-12) & np.isfinite(q) & (q > 0)
-  if open_.any():
-    idx = np.nonzero(open_)[0]
-    for order in tables.ORDERS if numerical else ():  # Mehler's series, longer where needed
+  if open_.any() and numerical:  # Mehler's series, longer where needed, then 2-D quadrature
+
+    def by_series(order, todo):
+      idx = np.nonzero(todo)[0]
       series = tables.tabulated(act, *tables.coefficient_range(q[idx]), order)
       c, s, ok = _map_chunks(lambda ws, bs, qs: _series_fields(layer(series, ws, bs), f64(qs)),
                              [w[idx], b[idx], q[idx]], min(chunk, idx.size), progress,
                              f"{desc}, Mehler order {order}")
       cstar[idx], chi_c[idx] = c, s
-      idx = idx[~ok]
-      if not idx.size:
-        break
-    fallback = int(idx.size) if numerical else 0  # the series has not converged: 2-D quadrature
-    if idx.size and numerical:  # from the series' estimate Newton converges quadratically
+      left = np.zeros_like(todo)
+      left[idx[~ok]] = True
+      return left
+
+    def by_quadrature(todo):  # from the series' estimate Newton converges quadratically
+      idx = np.nonzero(todo)[0]
       c, s = _map_chunks(
           lambda ws, bs, qs, cs: _correlation_fields(layer(act, ws, bs), f64(qs), f64(cs), 3),
           [w[idx], b[idx], q[idx], cstar[idx]], min(chunk, 256, idx.size), progress,
           desc + ", pointwise kernels")
       cstar[idx], chi_c[idx] = c, s
-    elif idx.size:  # closed forms
-      c, s = _map_chunks(lambda ws, bs, qs: _correlation_fields(layer(act, ws, bs), f64(qs)),
-                         [w[idx], b[idx], q[idx]], chunk, progress, desc)
-      cstar[idx], chi_c[idx] = c, s
+
+    fallback = tables.cascade(open_, by_series, by_quadrature)
+  elif open_.any():  # closed forms
+    idx = np.nonzero(open_)[0]
+    c, s = _map_chunks(lambda ws, bs, qs: _correlation_fields(layer(act, ws, bs), f64(qs)),
+                       [w[idx], b[idx], q[idx]], chunk, progress, desc)
+    cstar[idx], chi_c[idx] = c, s
   regime = np.asarray(_regime(status, chi1))
   fields = [a.reshape(sw2.size, sb2.size) for a in
             (q, chi1, cstar, chi_c, np.asarray(depth_scale(chi_c)),

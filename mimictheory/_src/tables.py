@@ -36,7 +36,8 @@ from mimictheory._src.precision import f64
 
 __all__ = ["Table", "moment_table", "coefficient_table",
            "hermite_coefficients", "mehler", "Tabulated", "tabulated", "MOMENT_RANGE", "ORDER",
-           "ORDERS", "horner", "polynomial", "coefficient_range", "gram_series", "SERIES_TOL"]
+           "ORDERS", "horner", "polynomial", "coefficient_range", "gram_series", "SERIES_TOL",
+           "cascade"]
 
 #: q range of the moment table; below it the moments are linear in q (analytic at 0) to 1e-16.
 MOMENT_RANGE = (1e-18, 1e17)
@@ -457,50 +458,90 @@ def _tails(moment, coeffs):
   return np.maximum(moment - np.sum(coeffs**2, axis=-1), 0.0) / np.maximum(moment, 1e-300)
 
 
+def cascade(todo, by_series, by_quadrature) -> int:
+  """The one cascade of every numerically integrated quantity: Mehler's series at each order of
+  `ORDERS` in turn, then 2-D quadrature. `todo` is a boolean mask of the items to compute;
+  `by_series(order, todo)` computes the items still to do at `order` and returns the mask of
+  those whose truncation bound it rejects (a subset of `todo`); `by_quadrature(todo)` computes
+  the rest. Returns how many items went to quadrature. Used by the Gram matrices
+  (`gram_series`), the phase grid's c* (`phase.phase_diagram`) and the fixed-point solvers
+  (`maps.series_layer`).
+
+  >>> import numpy as np
+  >>> done = []
+  >>> cascade(np.ones(3, bool), lambda order, todo: todo & (np.arange(3) == 2),
+  ...         lambda todo: done.append(np.nonzero(todo)[0].tolist()))
+  1
+  >>> done                # item 2 failed every order's bound
+  [[2]]
+  """
+  todo = np.asarray(todo, bool)
+  for order in ORDERS:
+    if not todo.any():
+      break
+    todo = np.asarray(by_series(order, todo), bool)
+  left = int(todo.sum())
+  if left:
+    by_quadrature(todo)
+  return left
+
+
 def gram_series(act, tabulated, q1, q2, rho, symmetric: bool, with_ntk: bool = True):
-  """E[φφ] and E[φ'φ'] on the Gram matrix: Mehler's series where its truncation bound is
-  below SERIES_TOL, then a longer series on the remaining entries, then 2-D quadrature; on
-  the diagonal of a symmetric Gram matrix the 1-D moments. Returns (K, D, moments at q1 and
-  q2, number of entries by 2-D quadrature). `with_ntk=False`: D is not needed (zeros; φ may
-  jump)."""
+  """E[φφ] and E[φ'φ'] on the Gram matrix (`cascade`): Mehler's series on the whole matrix
+  (Horner's rule fused over it), a longer series on the entries whose truncation bound is
+  above SERIES_TOL, 2-D quadrature on those it still fails; on the diagonal of a symmetric
+  Gram matrix the 1-D moments. Returns (K, D, moments at q1 and q2, number of entries by 2-D
+  quadrature). `with_ntk=False`: D is not needed (zeros; φ may jump)."""
   m1, m2 = (np.array(moments_jit(tabulated.moment, f64(q))) for q in (q1, q2))
   lo, hi = coefficient_range(np.concatenate([q1, q2]))
-  first, longer = ORDERS
-  table = coefficient_table(act, lo, hi, first)
-  kernel, deriv, a1, a2, b1, b2 = (np.array(v) for v in _dense_series(
-      table, f64(q1), f64(q2), f64(rho), first))
-  power = np.abs(rho) ** (first + 1.0)
-  todo = power * np.sqrt(np.outer(_tails(m1[:, 0], a1), _tails(m2[:, 0], a2))) > SERIES_TOL
-  if with_ntk:
-    todo |= power * np.sqrt(np.outer(_tails(m1[:, 2], b1), _tails(m2[:, 2], b2))) > SERIES_TOL
-  if symmetric:
-    np.fill_diagonal(todo, False)
-  i, j = np.nonzero(todo)
-  if i.size:  # the longer series on those entries
-    a1, b1 = (np.asarray(v) for v in _row_coefficients(
-        coefficient_table(act, lo, hi, longer), f64(q1), longer))
+  kernel, deriv = np.zeros_like(rho), np.zeros_like(rho)
+
+  def rejected(order, i, j, a1, a2, b1, b2):
+    """Where the Parseval bound of the series to `order` exceeds SERIES_TOL."""
+    power = np.abs(rho[i, j]) ** (order + 1.0)
+    bad = power * np.sqrt(_tails(m1[:, 0], a1)[i] * _tails(m2[:, 0], a2)[j]) > SERIES_TOL
+    if with_ntk:
+      bad |= power * np.sqrt(_tails(m1[:, 2], b1)[i] * _tails(m2[:, 2], b2)[j]) > SERIES_TOL
+    return bad
+
+  def by_series(order, todo):
+    table = coefficient_table(act, lo, hi, order)
+    if order == ORDERS[0]:  # the whole matrix at once (every entry is still to do)
+      k, d, a1, a2, b1, b2 = (np.array(v) for v in _dense_series(
+          table, f64(q1), f64(q2), f64(rho), order))
+      kernel[...], deriv[...] = k, d
+      power = np.abs(rho) ** (order + 1.0)
+      bad = power * np.sqrt(np.outer(_tails(m1[:, 0], a1), _tails(m2[:, 0], a2))) > SERIES_TOL
+      if with_ntk:
+        bad |= power * np.sqrt(np.outer(_tails(m1[:, 2], b1), _tails(m2[:, 2], b2))) > SERIES_TOL
+      return bad & todo
+    i, j = np.nonzero(todo)  # the entries left, one by one
+    a1, b1 = (np.asarray(v) for v in _row_coefficients(table, f64(q1), order))
     a2, b2 = (a1, b1) if symmetric else (np.asarray(v) for v in _row_coefficients(
-        coefficient_table(act, lo, hi, longer), f64(q2), longer))
+        table, f64(q2), order))
     n = i.size
     pad = lambda v: np.pad(v, (0, (1 << max(n - 1, 0).bit_length()) - n), mode="edge")  # noqa: E731
     k, d = (np.asarray(v)[:n] for v in _entry_series(
         f64(a1), f64(a2), f64(b1), f64(b2), pad(i), pad(j), f64(pad(rho[i, j]))))
     kernel[i, j], deriv[i, j] = k, d
-    power = np.abs(rho[i, j]) ** (longer + 1.0)
-    t_a1, t_a2 = _tails(m1[:, 0], a1), _tails(m2[:, 0], a2)
-    t_b1, t_b2 = _tails(m1[:, 2], b1), _tails(m2[:, 2], b2)
-    bad = power * np.sqrt(t_a1[i] * t_a2[j]) > SERIES_TOL
-    if with_ntk:
-      bad |= power * np.sqrt(t_b1[i] * t_b2[j]) > SERIES_TOL
-    i, j = i[bad], j[bad]
-  if i.size:  # 2-D quadrature entry by entry
+    left = np.zeros_like(todo)
+    left[i, j] = rejected(order, i, j, a1, a2, b1, b2)
+    return left
+
+  def by_quadrature(todo):  # 2-D quadrature entry by entry
+    i, j = np.nonzero(todo)
     q12 = rho[i, j] * np.sqrt(q1[i] * q2[j])
     kernel[i, j] = np.asarray(act.kernel(q1[i], q2[j], q12))
     if with_ntk:
       deriv[i, j] = np.asarray(act.derivative_kernel(q1[i], q2[j], q12))
+
+  todo = np.ones(rho.shape, bool)
+  if symmetric:
+    np.fill_diagonal(todo, False)
+  fallback = cascade(todo, by_series, by_quadrature)
   if symmetric:
     np.fill_diagonal(kernel, m1[:, 0])
     np.fill_diagonal(deriv, m1[:, 2])
   if not with_ntk:
     deriv = np.zeros_like(deriv)
-  return kernel, deriv, m1, m2, int(i.size)
+  return kernel, deriv, m1, m2, fallback
