@@ -39,6 +39,16 @@ PORTED = {
     "layer_norm": "net = stax.serial(stax.Dense(256, W_std=1.3, b_std=0.4), stax.LayerNorm(), "
                   "stax.Relu(), stax.Dense(256, W_std=1.5, b_std=0.1), stax.LayerNorm(), "
                   "stax.Erf(), stax.Dense(1))",
+    # images (N, H, W, C): convolutions with a flatten readout (same-position covariances)
+    # and with global pooling (every pair of positions), every padding, an even filter
+    "conv_flatten": "net = stax.serial(stax.Conv(32, (3, 3), padding='SAME', W_std=1.5, "
+                    "b_std=0.1), stax.Relu(), stax.Conv(32, (3, 3), padding='SAME', W_std=1.5, "
+                    "b_std=0.1), stax.Relu(), stax.Flatten(), stax.Dense(1, W_std=1.5, "
+                    "b_std=0.1))",
+    "conv_pool": "net = stax.serial(stax.Conv(16, (3, 3), padding='CIRCULAR', W_std=1.3, "
+                 "b_std=0.2), stax.Erf(), stax.Conv(16, (2, 2), padding='SAME', W_std=1.4), "
+                 "stax.Relu(), stax.Conv(16, (3, 3), W_std=1.2), stax.Relu(), "
+                 "stax.GlobalAvgPool(), stax.Dense(1, W_std=1.1, b_std=0.1))",
 }
 
 DRIVER = textwrap.dedent("""
@@ -50,9 +60,11 @@ DRIVER = textwrap.dedent("""
     import jax
     from neural_tangents import stax
     request = np.load(sys.argv[2])
-    x1, x2 = request["x1"], request["x2"]
     out = {}
     for name, source in json.loads(str(request["sources"])).items():
+      images = name.startswith("conv")
+      x1, x2 = (request["x1_images"], request["x2_images"]) if images else (request["x1"],
+                                                                            request["x2"])
       scope = {"stax": stax}
       exec(source, scope)
       init_fn, apply_fn, kernel_fn = scope["net"]
@@ -82,14 +94,21 @@ def reference(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("nt")
   rng = np.random.default_rng(0)
   x1, x2 = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
-  np.savez(tmp / "request.npz", x1=x1, x2=x2, sources=json.dumps(PORTED))
+  images = rng.normal(size=(6, 5, 5, 3)), rng.normal(size=(4, 5, 5, 3))
+  np.savez(tmp / "request.npz", x1=x1, x2=x2, x1_images=images[0], x2_images=images[1],
+           sources=json.dumps(PORTED))
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
   env["JAX_PLATFORMS"] = "cpu"
   src = os.path.join(os.path.dirname(mt.__file__), "_src")
   subprocess.run([str(python), "-c", DRIVER, src, str(tmp / "request.npz"),
                   str(tmp / "result.npz")], check=True, env=env, timeout=600,
                  capture_output=True)
-  return x1, x2, dict(np.load(tmp / "result.npz"))
+  return (x1, x2), images, dict(np.load(tmp / "result.npz"))
+
+
+def _inputs_of(reference, name):
+  vectors, images, _ = reference
+  return images if name.startswith("conv") else vectors
 
 
 def _ours(source):
@@ -107,7 +126,7 @@ def _close(a, b, rtol=1e-12):
 # neural-tangents' ReLU-family kernels take the angle at ρ = 1 as arctan2(√(q1q2 − q12²), q12):
 # ~1e-8 on the Gram diagonal, where mimictheory pins ρ = 1 (crosscheck.NT_DIAGONAL_TOL)
 DIAGONAL_TOL = {"relu_mlp": 1e-7, "erf_mlp": 1e-12, "gelu_leaky": 1e-7, "residual": 1e-7,
-                "layer_norm": 1e-7}
+                "layer_norm": 1e-7, "conv_flatten": 1e-7, "conv_pool": 1e-7}
 
 
 def _close_gram(a, b, diagonal_tol):
@@ -120,7 +139,7 @@ def _close_gram(a, b, diagonal_tol):
 
 @pytest.mark.parametrize("name", list(PORTED))
 def test_neural_tangents_source_runs_unchanged_with_the_same_kernels(reference, name):
-  x1, x2, nt = reference
+  (x1, x2), nt = _inputs_of(reference, name), reference[2]
   init_fn, apply_fn, kernel_fn = _ours(PORTED[name])
   k = kernel_fn(x1, None, ("nngp", "ntk"))
   _close_gram(k.nngp, nt[name + "/nngp"], DIAGONAL_TOL[name])
@@ -134,7 +153,7 @@ def test_neural_tangents_source_runs_unchanged_with_the_same_kernels(reference, 
 def test_the_finite_network_is_neural_tangents_on_its_parameters(reference, name):
   """neural-tangents' parameters (its init_fn's tree), fed to our apply_fn, give its outputs:
   the same parameterisation and the same parameter layout."""
-  x1, _, nt = reference
+  (x1, _), nt = _inputs_of(reference, name), reference[2]
   init_fn, apply_fn, _ = _ours(PORTED[name])
   _, params = init_fn(jax.random.key(0), x1.shape)
   leaves, tree = jax.tree_util.tree_flatten(params)
@@ -292,16 +311,23 @@ def _examples(width=64):
   return {"mlp": mlp, "residual": residual, "batch_norm": bn_net}
 
 
-@pytest.mark.parametrize("name", ["mlp", "residual", "batch_norm", "layer_norm"])
+@pytest.mark.parametrize("name", ["mlp", "residual", "batch_norm", "layer_norm", "conv"])
 def test_the_flax_model_is_the_description_on_the_same_parameters(name):
   """from_stax(net, params=...) in training mode computes net.apply_fn(params, ·) (float32),
   and its kernels exist; after one SGD step weight mean still holds."""
   from flax import nnx
   from mimictheory.nn import CentredKernel, from_stax, project_weight_mean
   from mimictheory.train import optimizer
-  net = _examples()[name] if name != "layer_norm" else stax.serial(
-      stax.Dense(64, W_std=1.4, b_std=0.2), stax.LayerNorm(), stax.Relu(), stax.Dense(3))
-  x = np.random.default_rng(4).normal(size=(16, 8)).astype(np.float32)
+  others = {"layer_norm": stax.serial(stax.Dense(64, W_std=1.4, b_std=0.2), stax.LayerNorm(),
+                                      stax.Relu(), stax.Dense(3)),
+            "conv": stax.serial(stax.Conv(16, (3, 3), padding="CIRCULAR", W_std=1.4,
+                                          b_std=0.2), stax.Relu(),
+                                stax.Conv(16, (2, 2), padding="SAME", W_std=1.4), stax.Relu(),
+                                stax.Conv(8, (3, 3), W_std=1.4), stax.Relu(), stax.Flatten(),
+                                stax.Dense(3))}
+  net = others[name] if name in others else _examples()[name]
+  shape = (16, 6, 6, 2) if name == "conv" else (16, 8)
+  x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
   _, params = net.init_fn(jax.random.key(1), x.shape)
   model = from_stax(net, x.shape, params=params)
   model.train()
@@ -588,3 +614,46 @@ def test_one_spelling_of_each_norm_in_the_theory():
   assert rule("weight_mean").fan_in_factor(4) == 0.75 and rule("none").fan_in_factor(4) == 1.0
   with pytest.raises(ValueError, match="norm must be one of"):
     rule("group_norm")
+
+
+def test_convolutions_refuse_what_they_do_not_compute_by_name():
+  """Images of the wrong rank, filters larger than the image, unknown paddings, strides,
+  layers without an image kernel yet, and kernels beyond memory: a clear error before work."""
+  img = np.random.default_rng(12).normal(size=(3, 4, 4, 2))
+  cases = [
+      (lambda: stax.serial(stax.Conv(8, (5, 5)), stax.Flatten()).kernel_fn(img),
+       "larger than the image"),
+      (lambda: stax.serial(stax.Conv(8, (3, 3))).kernel_fn(img[:, :, :, 0]), "dimensions"),
+      (lambda: stax.Conv(8, (3,)), "filter_shape must be a pair"),
+      (lambda: stax.Conv(8, (3, 3), padding="same"), "padding must be one of"),
+      (lambda: stax.Conv(8, (3, 3), strides=(2, 2)), "strides must be"),
+      (lambda: stax.serial(stax.Dense(8), stax.Conv(8, (3, 3))).kernel_fn(img[:, 0, 0]),
+       "Conv needs image inputs"),
+      (lambda: stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.BatchNorm(),
+                           stax.Flatten()).kernel_fn(img), "BatchNorm on images"),
+      (lambda: stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.Tanh(),
+                           stax.Flatten()).kernel_fn(img), "closed-form activations"),
+      (lambda: stax.serial(stax.Conv(8, (3, 3)), stax.GlobalAvgPool()).kernel_fn(
+          np.ones((3000, 32, 32, 3))), "pairs of positions"),
+      (lambda: stax.Conv(None, (3, 3)).init_fn(jax.random.key(0), img.shape), "infinite-width"),
+  ]
+  for call, needle in cases:
+    with pytest.raises(ValueError, match=needle):
+      call()
+
+
+def test_a_flatten_readout_needs_only_same_position_covariances():
+  """The route chosen from the readout: Flatten computes per-position covariances only, and
+  gives the kernel that every pair of positions gives (the same description with its full
+  covariances forced by a parallel GlobalAvgPool branch that adds nothing)."""
+  img = np.random.default_rng(13).normal(size=(5, 6, 6, 3))
+  body = [stax.Conv(16, (3, 3), padding="SAME", W_std=1.5, b_std=0.1), stax.Relu(),
+          stax.Conv(16, (3, 3), padding="CIRCULAR", W_std=1.5), stax.Erf()]
+  flat = stax.serial(*body, stax.Flatten(), stax.Dense(1, W_std=1.2))
+  forced = stax.serial(*body, stax.FanOut(2), stax.parallel(
+      stax.serial(stax.Flatten(), stax.Dense(1, W_std=1.2)),
+      stax.serial(stax.GlobalAvgPool(), stax.Dense(1, W_std=0.0))), stax.FanInSum())
+  assert not flat.needs_full_spatial(True) and forced.needs_full_spatial(True)
+  a, b = flat.kernel_fn(img), forced.kernel_fn(img)
+  _close(a.nngp, b.nngp, 1e-13)
+  _close(a.ntk, b.ntk, 1e-13)

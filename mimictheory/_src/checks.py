@@ -132,11 +132,12 @@ def check_fan_in(fan_in) -> float:
 
 
 def check_data(name: str, x, ndim: int = 2) -> np.ndarray:
-  """A finite float data matrix of shape (N, d)."""
+  """A finite float data matrix of shape (N, d) (ndim 4: images (N, H, W, C))."""
   arr = _check_traced(name, x) if is_traced(x) else _as_float_array(name, x)
   if arr.ndim != ndim:
-    raise ValueError(f"{name} must have {ndim} dimensions (N, d), got shape {arr.shape}")
-  if arr.shape[0] < 1 or arr.shape[-1] < 1:
+    what = "(N, d)" if ndim == 2 else "(N, H, W, C)"
+    raise ValueError(f"{name} must have {ndim} dimensions {what}, got shape {arr.shape}")
+  if min(arr.shape) < 1:
     raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
   if not is_traced(arr) and not np.isfinite(arr).all():
     raise ValueError(f"{name} contains NaN or inf; every entry must be finite")

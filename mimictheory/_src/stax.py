@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import dataclasses
+import itertools
 import math
 from functools import partial
 
@@ -55,15 +56,16 @@ from mimictheory._src import checks, tables
 from mimictheory._src.activations import (
     Activation, Erf as _Erf, LeakyReLU, ReLU, get_activation)
 from mimictheory._src.gram import (
-    Kernels, NTKSpectrum, blocked_gram, check_gram_memory, condition_numbers, identical_rows,
-    symmetric_gram)
+    GRAM_ARRAYS, Kernels, NTKSpectrum, blocked_gram, check_gram_memory, condition_numbers,
+    identical_rows, symmetric_gram)
 from mimictheory._src.io import progress_bar
 from mimictheory._src.norms import rule
 from mimictheory._src.precision import float64, is_traced
 
 __all__ = ["Kernel", "Network", "MeanField", "Dense", "Elementwise", "Relu", "LeakyRelu", "Erf",
            "Gelu", "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "LayerNorm", "Scale",
-           "serial", "parallel", "FanOut", "FanInSum", "mlp", "norm_layers"]
+           "serial", "parallel", "FanOut", "FanInSum", "mlp", "norm_layers", "Conv", "Flatten",
+           "GlobalAvgPool"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,9 +103,66 @@ class Kernel:
   x1_is_x2: bool = dataclasses.field(default=False, metadata=dict(static=True))
   pending_batch_norm: bool = dataclasses.field(default=False, metadata=dict(static=True))
   mean_known: bool = dataclasses.field(default=True, metadata=dict(static=True))
+  spatial: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
   def replace(self, **changes) -> "Kernel":
     return dataclasses.replace(self, **changes)
+
+  # -- broadcasting the per-input quantities against the kernel --------------------------------
+  # Shapes by `spatial`: None (vectors): nngp (N1, N2), cov1 (N1,), mean1 (N1,); "diagonal"
+  # (images, same-position covariances only): nngp (N1, N2, *S), cov1 (N1, *S), mean1 (N1, *S);
+  # "full" (images, every pair of positions): nngp (N1, N2, *S, *S), cov1 (N1, *S, *S) (each
+  # input's own covariance across positions), mean1 (N1, *S). S: the spatial shape (H, W).
+  def variances(self, cov):
+    """The per-position variances of `cov1` or `cov2`: (N, H, W), or (N,) for vectors."""
+    if self.spatial != "full":
+      return cov
+    nd = (cov.ndim - 1) // 2
+    flat = cov.reshape(cov.shape[0], math.prod(cov.shape[1:1 + nd]), -1)
+    return jnp.diagonal(flat, axis1=1, axis2=2).reshape(cov.shape[:1 + nd])
+
+  def rows(self, a):
+    """A per-position quantity of the rows' inputs, (N1, H, W), broadcast against `nngp`."""
+    nd = a.ndim - 1
+    tail = (1,) * nd if self.spatial == "full" else ()
+    return a.reshape(a.shape[:1] + (1,) + a.shape[1:] + tail)
+
+  def cols(self, a):
+    """A per-position quantity of the columns' inputs, (N2, H, W), broadcast against `nngp`."""
+    nd = a.ndim - 1
+    head = (1,) * nd if self.spatial == "full" else ()
+    return a.reshape((1,) + a.shape[:1] + head + a.shape[1:])
+
+  def spatial_eye(self, nd: int):
+    """True where two spatial positions are the same, (H, W, H, W) for "full"; None otherwise."""
+    if self.spatial != "full":
+      return None
+    shape = self.nngp.shape[2:2 + nd]
+    size = math.prod(shape)
+    return jnp.eye(size, dtype=bool).reshape(shape + shape)
+
+  def batch_mask(self, mask):
+    """An (N1, N2) mask of input pairs as a mask of the kernel's entries that are a variance of
+    one input at one position (with "full", only where the two positions are the same)."""
+    nd = self.nngp.ndim - 2
+    if self.spatial == "full":
+      nd //= 2
+      return mask.reshape(mask.shape + (1,) * (2 * nd)) & self.spatial_eye(nd)
+    return mask.reshape(mask.shape + (1,) * nd)
+
+  def diagonal_of(self, m):
+    """The entries (i, i) of a symmetric kernel: its own covariance of each input, shaped like
+    cov1."""
+    return jnp.moveaxis(jnp.diagonal(m, axis1=0, axis2=1), -1, 0)
+
+  def own(self, a, b=None):
+    """Per input, a(p) b(p') at the positions `cov1` holds ((N, H, W, H, W) for "full", (N, H, W)
+    or (N,) otherwise): the own-covariance counterpart of `rows(a) * cols(b)`."""
+    b = a if b is None else b
+    if self.spatial != "full":
+      return a * b
+    nd = a.ndim - 1
+    return a.reshape(a.shape + (1,) * nd) * b.reshape(b.shape[:1] + (1,) * nd + b.shape[1:])
 
 
 def _identical(x1, x2):
@@ -116,17 +175,34 @@ def _identical(x1, x2):
   return jnp.asarray(identical_rows(np.asarray(x1)))
 
 
-def _input_kernel(x1, x2, same, with_ntk: bool = True) -> Kernel:
+def _input_kernel(x1, x2, same, with_ntk: bool = True, spatial: str | None = None) -> Kernel:
   """The kernel of the inputs themselves: x1 x2ᵀ / d (neural-tangents' starting point), with the
-  feature means for a weight-mean first layer; its NTK 0 (None without the NTK)."""
+  feature means for a weight-mean first layer; its NTK 0 (None without the NTK). Images
+  (N, H, W, C): the channel average x(p)·x'(p')/C at every pair of positions (`spatial`
+  "full") or at the same positions only ("diagonal")."""
   d = x1.shape[-1]
   symmetric = x2 is None
   if symmetric:
     x2 = x1
+  if x1.ndim > 2:
+    return _image_kernel(x1, x2, same, with_ntk, spatial, symmetric)
   nngp = x1 @ x2.T / d
   return Kernel(nngp, jnp.zeros_like(nngp) if with_ntk else None, jnp.sum(x1 * x1, -1) / d,
                 jnp.sum(x2 * x2, -1) / d,
                 jnp.mean(x1, -1), jnp.mean(x2, -1), same, None, symmetric)
+
+
+def _image_kernel(x1, x2, same, with_ntk, spatial, symmetric) -> Kernel:
+  c = x1.shape[-1]
+  if spatial == "full":
+    pairs = lambda a, b: jnp.einsum("xhwc,yHWc->xyhwHW", a, b) / c  # noqa: E731
+    own = lambda a: jnp.einsum("xhwc,xHWc->xhwHW", a, a) / c  # noqa: E731
+  else:
+    pairs = lambda a, b: jnp.einsum("xhwc,yhwc->xyhw", a, b) / c  # noqa: E731
+    own = lambda a: jnp.einsum("xhwc,xhwc->xhw", a, a) / c  # noqa: E731
+  nngp = pairs(x1, x2)
+  return Kernel(nngp, jnp.zeros_like(nngp) if with_ntk else None, own(x1), own(x2),
+                jnp.mean(x1, -1), jnp.mean(x2, -1), same, None, symmetric, spatial=spatial)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,6 +243,13 @@ class Network:
     matrix can be computed tile by tile, and sharded): True unless a part couples the batch
     (`BatchNorm`)."""
     return True
+
+  def needs_full_spatial(self, full_after: bool) -> bool:
+    """For image inputs: whether this layer needs the covariance of every pair of positions of
+    its input ("full") given whether what follows it needs that of its output; otherwise the
+    same-position covariances suffice ("diagonal", (HW)² times cheaper). Pointwise layers and
+    convolutions pass the need on; `GlobalAvgPool` needs full, `Flatten` diagonal."""
+    return full_after
 
   # neural-tangents' triple
   def init_fn(self, key, input_shape):
@@ -518,12 +601,14 @@ def _has_tracers(network) -> bool:
 
 
 def _inputs(x1, x2):
-  x1 = jnp.asarray(checks.check_data("x1", x1), jnp.float64)
+  """x1, x2 as float64: vectors (N, d) or images (N, H, W, C)."""
+  ndim = 4 if np.ndim(x1) == 4 else 2
+  x1 = jnp.asarray(checks.check_data("x1", x1, ndim), jnp.float64)
   if x2 is not None:
-    x2 = jnp.asarray(checks.check_data("x2", x2), jnp.float64)
-    if x2.shape[1] != x1.shape[1]:
-      raise ValueError(f"x2 must have the same number of features as x1 ({x1.shape[1]}), got "
-                       f"shape {x2.shape}")
+    x2 = jnp.asarray(checks.check_data("x2", x2, ndim), jnp.float64)
+    if x2.shape[1:] != x1.shape[1:]:
+      raise ValueError(f"x2 must have the shape of x1 after the batch axis ({x1.shape[1:]}), "
+                       f"got shape {x2.shape}")
   return x1, x2, _identical(x1, x2)
 
 
@@ -574,7 +659,9 @@ def _kernel_fn(network, x1, x2, get, mesh=None, block_size=None, progress=False)
   if block_size is not None:
     block_size = checks.check_int("block_size", block_size, minimum=1)
   traced = is_traced(x1, x2) or _has_tracers(network)
-  tiled = network.traceable() and network.entrywise() and not traced
+  if x1.ndim > 2 and not traced:
+    _check_image_memory(network, x1, x2)
+  tiled = network.traceable() and network.entrywise() and not traced and x1.ndim == 2
   if mesh is not None and not tiled:
     why = ("a BatchNorm" if not network.entrywise() else "a numerical activation"
            if not network.traceable() else "traced inputs or parameters")
@@ -600,8 +687,28 @@ def _kernel_fn(network, x1, x2, get, mesh=None, block_size=None, progress=False)
   return collections.namedtuple("Kernel", fields)(*(getattr(k, g) for g in fields))
 
 
+def _check_image_memory(network, x1, x2):
+  """Refuse, before any work, image kernels that do not fit: N1 × N2 entries per position
+  ("diagonal") or per pair of positions ("full"), several float64 arrays of that size."""
+  positions = math.prod(x1.shape[1:-1])
+  full = network.needs_full_spatial(True)
+  per = positions**2 if full else positions
+  n2 = x1.shape[0] if x2 is None else x2.shape[0]
+  arrays = GRAM_ARRAYS + 2
+  checks.check_memory(
+      "kernel_fn", 8.0 * x1.shape[0] * n2 * per * arrays,
+      f"{x1.shape[0]} x {n2} inputs x {per} {'pairs of positions' if full else 'positions'}, "
+      f"{arrays} float64 arrays of that size",
+      "use fewer inputs, smaller images" + (", or a Flatten readout (same-position "
+                                             "covariances only)" if full else ""))
+
+
 def _run(network, x1, x2, same, with_ntk=True) -> Kernel:
-  return _resolve(_record(network, network.kernel(_input_kernel(x1, x2, same, with_ntk))))
+  spatial = None
+  if x1.ndim > 2:  # images: the covariances of every pair of positions only where needed
+    spatial = "full" if network.needs_full_spatial(True) else "diagonal"
+  k = _input_kernel(x1, x2, same, with_ntk, spatial)
+  return _resolve(_record(network, network.kernel(k)))
 
 
 _compiled = jax.jit(_run, static_argnums=(0, 4))
@@ -726,15 +833,16 @@ class Dense(Network):
       if k.width is not None:
         gain = sw2 * (k.width - 1) / k.width  # Lemma 1's (n-1)/n
       if k.mean1 is not None:
-        nngp = nngp - k.mean1[:, None] * k.mean2[None, :]
-        cov1, cov2 = cov1 - k.mean1**2, cov2 - k.mean2**2
+        nngp = nngp - k.rows(k.mean1) * k.cols(k.mean2)
+        cov1, cov2 = cov1 - k.own(k.mean1), cov2 - k.own(k.mean2)
     nngp = gain * nngp + sb2
     if k.x1_is_x2:
-      cov1 = cov2 = jnp.diagonal(nngp)
+      cov1 = cov2 = k.diagonal_of(nngp)
     else:
       cov1, cov2 = gain * cov1 + sb2, gain * cov2 + sb2
     ntk = None if k.ntk is None else gain * k.ntk + nngp
-    return Kernel(nngp, ntk, cov1, cov2, None, None, k.same, self.out_dim, k.x1_is_x2)
+    return Kernel(nngp, ntk, cov1, cov2, None, None, k.same, self.out_dim, k.x1_is_x2,
+                  spatial=k.spatial)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -780,7 +888,8 @@ class Elementwise(Network):
       return _batch_norm_then(k, *coefficients)
     nngp, deriv, mean1, mean2, cov1, cov2 = _elementwise(act, k)
     ntk = None if k.ntk is None else deriv * k.ntk
-    return Kernel(nngp, ntk, cov1, cov2, mean1, mean2, k.same, k.width, k.x1_is_x2)
+    return Kernel(nngp, ntk, cov1, cov2, mean1, mean2, k.same, k.width, k.x1_is_x2,
+                  spatial=k.spatial)
 
 
 def _elementwise(act: Activation, k: Kernel):
@@ -791,6 +900,8 @@ def _elementwise(act: Activation, k: Kernel):
   the NTK, E[φ'φ'] is None."""
   q1, q2 = k.cov1, k.cov2
   with_ntk = k.ntk is not None
+  if k.spatial is not None:
+    return _elementwise_spatial(act, k, with_ntk)
   if not act.closed_form and not is_traced(k.nngp):
     q1n, q2n = (np.maximum(np.asarray(q, np.float64), 1e-16) for q in (q1, q2))
     rho = np.clip(np.asarray(k.nngp) / np.sqrt(np.outer(q1n, q2n)), -1.0, 1.0)
@@ -813,6 +924,42 @@ def _elementwise(act: Activation, k: Kernel):
     if with_ntk:
       deriv = jnp.where(eye, act.derivative_second_moment(q1)[:, None], deriv)
   return kern, deriv, m1, m2, s1, s2
+
+
+def _elementwise_spatial(act: Activation, k: Kernel, with_ntk: bool):
+  """`_elementwise` on image kernels: the dual activation at every entry (input pair, position
+  or pair of positions), with the variances of the two inputs at their positions; each input's
+  own covariance ("full": across every pair of its positions) goes through the same map."""
+  if not act.closed_form:
+    raise ValueError(f"activation {act.name!r} on an image kernel: the convolutional kernels "
+                     "are computed for closed-form activations (relu, leaky_relu, erf, "
+                     "identity, ...) so far")
+  v1, v2 = k.variances(k.cov1), k.variances(k.cov2)
+  rows, cols = k.rows(v1), k.cols(v2)
+  nngp = k.nngp
+  if k.same is not None:  # identical inputs at one position: ρ = 1 exactly
+    nngp = jnp.where(k.batch_mask(k.same), rows, nngp)
+  kern, deriv = act.kernel_pair(rows, cols, nngp) if with_ntk else (
+      act.kernel(rows, cols, nngp), None)
+
+  def own(cov, v):
+    if k.spatial != "full":
+      return act.second_moment(v)
+    nd = v.ndim - 1
+    at_p = v.reshape(v.shape + (1,) * nd)
+    at_q = v.reshape(v.shape[:1] + (1,) * nd + v.shape[1:])
+    same = k.spatial_eye(nd)
+    cov = jnp.where(same, at_p, cov)
+    return jnp.where(same, act.second_moment(at_p), act.kernel(at_p, at_q, cov))
+
+  s1 = own(k.cov1, v1)
+  s2 = s1 if k.x1_is_x2 else own(k.cov2, v2)
+  if k.x1_is_x2:
+    eye = k.batch_mask(jnp.eye(nngp.shape[0], dtype=bool))
+    kern = jnp.where(eye, k.rows(act.second_moment(v1)), kern)
+    if with_ntk:
+      deriv = jnp.where(eye, k.rows(act.derivative_second_moment(v1)), deriv)
+  return kern, deriv, act.mean(v1), act.mean(v2), s1, s2
 
 
 def Relu() -> Elementwise:  # noqa: N802 (neural-tangents' names)
@@ -915,6 +1062,239 @@ def Identity() -> Network:  # noqa: N802
 
 
 # ----------------------------------------------------------------------------------------------
+# Convolutions, pooling and flattening (images N × H × W × C, channels last).
+# ----------------------------------------------------------------------------------------------
+PADDINGS = ("VALID", "SAME", "CIRCULAR")
+
+
+def _pads(size: int, width: int, padding: str) -> tuple[int, int]:
+  """Zeros (or wrapped values) before and after an axis of `size` for a filter of `width`:
+  none for VALID; for SAME and CIRCULAR width − 1 in all, (width − 1) // 2 before (XLA's
+  convention, so an even filter has one more after)."""
+  if padding == "VALID":
+    return 0, 0
+  before = (width - 1) // 2
+  return before, width - 1 - before
+
+
+def _patch_sum(a, lead: int, full: bool, filter_shape, padding: str):
+  """Σ over the filter's offsets d of a(p + d) (diagonal: the spatial axes after `lead` batch
+  axes) or of a(p + d, p' + d) ("full": both groups of spatial axes shifted together): the
+  patch sums that a convolution's kernel is made of, with the input's padding."""
+  nd = len(filter_shape)
+  sizes = a.shape[lead:lead + nd]
+  pads = [_pads(n, f, padding) for n, f in zip(sizes, filter_shape)]
+  groups = 2 if full else 1
+  widths = [(0, 0)] * lead + pads * groups
+  if any(p != (0, 0) for p in pads):
+    a = jnp.pad(a, widths, mode="wrap" if padding == "CIRCULAR" else "constant")
+  out = [n + lo + hi - f + 1 for n, (lo, hi), f in zip(sizes, pads, filter_shape)]
+  total = None
+  for offset in itertools.product(*(range(f) for f in filter_shape)):
+    window = tuple(slice(o, o + n) for o, n in zip(offset, out)) * groups
+    part = a[(slice(None),) * lead + window]
+    total = part if total is None else total + part
+  return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv(Network):
+  """A convolution over images (N, H, W, C), channels last, in the NTK parameterisation:
+  y(p) = W_std/√(k_h k_w C) Σ_{d, c} x(p + d, c) w(d, c) + b_std b, with w, b ~ N(0, 1) and the
+  fan-in k_h k_w C whatever the padding (neural-tangents' `Conv`). `padding`: "VALID"
+  (default, as neural-tangents), "SAME" (zeros) or "CIRCULAR" (the image wrapped); stride 1.
+
+  Its kernel (Novak et al. 2019; Garriga-Alonso et al. 2019) sums the input's covariance over
+  the filter's offsets, at both positions together:
+
+      K'(p, p') = σw² / (k_h k_w) Σ_d K(p + d, p' + d) + σb²,   Θ' = K' + σw²/(k_h k_w) Σ_d Θ(…)
+
+  so with a `Flatten` readout only same-position covariances are needed (O(N² HW)), with
+  `GlobalAvgPool` those of every pair of positions (O(N² (HW)²)); `kernel_fn` computes only
+  what the readout needs.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> x = np.ones((2, 4, 4, 3))
+  >>> net = stax.serial(stax.Conv(8, (3, 3), padding="SAME", W_std=2.0), stax.Flatten())
+  >>> k = net.kernel_fn(x, get="nngp")   # 4/9 · (in-image offsets: 4 at a corner, 6, 9) / 16
+  >>> round(float(k[0, 0]), 12), round(4 / 9 * (4 * 4 + 8 * 6 + 4 * 9) / 16, 12)
+  (2.777777777778, 2.777777777778)
+  """
+  out_chan: int | None
+  filter_shape: tuple
+  strides: tuple | None = None
+  padding: str = "VALID"
+  W_std: float = 1.0
+  b_std: float | None = None
+  parameterization: str = "ntk"
+
+  def __post_init__(self):
+    if self.out_chan is not None:
+      checks.check_int("out_chan", self.out_chan, minimum=1)
+    shape = tuple(self.filter_shape) if isinstance(self.filter_shape, (tuple, list)) else None
+    if shape is None or len(shape) != 2:
+      raise ValueError(f"filter_shape must be a pair (k_h, k_w), got {self.filter_shape!r}")
+    for k in shape:
+      checks.check_int("filter_shape", k, minimum=1)
+    object.__setattr__(self, "filter_shape", shape)
+    if self.strides not in (None, (1, 1), [1, 1]):
+      raise ValueError(f"strides must be (1, 1) (stride 1), got {self.strides!r}")
+    checks.check_choice("padding", self.padding, PADDINGS)
+    checks.check_nonnegative("W_std", self.W_std)
+    if self.b_std is not None:
+      checks.check_nonnegative("b_std", self.b_std)
+    checks.check_choice("parameterization", self.parameterization, ("ntk",))
+
+  def _out_shape(self, input_shape):
+    if len(input_shape) != 4:
+      raise ValueError(f"Conv needs images (N, H, W, C), got input shape {tuple(input_shape)}")
+    n, h, w, _ = input_shape
+    sizes = []
+    for name, size, k in (("H", h, self.filter_shape[0]), ("W", w, self.filter_shape[1])):
+      lo, hi = _pads(size, k, self.padding)
+      if size + lo + hi < k:
+        raise ValueError(f"filter_shape {self.filter_shape} is larger than the image ({name} = "
+                         f"{size}) with padding {self.padding!r}")
+      sizes.append(size + lo + hi - k + 1)
+    return (n, *sizes, self.out_chan)
+
+  def init(self, key, input_shape):
+    if self.out_chan is None:
+      raise ValueError("Conv(out_chan=None) describes an infinite-width layer (its kernel "
+                       "only); give out_chan a width to build the finite network")
+    shape = self._out_shape(input_shape)
+    k_w, k_b = jax.random.split(key)
+    w = jax.random.normal(k_w, (*self.filter_shape, input_shape[-1], self.out_chan))
+    b = (jax.random.normal(k_b, (1, 1, 1, self.out_chan)) if self.b_std is not None else None)
+    return shape, (w, b)
+
+  def apply(self, params, x, rng=None):
+    w, b = params
+    kh, kw = self.filter_shape
+    pads = [_pads(x.shape[1], kh, self.padding), _pads(x.shape[2], kw, self.padding)]
+    if self.padding == "CIRCULAR":
+      x = jnp.pad(x, [(0, 0), *pads, (0, 0)], mode="wrap")
+      pads = [(0, 0), (0, 0)]
+    y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), pads,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = self.W_std / math.sqrt(kh * kw * x.shape[-1]) * y
+    return y if b is None else y + self.b_std * b
+
+  def kernel(self, k: Kernel) -> Kernel:
+    k = _resolve(k)
+    if k.spatial is None:
+      raise ValueError("Conv needs image inputs (N, H, W, C) and no Flatten or GlobalAvgPool "
+                       "before it")
+    full = k.spatial == "full"
+    nd = k.nngp.ndim - 2
+    self._out_shape((1, *k.nngp.shape[2:2 + (nd // 2 if full else nd)], 1))  # fits the image
+    area = self.filter_shape[0] * self.filter_shape[1]
+    sw2 = self.W_std**2 / area
+    sb2 = 0.0 if self.b_std is None else self.b_std**2
+    patch = partial(_patch_sum, full=full, filter_shape=self.filter_shape,
+                    padding=self.padding)
+    nngp = sw2 * patch(k.nngp, 2) + sb2
+    ntk = None if k.ntk is None else sw2 * patch(k.ntk, 2) + nngp
+    if k.x1_is_x2:
+      cov1 = cov2 = k.diagonal_of(nngp)
+    else:
+      cov1, cov2 = sw2 * patch(k.cov1, 1) + sb2, sw2 * patch(k.cov2, 1) + sb2
+    return Kernel(nngp, ntk, cov1, cov2, None, None, k.same, self.out_chan, k.x1_is_x2,
+                  spatial=k.spatial)
+
+
+def _spatial_mean(a, lead: int, full: bool):
+  """The mean over positions of the same-position entries (`full`: the diagonal first)."""
+  if full:
+    nd = (a.ndim - lead) // 2
+    shape = a.shape[lead:lead + nd]
+    size = math.prod(shape)
+    a = jnp.diagonal(a.reshape(a.shape[:lead] + (size, size)), axis1=-2, axis2=-1)
+  return a.reshape(a.shape[:lead] + (-1,)).mean(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Flatten(Network):
+  def init(self, key, input_shape):
+    return (input_shape[0], math.prod(input_shape[1:])), ()
+
+  def apply(self, params, x, rng=None):
+    return x.reshape(x.shape[0], -1)
+
+  def needs_full_spatial(self, full_after: bool) -> bool:
+    return False
+
+  def kernel(self, k: Kernel) -> Kernel:
+    k = _resolve(k)
+    if k.spatial is None:
+      return k
+    full = k.spatial == "full"
+    size = math.prod(k.mean1.shape[1:]) if k.mean1 is not None else None
+    mean = lambda m: None if m is None else _spatial_mean(m, 1, False)  # noqa: E731
+    width = None if k.width is None or size is None else k.width * size
+    return Kernel(_spatial_mean(k.nngp, 2, full),
+                  None if k.ntk is None else _spatial_mean(k.ntk, 2, full),
+                  _spatial_mean(k.cov1, 1, full), _spatial_mean(k.cov2, 1, full),
+                  mean(k.mean1), mean(k.mean2), k.same, width, k.x1_is_x2,
+                  mean_known=k.mean_known)
+
+
+def Flatten() -> Network:  # noqa: N802
+  """Every position and channel of an image as one vector (neural-tangents' `Flatten`); its
+  kernel is the mean over positions of the same-position covariances, so the layers before it
+  need no covariances between positions.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> x = np.random.default_rng(0).normal(size=(3, 4, 4, 2))
+  >>> k = stax.Flatten().kernel_fn(x, get="nngp")
+  >>> bool(np.allclose(k, x.reshape(3, -1) @ x.reshape(3, -1).T / 32))
+  True
+  """
+  return _Flatten()
+
+
+@dataclasses.dataclass(frozen=True)
+class _GlobalAvgPool(Network):
+  def init(self, key, input_shape):
+    return (input_shape[0], input_shape[-1]), ()
+
+  def apply(self, params, x, rng=None):
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+
+  def needs_full_spatial(self, full_after: bool) -> bool:
+    return True
+
+  def kernel(self, k: Kernel) -> Kernel:
+    k = _resolve(k)
+    if k.spatial is None:
+      raise ValueError("GlobalAvgPool needs image inputs (N, H, W, C)")
+    nd = k.mean1.ndim - 1 if k.mean1 is not None else 2
+    mean_all = lambda a, lead: a.reshape(a.shape[:lead] + (-1,)).mean(-1)  # noqa: E731
+    mean = lambda m: None if m is None else mean_all(m, 1)  # noqa: E731
+    del nd
+    return Kernel(mean_all(k.nngp, 2), None if k.ntk is None else mean_all(k.ntk, 2),
+                  mean_all(k.cov1, 1), mean_all(k.cov2, 1), mean(k.mean1), mean(k.mean2),
+                  k.same, k.width, k.x1_is_x2, mean_known=k.mean_known)
+
+
+def GlobalAvgPool() -> Network:  # noqa: N802
+  """The mean over positions of every channel (neural-tangents' `GlobalAvgPool`); its kernel is
+  the mean of the covariances of every pair of positions, so the layers before it need them.
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> x = np.random.default_rng(0).normal(size=(3, 4, 4, 2))
+  >>> k = stax.GlobalAvgPool().kernel_fn(x, get="nngp")
+  >>> m = x.mean(axis=(1, 2))
+  >>> bool(np.allclose(k, m @ m.T / 2))
+  True
+  """
+  return _GlobalAvgPool()
+
+
+# ----------------------------------------------------------------------------------------------
 # Batch norm and scalars.
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -952,6 +1332,9 @@ class BatchNorm(Network):
 
   def kernel(self, k: Kernel) -> Kernel:
     k = _resolve(k)
+    if k.spatial is not None:
+      raise ValueError("BatchNorm on images (per channel over the batch and the positions) has "
+                       "no kernel here yet; put it after Flatten or GlobalAvgPool")
     if not k.x1_is_x2:
       raise ValueError("BatchNorm couples the inputs of a batch: call kernel_fn(x, None) with the "
                        "whole batch as x and take the block you need")
@@ -999,6 +1382,9 @@ class LayerNorm(Network):
 
   def kernel(self, k: Kernel) -> Kernel:
     k = _resolve(k)
+    if k.spatial is not None:
+      raise ValueError("LayerNorm on images has no kernel here yet; put it after Flatten or "
+                       "GlobalAvgPool")
     if not k.mean_known:
       raise ValueError("LayerNorm after BatchNorm() and a non-linear activation: the unit mean "
                        "of φ(BN(h)) at a finite batch is not computed; use "
@@ -1131,6 +1517,10 @@ class _Combinator(Network):
   def entrywise(self) -> bool:
     return all(layer.entrywise() for layer in self.layers)
 
+  def needs_full_spatial(self, full_after: bool) -> bool:
+    """Side by side (`parallel`): full if any branch needs it."""
+    return any(layer.needs_full_spatial(full_after) for layer in self.layers)
+
   def _rngs(self, rng):
     if rng is None:
       return [None] * len(self.layers)
@@ -1139,6 +1529,12 @@ class _Combinator(Network):
 
 @dataclasses.dataclass(frozen=True)
 class _Serial(_Combinator):
+
+  def needs_full_spatial(self, full_after: bool) -> bool:
+    """One after the other: the need travels from the last layer to the first."""
+    for layer in reversed(self.layers):
+      full_after = layer.needs_full_spatial(full_after)
+    return full_after
 
   def init(self, key, input_shape):
     params = []

@@ -1,13 +1,14 @@
 """The Flax NNX model of a `mimictheory.stax` description: the network that trains.
 
 `from_stax(network, input_shape, rngs)` builds it layer by layer from the training library's
-own modules: `Dense` -> `nn.Dense` (a `CentredKernel` under weight mean, re-centred by
+own modules: `Dense` -> a dense layer (a `CentredKernel` under weight mean, re-centred by
 `project_weight_mean` after every step), activations as functions, `BatchNorm` ->
 `nnx.BatchNorm` without affine parameters (batch statistics in training mode, running ones in
 eval mode), `LayerNorm` -> `nnx.LayerNorm` without affine parameters, `Scale` -> a learnable
-`ResidualScalar`; `serial`, `parallel`, `FanOut`, `FanInSum` and `Identity` as their
-structure. With `params` (the description's `init_fn`
-tree) the model starts from those parameters, converted from the NTK parameterisation
+`ResidualScalar`, `Conv` -> a convolution with its padding, `Flatten` and `GlobalAvgPool` as
+functions; `serial`, `parallel`, `FanOut`, `FanInSum` and `Identity` as their structure.
+With `params` (the description's `init_fn` tree) the model starts from those parameters,
+converted from the NTK parameterisation
 (W_std/√n · W, b_std · b) to the standard one the optimiser trains, so that its forward pass in
 training mode is the description's `apply_fn` (tested).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -38,6 +40,29 @@ class _Dense(nnx.Module):
 
   def __call__(self, x):
     y = x @ self.kernel[...]
+    return y if self.bias is None else y + self.bias[...]
+
+
+class _Conv(nnx.Module):
+  """A convolution with the description's padding (VALID, SAME or CIRCULAR), stride 1 (a plain
+  kernel: the description's `Conv` has no weight mean yet)."""
+
+  def __init__(self, layer: stax.Conv, channels: int, params, rngs):
+    if params is None:
+      _, params = layer.init(rngs.params(), (1, *layer.filter_shape, channels))
+    w, b = params
+    fan_in = layer.filter_shape[0] * layer.filter_shape[1] * channels
+    self.kernel = nnx.Param(layer.W_std / math.sqrt(fan_in) * jnp.asarray(w, jnp.float32))
+    self.bias = None if b is None else nnx.Param(layer.b_std * jnp.asarray(b, jnp.float32))
+    self.filter_shape, self.padding = layer.filter_shape, layer.padding
+
+  def __call__(self, x):
+    pads = [stax._pads(n, k, self.padding) for n, k in zip(x.shape[1:3], self.filter_shape)]
+    if self.padding == "CIRCULAR":
+      x = jnp.pad(x, [(0, 0), *pads, (0, 0)], mode="wrap")
+      pads = [(0, 0), (0, 0)]
+    y = jax.lax.conv_general_dilated(x, self.kernel[...], (1, 1), pads,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y if self.bias is None else y + self.bias[...]
 
 
@@ -112,6 +137,11 @@ def _parallel(layer, shapes, params, rngs):
 
 _BUILDERS = (
     (stax.Dense, lambda l, s, p, r: (_Dense(l, s[-1], p, r), tuple(s[:-1]) + (l.out_dim,))),
+    (stax.Conv, lambda l, s, p, r: (_Conv(l, s[-1], p, r), l._out_shape(s))),
+    (stax._Flatten, lambda l, s, p, r: (_Function(lambda x: x.reshape(x.shape[0], -1)),
+                                        (s[0], math.prod(s[1:])))),
+    (stax._GlobalAvgPool, lambda l, s, p, r: (_Function(lambda x: x.mean(axis=(1, 2))),
+                                              (s[0], s[-1]))),
     (stax.Elementwise, lambda l, s, p, r: (_Function(l.activation), s)),
     (stax.BatchNorm, lambda l, s, p, r: (_BatchNorm(l, s[-1], r), s)),
     (stax.LayerNorm, lambda l, s, p, r: (_LayerNorm(l, s[-1], r), s)),
