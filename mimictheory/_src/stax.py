@@ -1113,6 +1113,18 @@ class Conv(Network):
   `GlobalAvgPool` those of every pair of positions (O(N² (HW)²)); `kernel_fn` computes only
   what the readout needs.
 
+  `weight_mean=True` (MimicNorm on a convolution) centres each output channel's k_h k_w C
+  weights: y(p) = Σ_{d,c} w(d, c) (x(p + d, c) − x̄(p)) with x̄(p) the mean of the patch, so
+  (Σᵢ (aᵢ − ā)(bᵢ − b̄) = Σᵢ aᵢbᵢ − n ā b̄ over the n = k_h k_w C patch entries)
+
+      K'(p, p') = σw² [ (1/(k_h k_w)) Σ_d K(p + d, p' + d) − m̄(p) m̄'(p') ] + σb²,
+
+  m̄(p) = (1/(k_h k_w)) Σ_d m(p + d) the patch mean of m, the channel mean at each position
+  (zero outside the image with SAME padding): exact at the input layer, where m is the data's;
+  after an activation m = E[φ] per position, the infinite-width limit (the O(1/C) term
+  −Σ_{d,d'} K(p + d, p' + d')/(k_h k_w)² C of a finite C is dropped; Monte Carlo in the tests).
+  The NTK passes as without it, Θ' = K' + σw² Σ_d Θ(p + d, p' + d)/(k_h k_w).
+
   >>> import numpy as np
   >>> from mimictheory import stax
   >>> x = np.ones((2, 4, 4, 3))
@@ -1128,10 +1140,13 @@ class Conv(Network):
   W_std: float = 1.0
   b_std: float | None = None
   parameterization: str = "ntk"
+  weight_mean: bool = False
 
   def __post_init__(self):
     if self.out_chan is not None:
       checks.check_int("out_chan", self.out_chan, minimum=1)
+    if self.weight_mean not in (True, False):
+      raise TypeError(f"weight_mean must be True or False, got {self.weight_mean!r}")
     shape = tuple(self.filter_shape) if isinstance(self.filter_shape, (tuple, list)) else None
     if shape is None or len(shape) != 2:
       raise ValueError(f"filter_shape must be a pair (k_h, k_w), got {self.filter_shape!r}")
@@ -1171,6 +1186,8 @@ class Conv(Network):
 
   def apply(self, params, x, rng=None):
     w, b = params
+    if self.weight_mean:  # each output channel's k_h k_w C weights centred
+      w = w - jnp.mean(w, axis=(0, 1, 2), keepdims=True)
     kh, kw = self.filter_shape
     pads = [_pads(x.shape[1], kh, self.padding), _pads(x.shape[2], kw, self.padding)]
     if self.padding == "CIRCULAR":
@@ -1194,12 +1211,22 @@ class Conv(Network):
     sb2 = 0.0 if self.b_std is None else self.b_std**2
     patch = partial(_patch_sum, full=full, filter_shape=self.filter_shape,
                     padding=self.padding)
-    nngp = sw2 * patch(k.nngp, 2) + sb2
+    nngp, cov1, cov2 = patch(k.nngp, 2), patch(k.cov1, 1), patch(k.cov2, 1)
+    if self.weight_mean:
+      if not k.mean_known:
+        raise ValueError("Conv(weight_mean=True) after BatchNorm() and a non-linear activation: "
+                         "the unit mean is not computed")
+      if k.mean1 is not None:  # m̄, the patch means of the channel means, times the area
+        m1 = _patch_sum(k.mean1, 1, False, self.filter_shape, self.padding) / area
+        m2 = _patch_sum(k.mean2, 1, False, self.filter_shape, self.padding) / area
+        nngp = nngp - area * k.rows(m1) * k.cols(m2)
+        cov1, cov2 = cov1 - area * k.own(m1), cov2 - area * k.own(m2)
+    nngp = sw2 * nngp + sb2
     ntk = None if k.ntk is None else sw2 * patch(k.ntk, 2) + nngp
     if k.x1_is_x2:
       cov1 = cov2 = k.diagonal_of(nngp)
     else:
-      cov1, cov2 = sw2 * patch(k.cov1, 1) + sb2, sw2 * patch(k.cov2, 1) + sb2
+      cov1, cov2 = sw2 * cov1 + sb2, sw2 * cov2 + sb2
     return Kernel(nngp, ntk, cov1, cov2, None, None, k.same, self.out_chan, k.x1_is_x2,
                   spatial=k.spatial)
 

@@ -44,15 +44,16 @@ class _Dense(nnx.Module):
 
 
 class _Conv(nnx.Module):
-  """A convolution with the description's padding (VALID, SAME or CIRCULAR), stride 1 (a plain
-  kernel: the description's `Conv` has no weight mean yet)."""
+  """A convolution with the description's padding (VALID, SAME or CIRCULAR), stride 1; its
+  kernel a `CentredKernel` under weight mean (each output channel's k_h k_w C weights)."""
 
   def __init__(self, layer: stax.Conv, channels: int, params, rngs):
     if params is None:
       _, params = layer.init(rngs.params(), (1, *layer.filter_shape, channels))
     w, b = params
     fan_in = layer.filter_shape[0] * layer.filter_shape[1] * channels
-    self.kernel = nnx.Param(layer.W_std / math.sqrt(fan_in) * jnp.asarray(w, jnp.float32))
+    kernel = layer.W_std / math.sqrt(fan_in) * jnp.asarray(w, jnp.float32)
+    self.kernel = CentredKernel(centre_kernel(kernel)) if layer.weight_mean else nnx.Param(kernel)
     self.bias = None if b is None else nnx.Param(layer.b_std * jnp.asarray(b, jnp.float32))
     self.filter_shape, self.padding = layer.filter_shape, layer.padding
 
