@@ -33,7 +33,10 @@ def test_kernels_and_empirical_ntk_agree_with_neural_tangents(nt_python, activat
                          inits=((2.0, 0.0), (1.5, 0.2)), nt_python=nt_python,
                          n_inputs=10, width=128)
   assert result.versions["neural_tangents"] == "0.6.5"
-  assert len(result.comparisons) == len(activations) * len(depths) * 2 * 2 + 2
+  conv = [c for c in result.comparisons if c.quantity.startswith("conv")]
+  convolved = [a for a in activations if a in cc.CONV_ACTIVATIONS]
+  assert len(conv) == len(convolved) * len(cc.CONV_READOUTS) * 2  # flatten and pool readouts
+  assert len(result.comparisons) == len(activations) * len(depths) * 2 * 2 + 2 + len(conv)
   bad = [c for c in result.comparisons if not c.ok]
   assert not bad, bad
   closed_forms = [c for c in result.comparisons if c.activation not in cc.NT_NUMERICAL]
@@ -83,7 +86,7 @@ def test_cli_writes_markdown_and_json(nt_python, tmp_path, capsys):
   assert rc == 0, capsys.readouterr().err
   assert sorted(p.name for p in out.iterdir()) == ["crosscheck.json", "crosscheck.md"]
   report = json.loads((out / "crosscheck.json").read_text())
-  assert report["ok"] is True and len(report["comparisons"]) == 2 * 3 * 2 + 2
+  assert report["ok"] is True and len(report["comparisons"]) == 2 * 3 * 2 + 2 + 2 * 2  # conv
   assert "| empirical ntk | relu |" in (out / "crosscheck.md").read_text()
 
 

@@ -148,10 +148,26 @@ def check_activations(activations) -> tuple[str, ...]:
   return tuple(checks.check_choice("activation", a, allowed) for a in activations)
 
 
+CONV_ACTIVATIONS = ("relu", "erf")  # closed forms on both sides for image kernels (so far)
+CONV_READOUTS = ("flatten", "pool")
+CONV_IMAGE = (6, 6, 3)  # H, W, C of the random images
+
+
+def _conv_description(activation, depth, sw2, sb2, filter, padding, readout):
+  """nt_reference.conv_network written with mimictheory's stax (the same source)."""
+  from mimictheory._src import stax
+  conv = lambda: stax.Conv(1, (filter, filter), padding=padding, W_std=sw2**0.5,  # noqa: E731
+                           b_std=sb2**0.5)
+  head = stax.Flatten() if readout == "flatten" else stax.GlobalAvgPool()
+  return stax.serial(*[conv(), stax.Elementwise(activation)] * depth, head,
+                     stax.Dense(1, W_std=sw2**0.5, b_std=sb2**0.5))
+
+
 def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEFAULT_INITS,
                n_inputs: int = 16, dim: int = 8, width: int = 256, seed: int = 0,
                nt_python=None, repeat: int = 0, empirical: bool = True,
-               timeout: float = 1200.0, progress: bool = False) -> CrossCheck:
+               timeout: float = 1200.0, progress: bool = False,
+               convolutions: bool = True) -> CrossCheck:
   """Compute the kernels with mimictheory and neural-tangents and compare them.
 
   Args:
@@ -162,6 +178,10 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
     nt_python: the reference environment's Python (default: see `reference_python`).
     repeat: time each computation this many times after compiling (0: no timing).
     empirical: also compare the empirical NTK of random networks.
+    convolutions: also compare convolutional kernels on `n_inputs` random images of shape
+      CONV_IMAGE: for each of `activations` among CONV_ACTIVATIONS, the deepest of `depths`
+      3 × 3 SAME convolutions with the first of `inits`, behind a Flatten and behind a
+      GlobalAvgPool readout.
 
   Raises `ReferenceUnavailable` if the reference environment is missing or fails.
   """
@@ -177,6 +197,13 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
   request = dict(x=x, cases=json.dumps(cases), repeat=repeat,
                  networks=json.dumps([dict(activation=n.activation.name, depth=n.depth,
                                            width=n.width, sw2=n.sw2, sb2=n.sb2) for n in nets]))
+  conv_cases = [dict(activation=a, depth=int(max(depths)), sw2=float(inits[0][0]),
+                     sb2=float(inits[0][1]), filter=3, padding="SAME", readout=r)
+                for a in activations if a in CONV_ACTIVATIONS for r in CONV_READOUTS
+                ] if convolutions else []
+  images = np.random.default_rng(seed + 1).normal(size=(n_inputs, *CONV_IMAGE))
+  if conv_cases:
+    request.update(images=images, conv_cases=json.dumps(conv_cases))
   ours_entk, params_all = [], []
   with jax.enable_x64(True):
     for i, net in enumerate(nets):
@@ -200,6 +227,16 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
                              case["sb2"], None, *_diff(getattr(ours, quantity),
                                                        reference[f"{quantity}{i}"]), tol,
                              diag_tol, seconds, float(reference[f"time_kernels{i}"])))
+  for i, case in enumerate(conv_cases):
+    net = _conv_description(**case)
+    ours, seconds = timed(lambda: net.kernel_fn(images, None, ("nngp", "ntk")), repeat)
+    diag_tol = max(ANALYTIC_TOL, NT_DIAGONAL_TOL.get(case["activation"], ANALYTIC_TOL))
+    for quantity in ("nngp", "ntk"):
+      rows.append(Comparison(f"conv {case['readout']} {quantity}", case["activation"],
+                             case["depth"], case["sw2"], case["sb2"], None,
+                             *_diff(getattr(ours, quantity), reference[f"conv_{quantity}{i}"]),
+                             ANALYTIC_TOL, diag_tol, seconds,
+                             float(reference[f"time_conv{i}"])))
   for i, (net, (theta, seconds)) in enumerate(zip(nets, ours_entk)):
     nt_seconds = [float(reference[k]) for k in reference if k.startswith(f"time_entk{i}_impl")]
     rows.append(
@@ -248,6 +285,9 @@ def _markdown(result: CrossCheck) -> str:
     "whose error sets the looser tolerance; GELU compares mimictheory's quadrature with "
     "neural-tangents' closed form; ReLU, leaky ReLU and erf are closed forms on both "
     "sides.",
+    f"conv: {CONV_IMAGE[0]}×{CONV_IMAGE[1]}×{CONV_IMAGE[2]} random images, 3×3 SAME "
+    "convolutions (`stax.Conv`), then `Flatten` (same-position covariances) or "
+    "`GlobalAvgPool` (every pair of positions) and a `Dense`.",
     "ReLU's and leaky ReLU's NTK diagonal: neural-tangents computes the angle at ρ = 1 as "
     "arctan2(√(q1q2 − q12²), q12), so a one-ulp rounding of q12 costs ~1e-8 in the "
     "angle and ~3e-9 per layer in the NTK; mimictheory pins ρ = 1 on the diagonal (its value "

@@ -15,6 +15,9 @@ optionally the Gauss–Hermite `degree`),
 `net{i}_{name}` arrays, and `repeat` (timing repeats, 0 for none). The result holds, per case i,
 `nngp{i}`, `ntk{i}`, per network `entk{i}` (and `entk{i}_impl{k}` for every implementation k
 when timing), the timings as `time_*` entries (seconds, median over repeats, compiled).
+Optionally `images` (N, H, W, C) and `conv_cases` (a JSON list of {activation, depth, sw2, sb2,
+filter, padding, readout}: `depth` convolutions, then "flatten" or "pool" and a Dense), giving
+`conv_nngp{i}`, `conv_ntk{i}` and `time_conv{i}`.
 """
 import json
 import sys
@@ -56,6 +59,18 @@ def network(activation: str, depth: int, sw2: float, sb2: float, width: int = 1,
   from neural_tangents import stax
   dense = lambda n: stax.Dense(n, W_std=sw2**0.5, b_std=sb2**0.5)  # noqa: E731
   return stax.serial(*[dense(width), activation_layer(activation, degree)] * depth, dense(1))
+
+
+def conv_network(activation: str, depth: int, sw2: float, sb2: float, filter: int,
+                 padding: str, readout: str):
+  """`depth` convolutions (filter × filter, `padding`) and activations, then `Flatten` or
+  `GlobalAvgPool` and a `Dense` readout."""
+  from neural_tangents import stax
+  conv = lambda: stax.Conv(1, (filter, filter), padding=padding, W_std=sw2**0.5,  # noqa: E731
+                           b_std=sb2**0.5)
+  head = stax.Flatten() if readout == "flatten" else stax.GlobalAvgPool()
+  return stax.serial(*[conv(), activation_layer(activation)] * depth, head,
+                     stax.Dense(1, W_std=sw2**0.5, b_std=sb2**0.5))
 
 
 def timed(fn, repeat):
@@ -105,6 +120,14 @@ def main(request_path, result_path):
       result[f"entk{i}_impl{impl}"] = np.asarray(theta)
       result[f"time_entk{i}_impl{impl}"] = np.array(seconds)
     result[f"entk{i}"] = result[f"entk{i}_impl{impls[-1]}"]
+  if "conv_cases" in request:
+    images = np.asarray(request["images"])
+    for i, case in enumerate(json.loads(str(request["conv_cases"]))):
+      _, _, kernel_fn = conv_network(**case)
+      kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+      k, seconds = timed(lambda: kernel_fn(images, None, get=("nngp", "ntk")), repeat)
+      result[f"conv_nngp{i}"], result[f"conv_ntk{i}"] = np.asarray(k.nngp), np.asarray(k.ntk)
+      result[f"time_conv{i}"] = np.array(seconds)
   np.savez(result_path, **result)
 
 
