@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mimictheory._src import stax
+from mimictheory._src.models import _RECORDING
 from mimictheory._src.nn import CentredKernel, ResidualScalar, centre_kernel
 
 __all__ = ["StaxModel", "from_stax"]
@@ -64,7 +65,11 @@ class _Conv(nnx.Module):
       pads = [(0, 0), (0, 0)]
     y = jax.lax.conv_general_dilated(x, self.kernel[...], (1, 1), pads,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y if self.bias is None else y + self.bias[...]
+    y = y if self.bias is None else y + self.bias[...]
+    recording = _RECORDING.get()
+    if recording is not None:  # `nn.signals` is listening, as for the models' convolutions
+      recording.append(y)
+    return y
 
 
 class _Function(nnx.Module):
