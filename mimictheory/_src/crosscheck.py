@@ -167,7 +167,8 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
                n_inputs: int = 16, dim: int = 8, width: int = 256, seed: int = 0,
                nt_python=None, repeat: int = 0, empirical: bool = True,
                timeout: float = 1200.0, progress: bool = False,
-               convolutions: bool = True) -> CrossCheck:
+               convolutions: bool = True, n_images: int = 16,
+               image_shape: tuple = CONV_IMAGE, readouts=CONV_READOUTS) -> CrossCheck:
   """Compute the kernels with mimictheory and neural-tangents and compare them.
 
   Args:
@@ -178,10 +179,10 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
     nt_python: the reference environment's Python (default: see `reference_python`).
     repeat: time each computation this many times after compiling (0: no timing).
     empirical: also compare the empirical NTK of random networks.
-    convolutions: also compare convolutional kernels on `n_inputs` random images of shape
-      CONV_IMAGE: for each of `activations` among CONV_ACTIVATIONS, the deepest of `depths`
-      3 × 3 SAME convolutions with the first of `inits`, behind a Flatten and behind a
-      GlobalAvgPool readout.
+    convolutions: also compare convolutional kernels on `n_images` random images of
+      `image_shape` (H, W, C): for each of `activations` among CONV_ACTIVATIONS, the deepest
+      of `depths` 3 × 3 SAME convolutions with the first of `inits`, behind a Flatten and
+      behind a GlobalAvgPool readout (`readouts`: "flatten", "pool" or both).
 
   Raises `ReferenceUnavailable` if the reference environment is missing or fails.
   """
@@ -199,9 +200,11 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
                                            width=n.width, sw2=n.sw2, sb2=n.sb2) for n in nets]))
   conv_cases = [dict(activation=a, depth=int(max(depths)), sw2=float(inits[0][0]),
                      sb2=float(inits[0][1]), filter=3, padding="SAME", readout=r)
-                for a in activations if a in CONV_ACTIVATIONS for r in CONV_READOUTS
+                for a in activations if a in CONV_ACTIVATIONS
+                for r in (checks.check_choice("readout", r, CONV_READOUTS) for r in readouts)
                 ] if convolutions else []
-  images = np.random.default_rng(seed + 1).normal(size=(n_inputs, *CONV_IMAGE))
+  n_images = checks.check_int("n_images", n_images, minimum=2)
+  images = np.random.default_rng(seed + 1).normal(size=(n_images, *image_shape))
   if conv_cases:
     request.update(images=images, conv_cases=json.dumps(conv_cases))
   ours_entk, params_all = [], []
@@ -285,7 +288,7 @@ def _markdown(result: CrossCheck) -> str:
     "whose error sets the looser tolerance; GELU compares mimictheory's quadrature with "
     "neural-tangents' closed form; ReLU, leaky ReLU and erf are closed forms on both "
     "sides.",
-    f"conv: {CONV_IMAGE[0]}×{CONV_IMAGE[1]}×{CONV_IMAGE[2]} random images, 3×3 SAME "
+    "conv: random images (16 of 6×6×3 by default), 3×3 SAME "
     "convolutions (`stax.Conv`), then `Flatten` (same-position covariances) or "
     "`GlobalAvgPool` (every pair of positions) and a `Dense`.",
     "ReLU's and leaky ReLU's NTK diagonal: neural-tangents computes the angle at ρ = 1 as "
