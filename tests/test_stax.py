@@ -221,7 +221,7 @@ def _monte_carlo_nngp(net, x, width_out, networks, seed=0):
 
 @pytest.mark.parametrize("case", ["weight_mean_relu", "batch_norm_relu", "residual_scaled",
                                   "layer_norm_after_relu", "conv_weight_mean_flatten",
-                                  "conv_weight_mean_pool"])
+                                  "conv_weight_mean_pool", "conv_batch_norm"])
 def test_monte_carlo_of_the_finite_network_matches_the_kernel(case):
   """The finite network's output covariance at width 512 (convolutions: 128 channels) over 64
   networks against kernel_fn's NNGP, within 5 standard errors plus the O(1/width)
@@ -238,6 +238,11 @@ def test_monte_carlo_of_the_finite_network_matches_the_kernel(case):
             [stax.GlobalAvgPool(), stax.Dense(width, W_std=1.3, weight_mean=True)])
     net = stax.serial(conv("SAME"), stax.Relu(), conv("CIRCULAR"), stax.Relu(), conv("VALID"),
                       *head)
+    if case == "conv_batch_norm":  # each channel over the batch and the positions: exact BN
+      x = x[:3, :4, :4]  # at the batch of N·HW = 48 (input, position) pairs
+      plain = lambda: stax.Conv(width, (3, 3), padding="SAME", W_std=1.4, b_std=0.3)  # noqa: E731
+      net = stax.serial(plain(), stax.BatchNorm(), stax.Relu(), plain(), stax.BatchNorm(),
+                        stax.Relu(), stax.Flatten())
   elif case == "weight_mean_relu":
     net = stax.serial(stax.Dense(width, W_std=1.7, b_std=0.2, weight_mean=True), stax.Relu(),
                       stax.Dense(width, W_std=1.7, b_std=0.2, weight_mean=True), stax.Relu(),
@@ -643,8 +648,8 @@ def test_convolutions_refuse_what_they_do_not_compute_by_name():
       (lambda: stax.Conv(8, (3, 3), strides=(2, 2)), "strides must be"),
       (lambda: stax.serial(stax.Dense(8), stax.Conv(8, (3, 3))).kernel_fn(img[:, 0, 0]),
        "Conv needs image inputs"),
-      (lambda: stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.BatchNorm(),
-                           stax.Flatten()).kernel_fn(img), "BatchNorm on images"),
+      (lambda: stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.LayerNorm(),
+                           stax.Flatten()).kernel_fn(img), "LayerNorm on images"),
       (lambda: stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.Tanh(),
                            stax.Flatten()).kernel_fn(img), "closed-form activations"),
       (lambda: stax.serial(stax.Conv(8, (3, 3)), stax.GlobalAvgPool()).kernel_fn(

@@ -1333,6 +1333,9 @@ class BatchNorm(Network):
   activation that follows (Yang et al. 2019; `mimictheory.batch_norm`), for a·x + b·relu(x).
   `full_batch_limit=True`: the paper's Theorem 2, K -> H K H / ν with ν the mean centred
   variance (any activation). `epsilon` is added to the batch variance in the finite network.
+  On images (N, H, W, C) each channel is normalised over the batch and the positions
+  together: BN on a batch of N·HW (input, position) vectors, so both kernels apply to the
+  (N·HW)² covariance of every pair of inputs and positions (which BN therefore needs).
 
   >>> import numpy as np
   >>> from mimictheory import stax
@@ -1354,21 +1357,28 @@ class BatchNorm(Network):
     return False
 
   def apply(self, params, x, rng=None):
-    centred = x - jnp.mean(x, axis=0, keepdims=True)
-    return centred / jnp.sqrt(jnp.mean(centred * centred, axis=0, keepdims=True) + self.epsilon)
+    axes = tuple(range(x.ndim - 1))  # per unit (channel) over the batch (and the positions)
+    centred = x - jnp.mean(x, axis=axes, keepdims=True)
+    return centred / jnp.sqrt(jnp.mean(centred * centred, axis=axes, keepdims=True)
+                              + self.epsilon)
+
+  def needs_full_spatial(self, full_after: bool) -> bool:
+    """On images BN centres each channel over the batch and the positions together: it needs
+    the covariance of every pair of positions."""
+    return True
 
   def kernel(self, k: Kernel) -> Kernel:
     k = _resolve(k)
-    if k.spatial is not None:
-      raise ValueError("BatchNorm on images (per channel over the batch and the positions) has "
-                       "no kernel here yet; put it after Flatten or GlobalAvgPool")
     if not k.x1_is_x2:
       raise ValueError("BatchNorm couples the inputs of a batch: call kernel_fn(x, None) with the "
                        "whole batch as x and take the block you need")
     if self.full_batch_limit:
-      nngp, ntk = bn.normalise_full_batch(k.nngp, k.ntk)
-      q = jnp.diagonal(nngp)
-      return Kernel(nngp, ntk, q, q, None, None, k.same, k.width, True)
+      view = _PositionsAsBatch(k)
+      nngp, ntk = bn.normalise_full_batch(view.matrix(k.nngp),
+                                          None if k.ntk is None else view.matrix(k.ntk))
+      nngp, ntk = view.kernel(nngp), None if ntk is None else view.kernel(ntk)
+      q = k.diagonal_of(nngp)
+      return Kernel(nngp, ntk, q, q, None, None, k.same, k.width, True, spatial=k.spatial)
     if is_traced(k.nngp):
       raise ValueError("BatchNorm() (exact) needs concrete inputs (its quadrature is chosen from "
                        "the data); under jit use BatchNorm(full_batch_limit=True)")
@@ -1428,21 +1438,54 @@ class LayerNorm(Network):
     return Kernel(nngp, ntk, cov1, cov2, None, None, k.same, k.width, k.x1_is_x2)
 
 
+class _PositionsAsBatch:
+  """An image kernel ("full") seen as the kernel of a batch of N·P vectors, one per input and
+  position: BN on images normalises each channel over the batch and the positions together,
+  which is BN on that batch (so the exact finite-batch theory applies unchanged, at batch
+  N·P). Vectors: the kernel itself."""
+
+  def __init__(self, k: Kernel):
+    self.n = k.nngp.shape[0]
+    self.spatial_shape = k.nngp.shape[2:2 + (k.nngp.ndim - 2) // 2] if k.spatial else ()
+    self.positions = math.prod(self.spatial_shape)
+    if k.spatial == "diagonal":
+      raise ValueError("BatchNorm on images needs the covariances of every pair of positions")
+    same = jnp.eye(self.n, dtype=bool) if k.same is None else k.same
+    self.same = same if not k.spatial else self.matrix(
+        k.batch_mask(same).astype(jnp.float64)).astype(bool)
+
+  def matrix(self, m):
+    if not self.spatial_shape:
+      return m
+    n, p = self.n, self.positions
+    return m.reshape(n, n, p, p).transpose(0, 2, 1, 3).reshape(n * p, n * p)
+
+  def kernel(self, m):
+    if not self.spatial_shape:
+      return m
+    n, p = self.n, self.positions
+    return m.reshape(n, p, n, p).transpose(0, 2, 1, 3).reshape(
+        (n, n) + self.spatial_shape * 2)
+
+
 def _batch_norm_then(k: Kernel, a, b) -> Kernel:
   """BN (exact, finite batch) then φ = a x + b relu(x): E[φ(ĥ)φ(ĥ)ᵀ] and the NTK term
   E[D J Θ Jᵀ D] by `batch_norm.adaptive_step` (σw² = 1, σb² = 0; error estimate below
-  1e-11)."""
-  size = k.nngp.shape[0]
+  1e-11). On images, at the batch of N·P (input, position) pairs (`_PositionsAsBatch`)."""
+  view = _PositionsAsBatch(k)
+  size = view.n * view.positions if view.spatial_shape else view.n
   if size < bn.MIN_BATCH_NTK and k.ntk is not None:
     raise ValueError(f"x1 must have at least {bn.MIN_BATCH_NTK} rows (the batch) for the NTK of a "
                      f"network with BatchNorm, got {size} (get='nngp' needs 2)")
-  same = jnp.eye(size, dtype=bool) if k.same is None else k.same
-  post, theta, _ = bn.adaptive_step(a, b, k.nngp, k.ntk, 1.0, 0.0, same)
-  q = jnp.diagonal(post)
+  post, theta, _ = bn.adaptive_step(a, b, view.matrix(k.nngp),
+                                    None if k.ntk is None else view.matrix(k.ntk), 1.0, 0.0,
+                                    view.same)
+  post = view.kernel(post)
+  theta = None if theta is None else view.kernel(theta)
+  q = k.diagonal_of(post)
   # the unit mean of ĥ is 0 (g -> -g); that of φ(ĥ) for a non-linear φ is not computed
   return Kernel(post, None if theta is None else theta - post, q, q, None, None, k.same,
-                k.width, True,
-                mean_known=(a, b) == (1.0, 0.0))
+                k.width, True, mean_known=(a, b) == (1.0, 0.0), spatial=k.spatial)
 
 
 @dataclasses.dataclass(frozen=True)
