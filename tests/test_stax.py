@@ -673,6 +673,8 @@ def test_a_flatten_readout_needs_only_same_position_covariances():
       stax.serial(stax.Flatten(), stax.Dense(1, W_std=1.2)),
       stax.serial(stax.GlobalAvgPool(), stax.Dense(1, W_std=0.0))), stax.FanInSum())
   assert not flat.needs_full_spatial(True) and forced.needs_full_spatial(True)
+  # the units after Flatten are positions × channels (Lemma 1's n for a weight-mean Dense)
+  assert stax.serial(*body, stax.Flatten()).kernel_fn(img).width == 6 * 6 * 16
   a, b = flat.kernel_fn(img), forced.kernel_fn(img)
   _close(a.nngp, b.nngp, 1e-13)
   _close(a.ntk, b.ntk, 1e-13)

@@ -1257,9 +1257,10 @@ class _Flatten(Network):
     if k.spatial is None:
       return k
     full = k.spatial == "full"
-    size = math.prod(k.mean1.shape[1:]) if k.mean1 is not None else None
+    nd = (k.nngp.ndim - 2) // (2 if full else 1)
+    positions = math.prod(k.nngp.shape[2:2 + nd])
     mean = lambda m: None if m is None else _spatial_mean(m, 1, False)  # noqa: E731
-    width = None if k.width is None or size is None else k.width * size
+    width = None if k.width is None else k.width * positions  # units: positions × channels
     return Kernel(_spatial_mean(k.nngp, 2, full),
                   None if k.ntk is None else _spatial_mean(k.ntk, 2, full),
                   _spatial_mean(k.cov1, 1, full), _spatial_mean(k.cov2, 1, full),
@@ -1297,10 +1298,8 @@ class _GlobalAvgPool(Network):
     k = _resolve(k)
     if k.spatial is None:
       raise ValueError("GlobalAvgPool needs image inputs (N, H, W, C)")
-    nd = k.mean1.ndim - 1 if k.mean1 is not None else 2
     mean_all = lambda a, lead: a.reshape(a.shape[:lead] + (-1,)).mean(-1)  # noqa: E731
     mean = lambda m: None if m is None else mean_all(m, 1)  # noqa: E731
-    del nd
     return Kernel(mean_all(k.nngp, 2), None if k.ntk is None else mean_all(k.ntk, 2),
                   mean_all(k.cov1, 1), mean_all(k.cov2, 1), mean(k.mean1), mean(k.mean2),
                   k.same, k.width, k.x1_is_x2, mean_known=k.mean_known)
