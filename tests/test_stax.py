@@ -500,14 +500,31 @@ def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_pat
       with jax.enable_x64(True):
         whole = S._compiled(net, jax.numpy.asarray(x), None, S._identical(x, None))
       err = lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max())
+      # images behind a global pooling (every pair of positions): tiles of 3 x 3 inputs
+      conv = stax.serial(stax.Conv(8, (3, 3), padding="SAME", W_std=1.4, b_std=0.1,
+                                   weight_mean=True), stax.Relu(),
+                         stax.Conv(8, (3, 3), padding="CIRCULAR", W_std=1.4), stax.Erf(),
+                         stax.GlobalAvgPool(), stax.Dense(1, W_std=1.2))
+      img = np.random.default_rng(2).normal(size=(11, 5, 5, 2))
+      img_ref = conv.kernel_fn(img, block_size=3)
+      img_out = conv.kernel_fn(img, mesh=mt.row_mesh(), block_size=3)
+      img_cross = conv.kernel_fn(img[:4], img[4:], mesh=mt.row_mesh(), block_size=2)
+      with jax.enable_x64(True):
+        img_whole = S._compiled(conv, jax.numpy.asarray(img), None, S._identical(img, None))
       print(json.dumps({"devices": jax.device_count(), "sharded": err(out.ntk, ref.ntk),
                         "cross": err(cross.ntk, ref.ntk[:70, 70:]),
                         "whole": err(whole.ntk, ref.ntk),
-                        "symmetric": bool((ref.ntk == ref.ntk.T).all())}))
+                        "symmetric": bool((ref.ntk == ref.ntk.T).all()),
+                        "images": [err(img_out.ntk, img_ref.ntk),
+                                   err(img_cross.ntk, img_ref.ntk[:4, 4:]),
+                                   err(img_whole.ntk, img_ref.ntk),
+                                   err(img_whole.nngp, img_ref.nngp)],
+                        "images_symmetric": bool((img_ref.ntk == img_ref.ntk.T).all())}))
   """)
   result = run_on_host_devices(script, tmp_path)
-  assert result["devices"] == 4 and result["symmetric"]
+  assert result["devices"] == 4 and result["symmetric"] and result["images_symmetric"]
   assert result["sharded"] < 1e-13 and result["cross"] < 1e-13 and result["whole"] < 1e-12
+  assert max(result["images"]) < 1e-12, result["images"]
 
 
 def _numpy_mlp(x, depth, activation, sw2, sb2, norm, width):
@@ -652,8 +669,15 @@ def test_convolutions_refuse_what_they_do_not_compute_by_name():
                            stax.Flatten()).kernel_fn(img), "LayerNorm on images"),
       (lambda: stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.Tanh(),
                            stax.Flatten()).kernel_fn(img), "closed-form activations"),
+      # in tiles: even one pair of 256 x 256 images has 65536² pairs of positions
       (lambda: stax.serial(stax.Conv(8, (3, 3)), stax.GlobalAvgPool()).kernel_fn(
-          np.ones((3000, 32, 32, 3))), "pairs of positions"),
+          np.ones((2, 256, 256, 1))), r"a tile of 1 x 1 inputs x 4294967296 pairs of positions"),
+      (lambda: stax.serial(stax.Conv(8, (3, 3)), stax.GlobalAvgPool()).kernel_fn(
+          np.ones((4, 96, 96, 1)), block_size=200), r"a tile of 4 x 4 inputs.*block_size"),
+      # whole (BatchNorm couples the batch): all N² pairs at once
+      (lambda: stax.serial(stax.Conv(8, (3, 3)), stax.BatchNorm(), stax.Relu(),
+                           stax.GlobalAvgPool()).kernel_fn(np.ones((3000, 32, 32, 3))),
+       "3000 x 3000 inputs x 1048576 pairs of positions"),
       (lambda: stax.Conv(None, (3, 3)).init_fn(jax.random.key(0), img.shape), "infinite-width"),
   ]
   for call, needle in cases:

@@ -10,6 +10,7 @@ with any entrywise description (`stax`) and never changes the numerical method.
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 
 import jax
@@ -22,7 +23,7 @@ from mimictheory._src.io import progress_bar
 from mimictheory._src.precision import f64
 
 __all__ = ["Kernels", "NTKSpectrum", "condition_numbers", "row_mesh", "identical_rows",
-           "check_gram_memory", "GRAM_ARRAYS", "blocked_gram", "symmetric_gram"]
+           "check_gram_memory", "GRAM_ARRAYS", "tile_edge", "blocked_gram", "symmetric_gram"]
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=["nngp", "ntk"], meta_fields=[])
@@ -99,46 +100,70 @@ def check_gram_memory(what: str, n1: int, n2: int, stored: int = 0) -> None:
                       hint)
 
 
-def blocked_gram(block_fn, x1, x2, block_size, mesh, progress):
-  """Cross kernel K(x1, x2) in row blocks of x1, each block's rows sharded over `mesh`;
-  `block_fn(x1_block, x2)` -> `Kernels` of the block (the network's entrywise recursion)."""
+#: entries of a Gram matrix (times its spatial entries per pair of inputs) computed per call
+_ENTRIES_PER_CALL = 1 << 22
+
+
+def tile_edge(entries_per_pair: int = 1, largest: int = 64) -> int:
+  """The edge of a square tile: `largest` (64) for vectors, smaller for images, whose kernels
+  hold `entries_per_pair` values per pair of inputs (positions, or pairs of positions), so
+  that a tile holds about 4M entries: memory bounded by the tile, not by N².
+
+  >>> from mimictheory._src.gram import tile_edge
+  >>> tile_edge(), tile_edge(64), tile_edge(64 * 64)   # vectors, 8×8 flatten, 8×8 pooling
+  (64, 64, 32)
+  """
+  return max(1, min(largest, math.isqrt(_ENTRIES_PER_CALL // max(1, entries_per_pair))))
+
+
+def blocked_gram(block_fn, x1, x2, block_size, mesh, progress, entries_per_pair: int = 1):
+  """Cross kernel K(x1, x2) in tiles: blocks of rows of x1 (sharded over `mesh`) against
+  blocks of columns of x2 (all of x2 for vectors; images' kernels, `entries_per_pair` values
+  per pair, take square tiles so that memory is bounded by the tile);
+  `block_fn(x1_block, x2_block)` -> `Kernels` of the tile (the network's entrywise
+  recursion)."""
   n1, n2 = x1.shape[0], x2.shape[0]
+  cols = n2 if entries_per_pair == 1 else min(n2, tile_edge(entries_per_pair))
   if block_size is None:
-    block_size = max(1, min(n1, (1 << 22) // max(n2, 1)))
+    block_size = max(1, min(n1, _ENTRIES_PER_CALL // max(cols * entries_per_pair, 1)))
   shards = 1 if mesh is None else mesh.devices.size
   block_size = -(-block_size // shards) * shards  # a multiple of the number of shards
-  x2_dev = f64(x2) if mesh is None else jax.device_put(f64(x2), _replicated(mesh))
+  col_blocks = -(-n2 // cols)
+  x2 = _padded(x2, col_blocks * cols)
+  x2_dev = [f64(x2[c * cols:(c + 1) * cols]) if mesh is None else
+            jax.device_put(f64(x2[c * cols:(c + 1) * cols]), _replicated(mesh))
+            for c in range(col_blocks)]
   nngp, ntk = np.empty((n1, n2)), np.empty((n1, n2))
-  for start in progress_bar(range(0, n1, block_size), progress, "kernel blocks"):
+  tiles = [(r, c) for r in range(0, n1, block_size) for c in range(col_blocks)]
+  for start, c in progress_bar(tiles, progress, "kernel tiles"):
     block = _padded(x1[start:start + block_size], block_size)
-    out = block_fn(_sharded(block, mesh), x2_dev)
-    rows = min(block_size, n1 - start)
-    nngp[start:start + rows] = out.nngp[:rows]
+    out = block_fn(_sharded(block, mesh), x2_dev[c])
+    rows, width = min(block_size, n1 - start), min(cols, n2 - c * cols)
+    at = (slice(start, start + rows), slice(c * cols, c * cols + width))
+    nngp[at] = np.asarray(out.nngp)[:rows, :width]
     if out.ntk is None:  # the NNGP alone
       ntk = None
     else:
-      ntk[start:start + rows] = out.ntk[:rows]
+      ntk[at] = np.asarray(out.ntk)[:rows, :width]
   return Kernels(nngp, ntk)
 
 
-_TILE = 64  # edge of the square tiles of a symmetric Gram matrix
-
-
-def symmetric_gram(tiles_fn, x, tile, mesh, progress):
+def symmetric_gram(tiles_fn, x, tile, mesh, progress, entries_per_pair: int = 1):
   """K(x, x) from the tiles on and above the diagonal (half the work), tiles batched about 4M
   entries a call and sharded over `mesh`; the result is exactly symmetric. `tiles_fn(x_rows,
   x_cols, on_diagonal)` -> `Kernels` of C square tiles (C, B, B) from their row and column
   inputs (C, B, d), `on_diagonal` (C,) marking the tiles on the diagonal: the tiling is one
   step, composable with any entrywise recursion (a `stax` description's). An NTK of None (the
-  NNGP alone) stays None."""
+  NNGP alone) stays None. Images (x of shape (N, H, W, C)) hold `entries_per_pair` spatial
+  entries per pair of inputs until their readout: smaller tiles, as many per call."""
   n = x.shape[0]
-  tile = min(n, _TILE if tile is None else tile)
+  tile = min(n, tile_edge(entries_per_pair) if tile is None else tile)
   blocks = -(-n // tile)
   rows, cols = np.triu_indices(blocks)
   shards = 1 if mesh is None else mesh.devices.size
-  per_call = min(len(rows), max(1, (1 << 22) // tile**2))
+  per_call = min(len(rows), max(1, _ENTRIES_PER_CALL // (tile**2 * entries_per_pair)))
   per_call = -(-per_call // shards) * shards
-  x_tiles = _padded(np.asarray(x), blocks * tile).reshape(blocks, tile, -1)
+  x_tiles = _padded(np.asarray(x), blocks * tile).reshape(blocks, tile, *x.shape[1:])
   out = np.empty((2, blocks, tile, blocks, tile))
   upper = np.triu(np.ones((tile, tile), dtype=bool))
   for start in progress_bar(range(0, len(rows), per_call), progress, "kernel tiles"):

@@ -57,7 +57,7 @@ from mimictheory._src.activations import (
     Activation, Erf as _Erf, LeakyReLU, ReLU, get_activation)
 from mimictheory._src.gram import (
     GRAM_ARRAYS, Kernels, NTKSpectrum, blocked_gram, check_gram_memory, condition_numbers,
-    identical_rows, symmetric_gram)
+    identical_rows, symmetric_gram, tile_edge)
 from mimictheory._src.io import progress_bar
 from mimictheory._src.norms import rule
 from mimictheory._src.precision import float64, is_traced
@@ -267,7 +267,11 @@ class Network:
     entrywise, pure-JAX description is compiled once and computed tile by tile (a symmetric
     Gram matrix from its upper tiles, exactly symmetric), the tiles sharded over the devices
     of `mesh` (`mimictheory.row_mesh()`), with a progress bar if asked (`block_size`: the
-    tiles' edge, or a cross kernel's rows per block); one that couples the batch
+    tiles' edge, or a cross kernel's rows per block). Images read out to vectors (`Flatten`,
+    `GlobalAvgPool`) are tiled too, with tiles of about 4M spatial entries (32 × 32 inputs of
+    8 × 8 images behind a global pooling), so memory is bounded by the tile and by the N1 × N2
+    result, not by N1 N2 (HW)²; a tile that cannot fit is refused before any work. One that
+    couples the batch
     (`BatchNorm`) is computed whole, compiled where it is pure JAX; the others (numerical
     activations, exact BN) eagerly, layer by layer (the progress bar counts layers). Under a
     transformation (`jit`, `grad`, `vmap` of the inputs or of a layer's W_std, b_std), the
@@ -659,9 +663,10 @@ def _kernel_fn(network, x1, x2, get, mesh=None, block_size=None, progress=False)
   if block_size is not None:
     block_size = checks.check_int("block_size", block_size, minimum=1)
   traced = is_traced(x1, x2) or _has_tracers(network)
+  tiled = (network.traceable() and network.entrywise() and not traced
+           and (x1.ndim == 2 or _ends_in_vectors(network, x1)))
   if x1.ndim > 2 and not traced:
-    _check_image_memory(network, x1, x2)
-  tiled = network.traceable() and network.entrywise() and not traced and x1.ndim == 2
+    _check_image_memory(network, x1, x2, tiled, block_size)
   if mesh is not None and not tiled:
     why = ("a BatchNorm" if not network.entrywise() else "a numerical activation"
            if not network.traceable() else "traced inputs or parameters")
@@ -687,20 +692,44 @@ def _kernel_fn(network, x1, x2, get, mesh=None, block_size=None, progress=False)
   return collections.namedtuple("Kernel", fields)(*(getattr(k, g) for g in fields))
 
 
-def _check_image_memory(network, x1, x2):
+def _entries_per_pair(network, x) -> int:
+  """The kernel's entries per pair of inputs before the readout: 1 for vectors; for images,
+  a value per position ("diagonal") or per pair of positions ("full")."""
+  if x.ndim == 2:
+    return 1
+  positions = math.prod(x.shape[1:-1])
+  return positions**2 if network.needs_full_spatial(True) else positions
+
+
+def _ends_in_vectors(network, x) -> bool:
+  """The description reads images out to vectors (a `Flatten` or `GlobalAvgPool`), so its
+  Gram matrix has one entry per pair of inputs and can be computed in tiles (traced on one
+  input, nothing computed)."""
+  out = jax.eval_shape(lambda a: _run(network, a, None, None, False).nngp, x[:1])
+  return out.ndim == 2
+
+
+def _check_image_memory(network, x1, x2, tiled: bool, block_size):
   """Refuse, before any work, image kernels that do not fit: N1 × N2 entries per position
-  ("diagonal") or per pair of positions ("full"), several float64 arrays of that size."""
-  positions = math.prod(x1.shape[1:-1])
+  ("diagonal") or per pair of positions ("full"), several float64 arrays of that size; in
+  tiles, those of one tile (the smallest, one pair of inputs, for `block_size` 1)."""
   full = network.needs_full_spatial(True)
-  per = positions**2 if full else positions
-  n2 = x1.shape[0] if x2 is None else x2.shape[0]
+  per = _entries_per_pair(network, x1)
+  n1 = x1.shape[0]
+  n2 = n1 if x2 is None else x2.shape[0]
   arrays = GRAM_ARRAYS + 2
-  checks.check_memory(
-      "kernel_fn", 8.0 * x1.shape[0] * n2 * per * arrays,
-      f"{x1.shape[0]} x {n2} inputs x {per} {'pairs of positions' if full else 'positions'}, "
-      f"{arrays} float64 arrays of that size",
-      "use fewer inputs, smaller images" + (", or a Flatten readout (same-position "
-                                             "covariances only)" if full else ""))
+  kind = "pairs of positions" if full else "positions"
+  if tiled:
+    edge = tile_edge(per) if block_size is None else block_size
+    n1, n2 = min(n1, edge), min(n2, edge if x2 is None or per > 1 else n2)
+    what, hint = (f"a tile of {n1} x {n2} inputs x {per} {kind}",
+                  "use smaller images" if edge == 1 else "use a smaller block_size")
+  else:
+    what = f"{n1} x {n2} inputs x {per} {kind}"
+    hint = "use fewer inputs, smaller images" + (", or a Flatten readout (same-position "
+                                                 "covariances only)" if full else "")
+  checks.check_memory("kernel_fn", 8.0 * n1 * n2 * per * arrays,
+                      f"{what}, {arrays} float64 arrays of that size", hint)
 
 
 def _run(network, x1, x2, same, with_ntk=True) -> Kernel:
@@ -729,23 +758,26 @@ def _block(network, x1, x2, with_ntk):
   return Kernels(k.nngp, k.ntk)
 
 
-@partial(jax.jit, static_argnums=0)
-def _rows(network, x):
-  """Each row's own variance and unit mean (a 1 × 1 kernel per row; no NTK)."""
-  return jax.vmap(lambda row: _run(network, row[None], row[None], jnp.ones((1, 1), bool),
-                                   False))(x)
+@partial(jax.jit, static_argnums=(0, 2))
+def _rows(network, x, batch):
+  """Each row's own variance and unit mean (a 1 × 1 kernel per row; no NTK), `batch` rows at
+  a time (an image's own covariance has (HW)² entries)."""
+  return jax.lax.map(lambda row: _run(network, row[None], row[None], jnp.ones((1, 1), bool),
+                                      False), x, batch_size=batch)
 
 
 def _tiled(network, x, x2, same, mesh, block_size, progress, with_ntk) -> Kernel:
   check_gram_memory("kernel_fn", x.shape[0], x.shape[0] if x2 is None else x2.shape[0])
+  per = _entries_per_pair(network, x)
   if x2 is None:
     out = symmetric_gram(partial(_tiles, network, with_ntk=with_ntk), np.asarray(x), block_size,
-                         mesh, progress)
+                         mesh, progress, per)
   else:
     out = blocked_gram(partial(_block, network, with_ntk=with_ntk), np.asarray(x),
-                       np.asarray(x2), block_size, mesh, progress)
-  rows = _rows(network, x)
-  cols = rows if x2 is None else _rows(network, x2)
+                       np.asarray(x2), block_size, mesh, progress, per)
+  batch = max(1, min(x.shape[0], (1 << 20) // per))
+  rows = _rows(network, x, batch)
+  cols = rows if x2 is None else _rows(network, x2, max(1, min(x2.shape[0], batch)))
   mean = lambda r: None if r.mean1 is None else r.mean1[:, 0]  # noqa: E731
   nngp = jnp.asarray(out.nngp)
   cov1, cov2 = ((jnp.diagonal(nngp),) * 2 if x2 is None else  # the pinned diagonal itself
