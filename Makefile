@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NT_VENV  := .nt-env
 NT_STAMP := $(NT_VENV)/.installed
 
-.PHONY: figures test test-slow test-all lint docs bench bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
+.PHONY: figures test test-slow test-all lint docs bench bench-conv bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
 
 ## The main environment, installed from the exact versions in constraints.txt (pyproject.toml
 ## keeps the ranges; `make lock` refreshes the pins).
@@ -85,6 +85,12 @@ lab: $(STAMP)
 ## benchmarks/README.md with the machine and its load. Run it on a quiet machine.
 bench: $(STAMP) $(NT_STAMP)
 	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/run.py --markdown benchmarks/README.md
+	$(MAKE) bench-conv
+
+## Convolutional kernels against neural-tangents, N = 1000 in tiles with its peak memory
+## (benchmarks/README.md's conv table).
+bench-conv: $(STAMP) $(NT_STAMP)
+	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/conv.py --markdown benchmarks/README.md
 
 ## Step time, images/s and device peak of BN against MimicNorm, kernels at N = 20,000 (GPU).
 bench-gpu: $(STAMP)

@@ -91,31 +91,6 @@ def bench_neural_tangents(n_kernels, n_empirical, width):
   return rows
 
 
-def bench_conv(sizes, depth=5, image=(8, 8, 3)):
-  """Convolutional kernels (ReLU, 3 × 3 SAME convolutions, NNGP + NTK) against
-  neural-tangents' kernel_fn on the same random images, each compiled first: behind a
-  Flatten (same-position covariances) and behind a GlobalAvgPool (every pair of positions).
-  `sizes`: {readout: [N, ...]}."""
-  from mimictheory._src import crosscheck as cc
-  try:
-    python = cc.reference_python()
-  except cc.ReferenceUnavailable as err:
-    print(f"skipping convolutions: {err}")
-    return []
-  rows = []
-  for readout, ns in sizes.items():
-    for n in ns:
-      result = cc.crosscheck(activations=("relu",), depths=(depth,), inits=((2.0, 0.1),),
-                             n_inputs=2, nt_python=python, repeat=2, empirical=False,
-                             n_images=n, image_shape=image, readouts=(readout,))
-      c = [c for c in result.comparisons if c.quantity == f"conv {readout} ntk"][0]
-      label = "{}x{}x{}".format(*image)
-      rows.append((f"conv relu {readout} N={n} {label} depth={depth} (rel diff "
-                   f"{max(c.max_rel, c.max_rel_diagonal):.0e})", c.seconds_ours,
-                   c.seconds_nt, "neural-tangents kernel_fn"))
-  return rows
-
-
 def _per_point_grid(activation, size, loop_points):
   """The scalar API called point by point (timed on `loop_points`), scaled to the grid."""
   pts = list(zip(np.linspace(0.6, 3.9, loop_points), np.linspace(0.01, 0.29, loop_points)))
@@ -251,8 +226,6 @@ def main():
   rows = bench_kernels(n, depth)
   rows += bench_neural_tangents(200 if args.quick else 1000, 32 if args.quick else 128,
                                 128 if args.quick else 512)
-  rows += bench_conv({"flatten": (16,), "pool": (8,)} if args.quick else
-                     {"flatten": (64, 256), "pool": (32,)})
   rows += bench_phase(grid, "relu")
   rows += bench_phase(grid, "erf")
   rows += bench_phase_tables(grid, "tanh")

@@ -8,6 +8,8 @@ kernels, within Monte Carlo error (z-scores) plus the O(1/channels) finite-width
 """
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -73,3 +75,76 @@ def test_the_comparison_can_fail():
   off = ~np.eye(len(x), dtype=bool)
   assert np.max(np.abs(est.mean - plain)[-1][off] / est.se[-1][off]) > 20
 
+
+
+def _stack(norm: str, depth: int, channels):
+  """3 × 3 SAME convolutions and ReLU (BN before each ReLU for "batch_norm"), as in Figures
+  2-3 on convolutions; the theory's version ends in a GlobalAvgPool so that its layer kernels
+  hold every pair of positions (the channel statistics need them)."""
+  from mimictheory._src.figure_data import conv_stack
+  layers, _ = conv_stack(norm, depth, channels)
+  return layers
+
+
+@pytest.mark.parametrize("norm", ["none", "weight_mean", "batch_norm"])
+def test_the_flax_stacks_channel_statistics_follow_the_theory(norm):
+  """Per layer, a Flax conv stack's channel statistics (`signals(..., batch_statistics=True)`:
+  the average squared channel mean over the batch and positions, and the average channel
+  variance) and its input-pair correlations, averaged over random initialisations, against
+  the same description's kernels (`Kernel.unit_statistics`; BN exact at the batch of
+  N·HW = 256 values per channel), within 5 standard errors plus the O(1/channels) bias."""
+  depth, channels, models = 6, 64, 16
+  net = stax.serial(*_stack(norm, depth, channels), stax.Flatten(), stax.Dense(10))
+  theory_net = stax.serial(*_stack(norm, depth, None), stax.GlobalAvgPool())
+  kernels = theory_net.layer_kernels(IMAGES, after=stax.Conv, ntk=False)
+  stats = np.array([[float(v) for v in k.unit_statistics()] for k in kernels])  # (L, 2)
+  x = IMAGES.astype(np.float32)
+  runs = [signals(from_stax(net, x.shape, rngs=nnx.Rngs(seed)), x, batch_statistics=True)
+          for seed in range(models)]
+  for i, field in enumerate(("mean", "variance")):
+    est = mt.Estimate.from_samples(np.stack([np.asarray(getattr(r, field)) for r in runs]))
+    slack = 3.0 / channels * np.max(np.abs(stats[:, i]))
+    z = (np.abs(est.mean - stats[:, i]) - slack) / est.se
+    assert np.max(z) < 5, (field, est.mean, stats[:, i])
+  gram = [np.asarray(k.nngp).reshape(len(IMAGES), len(IMAGES), 64, 64) for k in kernels]
+  gram = np.stack([np.diagonal(g, axis1=2, axis2=3).mean(-1) for g in gram])
+  d = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
+  theory = gram / (d[:, :, None] * d[:, None, :])
+  est = mt.Estimate.from_samples(np.stack([np.asarray(r.correlation) for r in runs]))
+  off = ~np.eye(len(x), dtype=bool)
+  z = (np.abs(est.mean - theory) - 3.0 / channels) / est.se
+  assert np.max(z[:, off]) < 5, np.max(z[:, off])
+  ratio = stats[:, 0] / stats[:, 1]  # squared spread of channel means / channel variance
+  if norm == "none":  # the channels' means drift apart, layer after layer
+    assert np.all(np.diff(ratio[1:]) > 0) and ratio[-1] > 1.5 * ratio[1], ratio
+  else:  # weight mean and BN keep them together
+    assert stats[-1, 0] < 0.5 * stats[-1, 1]
+
+
+def test_one_networks_kernel_approaches_the_theory_as_channels_to_the_minus_half():
+  """A weight-mean conv stack's empirical NNGP (its Flatten output's covariance over units),
+  network by network, against the convolutional theory at 16, 64 and 256 channels: the RMS
+  deviation falls as channels^(-1/2) (fluctuations over channels, a central limit), fitted
+  slope within 0.15 of −1/2; the mean deviation (the bias, O(1/channels)) is below it."""
+  x = jnp.asarray(IMAGES[:, :6, :6])
+  theory = None
+  rms = []
+  for channels in (16, 64, 256):
+    net = stax.serial(*_stack("weight_mean", 3, channels), stax.Flatten())
+    if theory is None:
+      theory = np.asarray(net.kernel_fn(x).nngp)
+    init_fn, apply_fn, _ = net
+
+    @jax.jit
+    def one(key, init_fn=init_fn, apply_fn=apply_fn):
+      _, params = init_fn(key, x.shape)
+      f = apply_fn(params, x)
+      return f @ f.T / f.shape[1]
+
+    with jax.enable_x64(True):
+      samples = np.asarray(jax.lax.map(one, jax.random.split(jax.random.key(channels), 32)))
+    dev = (samples - theory) / np.max(np.abs(theory))
+    rms.append(np.sqrt(np.mean(dev**2)))
+    assert np.max(np.abs(dev.mean(axis=0))) < rms[-1]
+  slope = np.polyfit(np.log([16, 64, 256]), np.log(rms), 1)[0]
+  assert abs(slope + 0.5) < 0.15, (slope, rms)

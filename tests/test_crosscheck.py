@@ -35,7 +35,7 @@ def test_kernels_and_empirical_ntk_agree_with_neural_tangents(nt_python, activat
   assert result.versions["neural_tangents"] == "0.6.5"
   conv = [c for c in result.comparisons if c.quantity.startswith("conv")]
   convolved = [a for a in activations if a in cc.CONV_ACTIVATIONS]
-  assert len(conv) == len(convolved) * len(cc.CONV_READOUTS) * 2  # flatten and pool readouts
+  assert len(conv) == len(convolved) * len(cc.CONV_READOUTS) * 2  # nngp and ntk per readout
   assert len(result.comparisons) == len(activations) * len(depths) * 2 * 2 + 2 + len(conv)
   bad = [c for c in result.comparisons if not c.ok]
   assert not bad, bad

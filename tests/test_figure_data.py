@@ -24,7 +24,8 @@ FLOAT32_ULPS = 2.4e-7
 NEAR_CRITICAL = 1e-5
 MONTE_CARLO = 1e-5
 SINGULAR = 1e12
-MONTE_CARLO_FIGURES = {"fig2", "fig3", "fig5", "supp1", "supp2"}
+MONTE_CARLO_FIGURES = {"fig2", "fig3", "fig5", "supp1", "supp2", "fig2_conv", "fig3_conv",
+                       "conv_phase"}
 
 
 def assert_reproduces(figure: str, key: str, new, old):
@@ -72,7 +73,8 @@ def test_cheap_figures_reproduce_their_committed_data(tmp_path):
 @pytest.mark.slow
 def test_other_figures_reproduce_their_committed_data(tmp_path):
   _regenerate_and_compare(["fig3", "fig5", "supp1", "supp2", "ntk_condition", "phase_relu",
-                           "phase_tanh", "phase_gelu"], tmp_path)
+                           "phase_tanh", "phase_gelu", "fig2_conv", "fig3_conv", "conv_phase"],
+                          tmp_path)
 
 
 def test_the_comparison_can_fail():

@@ -49,6 +49,13 @@ PORTED = {
                  "b_std=0.2), stax.Erf(), stax.Conv(16, (2, 2), padding='SAME', W_std=1.4), "
                  "stax.Relu(), stax.Conv(16, (3, 3), W_std=1.2), stax.Relu(), "
                  "stax.GlobalAvgPool(), stax.Dense(1, W_std=1.1, b_std=0.1))",
+    # windowed average pooling: strided, SAME with and without normalize_edges, CIRCULAR
+    "conv_avgpool": "net = stax.serial(stax.Conv(16, (3, 3), padding='SAME', W_std=1.4, "
+                    "b_std=0.1), stax.Relu(), stax.AvgPool((2, 2), strides=(2, 2)), "
+                    "stax.Conv(16, (2, 2), padding='CIRCULAR', W_std=1.3), stax.Erf(), "
+                    "stax.AvgPool((3, 3), padding='SAME', normalize_edges=True), "
+                    "stax.AvgPool((2, 2), padding='CIRCULAR'), stax.AvgPool((2, 2), "
+                    "padding='SAME'), stax.Flatten(), stax.Dense(1, W_std=1.2))",
 }
 
 DRIVER = textwrap.dedent("""
@@ -126,7 +133,8 @@ def _close(a, b, rtol=1e-12):
 # neural-tangents' ReLU-family kernels take the angle at ρ = 1 as arctan2(√(q1q2 − q12²), q12):
 # ~1e-8 on the Gram diagonal, where mimictheory pins ρ = 1 (crosscheck.NT_DIAGONAL_TOL)
 DIAGONAL_TOL = {"relu_mlp": 1e-7, "erf_mlp": 1e-12, "gelu_leaky": 1e-7, "residual": 1e-7,
-                "layer_norm": 1e-7, "conv_flatten": 1e-7, "conv_pool": 1e-7}
+                "layer_norm": 1e-7, "conv_flatten": 1e-7, "conv_pool": 1e-7,
+                "conv_avgpool": 1e-7}
 
 
 def _close_gram(a, b, diagonal_tol):
@@ -221,7 +229,8 @@ def _monte_carlo_nngp(net, x, width_out, networks, seed=0):
 
 @pytest.mark.parametrize("case", ["weight_mean_relu", "batch_norm_relu", "residual_scaled",
                                   "layer_norm_after_relu", "conv_weight_mean_flatten",
-                                  "conv_weight_mean_pool", "conv_batch_norm"])
+                                  "conv_weight_mean_pool", "conv_batch_norm",
+                                  "conv_last_batch_norm", "conv_numerical"])
 def test_monte_carlo_of_the_finite_network_matches_the_kernel(case):
   """The finite network's output covariance at width 512 (convolutions: 128 channels) over 64
   networks against kernel_fn's NNGP, within 5 standard errors plus the O(1/width)
@@ -238,6 +247,12 @@ def test_monte_carlo_of_the_finite_network_matches_the_kernel(case):
             [stax.GlobalAvgPool(), stax.Dense(width, W_std=1.3, weight_mean=True)])
     net = stax.serial(conv("SAME"), stax.Relu(), conv("CIRCULAR"), stax.Relu(), conv("VALID"),
                       *head)
+    if case == "conv_numerical":  # tanh and GELU by Mehler's series over (input, position)
+      net = stax.serial(conv("SAME"), stax.Tanh(), conv("CIRCULAR"), stax.Gelu(),
+                        stax.GlobalAvgPool(), stax.Dense(width, W_std=1.3))
+    if case == "conv_last_batch_norm":  # MimicNorm: weight mean, then BN on the logits only
+      net = stax.serial(conv("SAME"), stax.Relu(), conv("SAME"), stax.Relu(),
+                        stax.GlobalAvgPool(), stax.Dense(width, W_std=1.3), stax.BatchNorm())
     if case == "conv_batch_norm":  # each channel over the batch and the positions: exact BN
       x = x[:3, :4, :4]  # at the batch of N·HW = 48 (input, position) pairs
       plain = lambda: stax.Conv(width, (3, 3), padding="SAME", W_std=1.4, b_std=0.3)  # noqa: E731
@@ -339,6 +354,7 @@ def test_the_flax_model_is_the_description_on_the_same_parameters(name):
                                       stax.Relu(), stax.Dense(3)),
             "conv": stax.serial(stax.Conv(16, (3, 3), padding="CIRCULAR", W_std=1.4,
                                           b_std=0.2, weight_mean=True), stax.Relu(),
+                                stax.AvgPool((2, 2), padding="SAME"),
                                 stax.Conv(16, (2, 2), padding="SAME", W_std=1.4), stax.Relu(),
                                 stax.Conv(8, (3, 3), W_std=1.4), stax.Relu(), stax.Flatten(),
                                 stax.Dense(3))}
@@ -667,8 +683,6 @@ def test_convolutions_refuse_what_they_do_not_compute_by_name():
        "Conv needs image inputs"),
       (lambda: stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.LayerNorm(),
                            stax.Flatten()).kernel_fn(img), "LayerNorm on images"),
-      (lambda: stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.Tanh(),
-                           stax.Flatten()).kernel_fn(img), "closed-form activations"),
       # in tiles: even one pair of 256 x 256 images has 65536² pairs of positions
       (lambda: stax.serial(stax.Conv(8, (3, 3)), stax.GlobalAvgPool()).kernel_fn(
           np.ones((2, 256, 256, 1))), r"a tile of 1 x 1 inputs x 4294967296 pairs of positions"),
@@ -683,6 +697,28 @@ def test_convolutions_refuse_what_they_do_not_compute_by_name():
   for call, needle in cases:
     with pytest.raises(ValueError, match=needle):
       call()
+
+
+@pytest.mark.parametrize("readout", ["flatten", pytest.param("pool", marks=pytest.mark.slow)])
+def test_numerical_activations_on_images_match_2d_quadrature(readout):
+  """tanh and GELU on image kernels (Mehler's series on the Gram matrix of every (input,
+  position), or per position behind a Flatten) against the same description traced, where
+  every entry is a 2-D quadrature: NNGP and NTK, symmetric and cross."""
+  size = 4 if readout == "flatten" else 3  # every pair of positions: (N·HW)² entries
+  img = np.random.default_rng(14).normal(size=(3, size, size, 2)) + 0.3
+  head = stax.Flatten() if readout == "flatten" else stax.GlobalAvgPool()
+  net = stax.serial(stax.Conv(8, (3, 3), padding="SAME", W_std=1.5, b_std=0.2), stax.Tanh(),
+                    stax.Conv(8, (2, 2), padding="CIRCULAR", W_std=1.4, weight_mean=True),
+                    stax.Gelu(), head, stax.Dense(1, W_std=1.3))
+  k = net.kernel_fn(img)
+  cross = net.kernel_fn(img[:2], img[1:])
+  with jax.enable_x64(True):
+    quad = jax.jit(lambda a: net.kernel_fn(a, None, ("nngp", "ntk")))(jnp.asarray(img))
+    quad_cross = jax.jit(lambda a, b: net.kernel_fn(a, b, ("nngp", "ntk")))(
+        jnp.asarray(img[:2]), jnp.asarray(img[1:]))
+  for ours, ref in ((k.nngp, quad.nngp), (k.ntk, quad.ntk), (cross.ntk, quad_cross.ntk)):
+    _close(ours, ref, 1e-9)
+  assert not net.traceable()  # computed eagerly: the series is tabulated on the host
 
 
 def test_a_flatten_readout_needs_only_same_position_covariances():

@@ -149,7 +149,7 @@ def check_activations(activations) -> tuple[str, ...]:
 
 
 CONV_ACTIVATIONS = ("relu", "erf")  # closed forms on both sides for image kernels (so far)
-CONV_READOUTS = ("flatten", "pool")
+CONV_READOUTS = ("flatten", "pool", "avgpool")
 CONV_IMAGE = (6, 6, 3)  # H, W, C of the random images
 
 
@@ -158,7 +158,8 @@ def _conv_description(activation, depth, sw2, sb2, filter, padding, readout):
   from mimictheory._src import stax
   conv = lambda: stax.Conv(1, (filter, filter), padding=padding, W_std=sw2**0.5,  # noqa: E731
                            b_std=sb2**0.5)
-  head = stax.Flatten() if readout == "flatten" else stax.GlobalAvgPool()
+  head = {"flatten": stax.Flatten(), "pool": stax.GlobalAvgPool(),
+          "avgpool": stax.serial(stax.AvgPool((2, 2), strides=(2, 2)), stax.Flatten())}[readout]
   return stax.serial(*[conv(), stax.Elementwise(activation)] * depth, head,
                      stax.Dense(1, W_std=sw2**0.5, b_std=sb2**0.5))
 
@@ -181,8 +182,9 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
     empirical: also compare the empirical NTK of random networks.
     convolutions: also compare convolutional kernels on `n_images` random images of
       `image_shape` (H, W, C): for each of `activations` among CONV_ACTIVATIONS, the deepest
-      of `depths` 3 × 3 SAME convolutions with the first of `inits`, behind a Flatten and
-      behind a GlobalAvgPool readout (`readouts`: "flatten", "pool" or both).
+      of `depths` 3 × 3 SAME convolutions with the first of `inits`, behind each of
+      `readouts`: "flatten" (a Flatten), "pool" (a GlobalAvgPool), "avgpool" (a 2 × 2
+      AvgPool of stride 2 and a Flatten).
 
   Raises `ReferenceUnavailable` if the reference environment is missing or fails.
   """
@@ -290,7 +292,8 @@ def _markdown(result: CrossCheck) -> str:
     "sides.",
     "conv: random images (16 of 6×6×3 by default), 3×3 SAME "
     "convolutions (`stax.Conv`), then `Flatten` (same-position covariances) or "
-    "`GlobalAvgPool` (every pair of positions) and a `Dense`.",
+    "`GlobalAvgPool` (every pair of positions) or a 2 × 2 `AvgPool` of stride 2 and a "
+    "`Flatten`, and a `Dense`.",
     "ReLU's and leaky ReLU's NTK diagonal: neural-tangents computes the angle at ρ = 1 as "
     "arctan2(√(q1q2 − q12²), q12), so a one-ulp rounding of q12 costs ~1e-8 in the "
     "angle and ~3e-9 per layer in the NTK; mimictheory pins ρ = 1 on the diagonal (its value "

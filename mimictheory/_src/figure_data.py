@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 
 __all__ = ["SEED", "WIDTH", "figure_inputs", "sample_rows", "unit_spread_ratio", "unit_boxes",
-           "pair_correlations", "residual_theory", "ntk_condition_points", "last_bn_variance"]
+           "pair_correlations", "residual_theory", "ntk_condition_points", "last_bn_variance",
+           "CONV_NORMS", "conv_stack", "conv_signals"]
 
 SEED = 20210202  # every random draw of the figures derives from it (recorded in the npz)
 WIDTH = 300
@@ -141,3 +142,144 @@ def last_bn_variance(norm: str, lr: float, epochs: int = 2, depth: int = 16, wid
   return {"steps": np.asarray(steps), "variance": np.asarray(variance), "loss": np.asarray(loss),
           "status": result.status, "lr": lr, "seed": seed,
           "test_accuracy": float(final.get("test_accuracy", np.nan))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures 2 and 3 on convolutions, and the conv phase picture.
+# ----------------------------------------------------------------------------------------------
+CONV_NORMS = ("none", "batch_norm", "weight_mean")
+
+
+def conv_stack(norm: str, depth: int, channels, full_batch_limit: bool = False):
+  """The layers of a plain, BN or weight-mean stack of `depth` 3 × 3 SAME convolutions with
+  ReLU (BN before each activation, as the paper's Figure 3), σb = 0: He's σw² = 2, or with
+  weight mean the stable σw² of Theorem 3 (its infinite-width value). `channels` None: the
+  infinite-width layers of the theory; `full_batch_limit`: Theorem 2's BN for the theory."""
+  import math
+
+  from mimictheory._src import stax
+  from mimictheory._src.maps import stable_sw2
+  sw2 = float(stable_sw2("relu", norm="weight_mean")) if norm == "weight_mean" else 2.0
+  conv = lambda: stax.Conv(channels, (3, 3), padding="SAME", W_std=math.sqrt(sw2),  # noqa: E731
+                           weight_mean=norm == "weight_mean")
+  layers = [conv()]
+  for _ in range(depth - 1):
+    if norm == "batch_norm":
+      layers.append(stax.BatchNorm(full_batch_limit=full_batch_limit))
+    layers += [stax.Relu(), conv()]
+  return layers, sw2
+
+
+def _conv_preactivations(layers, x, seed):
+  """Each convolution's output of one random finite network on images x, float64: a list of
+  (N, H, W, C) arrays, one per convolution."""
+  import jax
+
+  from mimictheory._src import stax
+  out = []
+  with jax.enable_x64(True):
+    h = jax.numpy.asarray(x)
+    keys = jax.random.split(jax.random.key(seed), len(layers))
+    apply = jax.jit(lambda layer, p, a: layer.apply(p, a), static_argnums=0)
+    for layer, key in zip(layers, keys):
+      _, params = layer.init(key, h.shape)
+      h = apply(layer, params, h)
+      if isinstance(layer, stax.Conv):
+        out.append(np.asarray(h))
+  return out
+
+
+def _spatial_statistics(cov, own, eye_inputs):
+  """From a full image kernel (N, N, H, W, H, W) and each input's own covariance
+  (N, H, W, H, W): the mean correlation between distinct inputs at the same position, and
+  between positions of one input at distance 1 and ≥ 4."""
+  n, h, w = own.shape[:3]
+  size = h * w
+  flat = cov.reshape(n, n, size, size)
+  own = own.reshape(n, size, size)
+  var = np.diagonal(own, axis1=1, axis2=2)  # (N, HW)
+  same = np.diagonal(flat, axis1=2, axis2=3)  # (N, N, HW)
+  rho_inputs = same / np.sqrt(var[:, None] * var[None])
+  grid = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1).reshape(-1, 2)
+  dist = np.abs(grid[:, None] - grid[None]).max(-1)
+  rho_pos = own / np.sqrt(var[:, :, None] * var[:, None, :])
+  return dict(rho_inputs=rho_inputs[~eye_inputs].mean(),
+              rho_near=rho_pos[:, dist == 1].mean(), rho_far=rho_pos[:, dist >= 4].mean())
+
+
+def conv_signals(norm: str, images, depth: int = 51, channels: int = 64, layers=(20, 50),
+                 units: int = 30, values: int = 2048, theory_inputs: int = 16,
+                 seed: int = SEED) -> dict:
+  """A conv stack on `images` (N, H, W, C), measured and predicted layer by layer: the data of
+  the convolutional Figures 2 and 3 and of the conv phase picture.
+
+  Measured, in one random network of `channels` channels: each convolution's channels over the
+  batch and the positions (`values` of them sampled for `units` random channels at `layers`,
+  for the box plots), the spread ratio (std over channels of a channel's mean / mean
+  within-channel std), and on the first `theory_inputs` images the correlations between inputs
+  at the same position and between positions (distance 1, ≥ 4) of one input. Predicted, by the
+  convolutional NNGP of the same description (`stax.Conv`) on those images: a channel's mean
+  over the batch and positions has variance S = the mean of K over every pair of (input,
+  position) and the within-channel variance is D − S (D: the mean per-position variance;
+  `Kernel.unit_statistics`), so the spread ratio is √(S / (D − S)); and the same
+  correlations. BN: the exact finite-batch
+  kernel at the batch of those images × positions (about two minutes for 16 images and 51
+  layers), and Theorem 2's full-batch limit beside it (`theory_paper_*`), which departs from
+  the exact kernel and the finite network after about 35 layers on these images."""
+
+  x = np.asarray(images, np.float64)
+  body, sw2 = conv_stack(norm, depth, channels)
+  pre = _conv_preactivations(body, x, seed)
+  rng = np.random.default_rng(seed + 1)
+  pick = np.sort(rng.choice(channels, units, replace=False))
+  sub = x[:theory_inputs]
+  eye = np.eye(len(sub), dtype=bool)  # the measured correlations, on the same images
+  measured = dict(ratio=[], rho_inputs=[], rho_near=[], rho_far=[])
+  data = {"channels": pick, "layers": np.asarray(layers), "seed": seed, "width": channels,
+          "depth": depth, "sw2": sw2, "inputs": len(x), "theory_inputs": len(sub)}
+  for i, h in enumerate(pre):
+    per_channel = h.reshape(-1, channels)
+    means, stds = per_channel.mean(axis=0), per_channel.std(axis=0)
+    measured["ratio"].append(means.std() / stds.mean())
+    hs = h[:len(sub)]
+    cov = np.einsum("xhwc,yHWc->xyhwHW", hs, hs) / channels
+    own = np.einsum("xhwc,xHWc->xhwHW", hs, hs) / channels
+    stats = _spatial_statistics(cov, own, eye)
+    for key in ("rho_inputs", "rho_near", "rho_far"):
+      measured[key].append(stats[key])
+    if i + 1 in layers:
+      rows = rng.choice(len(per_channel), min(values, len(per_channel)), replace=False)
+      data[f"layer{i + 1}"] = per_channel[rows][:, pick].astype(np.float32)
+  data.update({f"theory_{k}": v for k, v in _conv_theory(norm, depth, sub, len(x)).items()})
+  if norm == "batch_norm":  # Theorem 2's full-batch limit beside the exact theory
+    data.update({f"theory_paper_{k}": v for k, v in
+                 _conv_theory(norm, depth, sub, len(x), full_batch_limit=True).items()})
+  data.update({f"measured_{k}": np.asarray(v) for k, v in measured.items()})
+  return data
+
+
+def _conv_theory(norm, depth, sub, batch, full_batch_limit=False) -> dict:
+  """The predicted spread ratio and correlations of `conv_signals`, layer by layer, from the
+  convolutional NNGP on the images `sub` (every pair of positions), for a batch of `batch`
+  inputs."""
+  import jax
+
+  from mimictheory._src import stax
+  layers, _ = conv_stack(norm, depth, None, full_batch_limit=full_batch_limit)
+  net = stax.serial(*layers, stax.GlobalAvgPool())  # every pair of positions
+  with jax.enable_x64(True):
+    kernels = net.layer_kernels(sub, after=stax.Conv, ntk=False)
+  eye = np.eye(len(sub), dtype=bool)
+  theory = dict(ratio=[], rho_inputs=[], rho_near=[], rho_far=[], spread=[], within=[])
+  for k in kernels:
+    stats = _spatial_statistics(np.asarray(k.nngp), np.asarray(k.cov1), eye)
+    s, v = (float(a) for a in k.unit_statistics(batch))
+    # standardised data have mean 0 over the whole batch, so at the input layer S is 0 and a
+    # subsample's estimate a little off it either way: clipped at 0
+    s = max(s, 0.0)
+    theory["spread"].append(np.sqrt(s))
+    theory["within"].append(np.sqrt(v))
+    theory["ratio"].append(np.sqrt(s / v))
+    for key in ("rho_inputs", "rho_near", "rho_far"):
+      theory[key].append(stats[key])
+  return {k: np.asarray(v) for k, v in theory.items()}

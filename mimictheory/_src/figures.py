@@ -3,13 +3,14 @@ figures: their data from the public API, drawn in the house style of `plotting` 
 atomically as PNG, PDF and npz by `regenerate` (the `mimictheory figures` command)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from mimictheory._src.figure_data import (
-    SEED, WIDTH, figure_inputs, last_bn_variance, ntk_condition_points, pair_correlations,
-    residual_theory, sample_rows, unit_boxes)
+    CONV_NORMS, SEED, WIDTH, conv_signals, figure_inputs, last_bn_variance,
+    ntk_condition_points, pair_correlations, residual_theory, sample_rows, unit_boxes)
 from mimictheory._src.io import progress_bar
 from mimictheory._src.plotting import (
     batch_chi1_curve, new_figure, plain_log_ticks, plot_correlation_maps, plot_phase_diagrams,
@@ -105,6 +106,122 @@ def figure3(out, progress=False, data_source=None) -> list[Path]:
   fig.suptitle(f"Figure 3: the network of Figure 2 at layer 50, {len(x)} inputs ({name}); "
                "boxes 25–75%, whiskers 5–95%")
   return write_figure(fig, out, "fig3", **saved)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_data(norm: str) -> dict:
+  """`conv_signals` of a 51-layer conv stack (64 channels) on 512 digits as 8 × 8 images: the
+  measurement and its theory, shared by the convolutional Figures 2, 3 and the conv phase
+  picture. Always the bundled digits: the theory's cost grows as (HW)² per pair of images."""
+  x, _ = figure_inputs(None)
+  x = sample_rows(x, CONV_INPUTS, SEED).reshape(-1, 8, 8, 1)
+  return conv_signals(norm, x)
+
+
+CONV_INPUTS = 512
+CONV_LABELS = {"none": "plain", "batch_norm": "batch norm (exact theory at the batch)",
+               "weight_mean": "weight mean (Theorem 3's σw²)"}
+
+
+def _channel_boxes(ax, data, layer, label):
+  """Box plots of channels (values over the batch and the positions) with the theory's band:
+  95% of the channels' means fall within ±1.96 √S of 0 (S, the NNGP's mean over every pair of
+  input and position)."""
+  spread = data["theory_spread"][layer - 1]
+  ax.axhspan(-1.96 * spread, 1.96 * spread, color="tab:orange", alpha=0.25, lw=0, zorder=0,
+             label="theory: 95% of channel means")
+  _boxplot(ax, data[f"layer{layer}"], f"layer {layer}, {label}:\nspread ratio measured "
+           f"{data['measured_ratio'][layer - 1]:.2f}, theory "
+           f"{data['theory_ratio'][layer - 1]:.2f}")
+  ax.set_xlabel(f"channel ({data['layer%d' % layer].shape[1]} chosen at random)")
+
+
+def _conv_saved(data, norm):
+  return {f"{norm}_{k}": v for k, v in data.items()}
+
+
+@styled
+def figure2_conv(out, progress=False, data_source=None) -> list[Path]:
+  """Figure 2 on convolutions: a 51-layer plain ReLU conv stack (3 × 3 SAME, 64 channels, He's
+  σw² = 2, σb = 0) on 512 digits as 8 × 8 images; box plots of 30 random channels (values over
+  the batch and the positions) at layers 20 and 50 and the convolutional NNGP's prediction of
+  how far the channels' means spread."""
+  data = _conv_data("none")
+  fig, axes = new_figure(8.0, 3.6, cols=2, sharey=True)
+  for ax, layer in zip(axes, data["layers"]):
+    _channel_boxes(ax, data, int(layer), "plain")
+  axes[0].set_ylabel("pre-activation over batch × positions")
+  axes[0].legend(loc="lower left", fontsize=7)
+  fig.suptitle(f"Figure 2 on convolutions: ReLU conv stack without normalisation, "
+               f"{data['width']} channels, 3×3 SAME, (σw², σb²) = (2, 0),\n{data['inputs']} "
+               "digits as 8×8 images; boxes 25–75%, whiskers 5–95%; spread ratio = std of "
+               "channel means / mean channel std")
+  return write_figure(fig, out, "fig2_conv", **_conv_saved(data, "none"))
+
+
+@styled
+def figure3_conv(out, progress=False, data_source=None) -> list[Path]:
+  """Figure 3 on convolutions: layer 50 of the same conv stack with BN before every ReLU
+  (each channel over the batch and the positions), and with weight mean on every
+  convolution, against the theory's prediction."""
+  fig, axes = new_figure(8.0, 3.6, cols=2)  # each its own scale: BN's tails are long
+  saved = {}
+  for ax, norm in zip(axes, ("batch_norm", "weight_mean")):
+    data = _conv_data(norm)
+    _channel_boxes(ax, data, 50, CONV_LABELS[norm])
+    saved.update(_conv_saved(data, norm))
+  axes[0].set_ylabel("pre-activation over batch × positions")
+  axes[0].legend(loc="lower left", fontsize=7)
+  fig.suptitle("Figure 3 on convolutions: the conv stack of Figure 2 (conv) at layer 50, "
+               f"{CONV_INPUTS} digits as 8×8 images;\nboxes 25–75%, whiskers 5–95%")
+  return write_figure(fig, out, "fig3_conv", **saved)
+
+
+@styled
+def conv_phase(out, progress=False, data_source=None) -> list[Path]:
+  """The conv phase picture: layer by layer, for the plain, BN and weight-mean conv stacks of
+  Figures 2-3 (conv), the spread ratio of the channels, the correlation between inputs at the
+  same position, and the correlation between positions of one input (neighbours and
+  positions ≥ 4 apart): the finite network against the convolutional NNGP."""
+  fig, axes = new_figure(11.0, 3.5, cols=3)
+  saved = {}
+  colors = {"none": "tab:red", "batch_norm": "tab:blue", "weight_mean": "tab:green"}
+  for norm in CONV_NORMS:
+    data = _conv_data(norm)
+    saved.update(_conv_saved(data, norm))
+    layers = np.arange(1, len(data["theory_ratio"]) + 1)
+    c, label = colors[norm], CONV_LABELS[norm].split(" (")[0]
+    # from layer 2: standardised inputs have channel means 0 at layer 1 (a ratio of 0)
+    axes[0].plot(layers[1:], data["theory_ratio"][1:], color=c, lw=1.8,
+                 label=f"{label}, theory")
+    axes[0].plot(layers[1:], data["measured_ratio"][1:], "o", color=c, ms=2.5,
+                 label=f"{label}, {data['width']} channels")
+    axes[1].plot(layers, data["theory_rho_inputs"], color=c, lw=1.8)
+    axes[1].plot(layers, data["measured_rho_inputs"], "o", color=c, ms=2.5)
+    if "theory_paper_ratio" in data:  # BN: Theorem 2's full-batch limit
+      for ax, key in ((axes[0], "ratio"), (axes[1], "rho_inputs"), (axes[2], "rho_far")):
+        start = 1 if key == "ratio" else 0
+        ax.plot(layers[start:], data[f"theory_paper_{key}"][start:], color=c, lw=1.0, ls=":",
+                label="batch norm, Theorem 2's limit" if key == "ratio" else None)
+    for key, ls in (("near", "-"), ("far", "--")):
+      axes[2].plot(layers, data[f"theory_rho_{key}"], color=c, lw=1.8, ls=ls)
+      axes[2].plot(layers, data[f"measured_rho_{key}"], "o" if key == "near" else "s", color=c,
+                   ms=2.5, mfc="none" if key == "far" else c)
+  axes[0].set_yscale("log")
+  axes[0].set_ylim(0.03, 3.0)
+  axes[0].set_ylabel("std of channel means / channel std")
+  axes[0].legend(fontsize=6.5, ncol=1)
+  axes[1].set_ylabel("correlation between inputs, same position")
+  axes[2].set_ylabel("correlation between positions of one input")
+  axes[2].plot([], [], color="0.3", ls="-", label="neighbours (distance 1)")
+  axes[2].plot([], [], color="0.3", ls="--", label="distance ≥ 4")
+  axes[2].legend(fontsize=7)
+  for ax in axes:
+    ax.set_xlabel("layer (convolution)")
+  fig.suptitle(f"Conv stacks layer by layer (3×3 SAME, ReLU, {CONV_INPUTS} digits as 8×8 "
+               "images)\nlines: the convolutional NNGP (BN exact at the batch; dotted: "
+               "Theorem 2's limit); points: one finite network")
+  return write_figure(fig, out, "conv_phase", **saved)
 
 
 def _plot_pairs(ax, data, title):
@@ -344,6 +461,9 @@ def supplementary3(out, progress=False, data_source=None) -> list[Path]:
 FIGURES = {
     "fig2": figure2,
     "fig3": figure3,
+    "fig2_conv": figure2_conv,
+    "fig3_conv": figure3_conv,
+    "conv_phase": conv_phase,
     "fig4": lambda out, progress=False, data_source=None: figure4(out),
     "fig5": figure5,
     "supp1": supplementary1,

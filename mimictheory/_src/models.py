@@ -568,7 +568,7 @@ def _modes(model: nnx.Module):
           for _, m in nnx.iter_modules(model)]
 
 
-def signals(model: nnx.Module, x) -> Signal:
+def signals(model: nnx.Module, x, batch_statistics: bool = False) -> Signal:
   """Signal-propagation metrics of every conv output of `model` on the batch x (NHWC), one row
   per conv in the order they run: a `Signal` (NFNets' SPPs) with channels as units, the same
   type and words as an MLP's `signals` and a finite network's: `mean` (L,) the average squared
@@ -576,6 +576,9 @@ def signals(model: nnx.Module, x) -> Signal:
   variance, `q` (L, N) each input's mean squared activation, `correlation` (L, N, N) every
   input pair over all positions and channels. Runs the model once in eval mode, then restores
   each module's own mode (so it can be called from a training loop's step callback).
+  `batch_statistics=True`: in training mode instead, so that batch norm normalises with this
+  batch's statistics (per channel over the batch and positions, as in training and as the
+  theory's `stax.BatchNorm`); the running statistics and random streams are restored after.
 
   >>> import numpy as np
   >>> from mimictheory.nn import make_model, signals
@@ -587,14 +590,18 @@ def signals(model: nnx.Module, x) -> Signal:
   outputs = []
   token = _RECORDING.set(outputs)
   modes = _modes(model)
+  kept = (jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat, nnx.RngState))
+          if batch_statistics else ())  # copies: the state holds the live variables
   try:
-    model.eval()
+    model.train() if batch_statistics else model.eval()
     model(x)
   finally:
     _RECORDING.reset(token)
     for module, attributes in modes:
       for name, value in attributes.items():
         setattr(module, name, value)
+    if kept:
+      nnx.update(model, *kept)
   rows = []
   for y in outputs:
     mean, variance = unit_statistics(y.reshape(-1, y.shape[-1]))

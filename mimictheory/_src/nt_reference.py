@@ -16,7 +16,8 @@ optionally the Gauss–Hermite `degree`),
 `nngp{i}`, `ntk{i}`, per network `entk{i}` (and `entk{i}_impl{k}` for every implementation k
 when timing), the timings as `time_*` entries (seconds, median over repeats, compiled).
 Optionally `images` (N, H, W, C) and `conv_cases` (a JSON list of {activation, depth, sw2, sb2,
-filter, padding, readout}: `depth` convolutions, then "flatten" or "pool" and a Dense), giving
+filter, padding, readout}: `depth` convolutions, then a "flatten", "pool" or "avgpool" readout
+and a Dense), giving
 `conv_nngp{i}`, `conv_ntk{i}` and `time_conv{i}`.
 """
 import json
@@ -64,11 +65,13 @@ def network(activation: str, depth: int, sw2: float, sb2: float, width: int = 1,
 def conv_network(activation: str, depth: int, sw2: float, sb2: float, filter: int,
                  padding: str, readout: str):
   """`depth` convolutions (filter × filter, `padding`) and activations, then `Flatten` or
-  `GlobalAvgPool` and a `Dense` readout."""
+  `GlobalAvgPool` ("pool") or `AvgPool` 2 × 2 stride 2 and `Flatten` ("avgpool"), and a
+  `Dense` readout."""
   from neural_tangents import stax
   conv = lambda: stax.Conv(1, (filter, filter), padding=padding, W_std=sw2**0.5,  # noqa: E731
                            b_std=sb2**0.5)
-  head = stax.Flatten() if readout == "flatten" else stax.GlobalAvgPool()
+  head = {"flatten": stax.Flatten(), "pool": stax.GlobalAvgPool(),
+          "avgpool": stax.serial(stax.AvgPool((2, 2), strides=(2, 2)), stax.Flatten())}[readout]
   return stax.serial(*[conv(), activation_layer(activation)] * depth, head,
                      stax.Dense(1, W_std=sw2**0.5, b_std=sb2**0.5))
 

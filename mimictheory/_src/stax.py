@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import dataclasses
+import functools
 import itertools
 import math
 from functools import partial
@@ -65,7 +66,7 @@ from mimictheory._src.precision import float64, is_traced
 __all__ = ["Kernel", "Network", "MeanField", "Dense", "Elementwise", "Relu", "LeakyRelu", "Erf",
            "Gelu", "Tanh", "Identity", "ElementwiseNumerical", "BatchNorm", "LayerNorm", "Scale",
            "serial", "parallel", "FanOut", "FanInSum", "mlp", "norm_layers", "Conv", "Flatten",
-           "GlobalAvgPool"]
+           "GlobalAvgPool", "AvgPool"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,6 +155,37 @@ class Kernel:
     """The entries (i, i) of a symmetric kernel: its own covariance of each input, shaped like
     cov1."""
     return jnp.moveaxis(jnp.diagonal(m, axis1=0, axis2=1), -1, 0)
+
+  def unit_statistics(self, batch: int | None = None):
+    """The infinite-width counterparts of a finite network's `Signal.mean` and
+    `Signal.variance` (`nn.signals`, `FiniteNetwork.signal`): over units (channels), the
+    average squared batch mean of a unit, S, and its average batch variance, D − S, where the
+    batch is these inputs (and, for images, every position): S is the mean of the NNGP over
+    every pair of (input, position) and D the mean variance. `batch`: these inputs as a sample
+    of a batch of that many (pairs of distinct inputs weighted (B − 1)/B, an input with itself
+    1/B). Needs a symmetric kernel and, for images, the covariances of every pair of positions
+    (a description that needs them, e.g. ending in `GlobalAvgPool`).
+
+    >>> import numpy as np
+    >>> from mimictheory import stax
+    >>> x = np.array([[1.0, 1.0], [1.0, -1.0]])          # K = x xᵀ / 2 = [[1, 0], [0, 1]]
+    >>> [round(float(v), 6) for v in stax.Identity().kernel_fn(x).unit_statistics()]
+    [0.5, 0.5]
+    """
+    if not self.x1_is_x2:
+      raise ValueError("unit_statistics needs the kernel of one batch with itself (x2=None)")
+    if self.spatial == "diagonal":
+      raise ValueError("unit_statistics of images needs the covariances of every pair of "
+                       "positions: describe the network with a GlobalAvgPool (or an AvgPool) "
+                       "after the layer, or take its layer_kernels from such a description")
+    n = self.nngp.shape[0]
+    b = n if batch is None else checks.check_int("batch", batch, minimum=1)
+    pairs = self.nngp.reshape(n, n, -1).mean(-1)
+    eye = jnp.eye(n, dtype=bool)
+    own = jnp.mean(jnp.where(eye, pairs, 0.0)) * n
+    others = (jnp.sum(jnp.where(eye, 0.0, pairs)) / (n * (n - 1))) if n > 1 else own
+    mean_square = (b - 1) / b * others + own / b
+    return mean_square, jnp.mean(self.variances(self.cov1)) - mean_square
 
   def own(self, a, b=None):
     """Per input, a(p) b(p') at the positions `cov1` holds ((N, H, W, H, W) for "full", (N, H, W)
@@ -704,9 +736,14 @@ def _entries_per_pair(network, x) -> int:
 def _ends_in_vectors(network, x) -> bool:
   """The description reads images out to vectors (a `Flatten` or `GlobalAvgPool`), so its
   Gram matrix has one entry per pair of inputs and can be computed in tiles (traced on one
-  input, nothing computed)."""
-  out = jax.eval_shape(lambda a: _run(network, a, None, None, False).nngp, x[:1])
-  return out.ndim == 2
+  input, nothing computed; remembered per description and image shape)."""
+  return _output_rank(network, tuple(x.shape[1:])) == 2
+
+
+@functools.lru_cache(maxsize=256)
+def _output_rank(network, image_shape) -> int:
+  one = jax.ShapeDtypeStruct((1, *image_shape), jnp.float64)
+  return jax.eval_shape(lambda a: _run(network, a, None, None, False).nngp, one).ndim
 
 
 def _check_image_memory(network, x1, x2, tiled: bool, block_size):
@@ -962,10 +999,8 @@ def _elementwise_spatial(act: Activation, k: Kernel, with_ntk: bool):
   """`_elementwise` on image kernels: the dual activation at every entry (input pair, position
   or pair of positions), with the variances of the two inputs at their positions; each input's
   own covariance ("full": across every pair of its positions) goes through the same map."""
-  if not act.closed_form:
-    raise ValueError(f"activation {act.name!r} on an image kernel: the convolutional kernels "
-                     "are computed for closed-form activations (relu, leaky_relu, erf, "
-                     "identity, ...) so far")
+  if not act.closed_form and not is_traced(k.nngp):
+    return _numerical_spatial(act, k, with_ntk)
   v1, v2 = k.variances(k.cov1), k.variances(k.cov2)
   rows, cols = k.rows(v1), k.cols(v2)
   nngp = k.nngp
@@ -992,6 +1027,51 @@ def _elementwise_spatial(act: Activation, k: Kernel, with_ntk: bool):
     if with_ntk:
       deriv = jnp.where(eye, k.rows(act.derivative_second_moment(v1)), deriv)
   return kern, deriv, act.mean(v1), act.mean(v2), s1, s2
+
+
+def _numerical_spatial(act: Activation, k: Kernel, with_ntk: bool):
+  """`_elementwise_spatial` for a numerical activation on concrete values, by Mehler's series
+  with its quadrature fallback (`tables.gram_series`, as for vectors): "full", one Gram matrix
+  of every (input, position) against every (input, position), (N1·HW) × (N2·HW), and each
+  input's own covariance as a (HW) × (HW) matrix; "diagonal", one N1 × N2 matrix per
+  position. Traced values take the 2-D quadrature of `Activation.kernel` entry by entry."""
+  table = tables.tabulated(act)
+  v1, v2 = (np.maximum(np.asarray(k.variances(c), np.float64), 1e-16) for c in (k.cov1, k.cov2))
+  n1, n2, positions = v1.shape[0], v2.shape[0], math.prod(v1.shape[1:])
+  a1, a2 = v1.reshape(n1, positions), v2.reshape(n2, positions)
+  nngp = np.asarray(k.nngp, np.float64)
+
+  def series(m, q1, q2, symmetric, ntk):
+    rho = np.clip(m / np.sqrt(np.outer(q1, q2)), -1.0, 1.0)
+    kern, deriv = tables.gram_series(act, table, q1, q2, rho, symmetric, ntk)[:2]
+    return kern, (deriv if ntk else None)
+
+  if k.spatial == "full":
+    by_pair = nngp.reshape(n1, n2, positions, positions).transpose(0, 2, 1, 3)
+    kern, deriv = series(by_pair.reshape(n1 * positions, n2 * positions), a1.reshape(-1),
+                         a2.reshape(-1), k.x1_is_x2, with_ntk)
+    back = lambda a: None if a is None else a.reshape(  # noqa: E731
+        n1, positions, n2, positions).transpose(0, 2, 1, 3).reshape(nngp.shape)
+    kern, deriv = back(kern), back(deriv)
+
+    def own(cov, a):
+      blocks = np.asarray(cov, np.float64).reshape(-1, positions, positions)
+      return np.stack([series(b, q, q, True, False)[0] for b, q in zip(blocks, a)]).reshape(
+          np.shape(cov))
+
+    s1 = own(k.cov1, a1)
+    s2 = s1 if k.x1_is_x2 else own(k.cov2, a2)
+  else:
+    by_position = nngp.reshape(n1, n2, positions)
+    parts = [series(by_position[:, :, p], a1[:, p], a2[:, p], k.x1_is_x2, with_ntk)
+             for p in range(positions)]
+    kern = np.stack([kp for kp, _ in parts], -1).reshape(nngp.shape)
+    deriv = np.stack([dp for _, dp in parts], -1).reshape(nngp.shape) if with_ntk else None
+    s1 = act.second_moment(jnp.asarray(v1))
+    s2 = s1 if k.x1_is_x2 else act.second_moment(jnp.asarray(v2))
+  return (jnp.asarray(kern), None if deriv is None else jnp.asarray(deriv),
+          act.mean(jnp.asarray(v1)), act.mean(jnp.asarray(v2)), jnp.asarray(s1),
+          jnp.asarray(s2))
 
 
 def Relu() -> Elementwise:  # noqa: N802 (neural-tangents' names)
@@ -1350,6 +1430,120 @@ def GlobalAvgPool() -> Network:  # noqa: N802
   True
   """
   return _GlobalAvgPool()
+
+
+def _window_pads(size: int, window: int, stride: int, padding: str) -> tuple[int, int]:
+  """Padding before and after an axis for a window with a stride (XLA's SAME: the output has
+  ⌈size / stride⌉ positions; CIRCULAR pads as SAME, with the image wrapped)."""
+  if padding == "VALID":
+    return 0, 0
+  out = -(-size // stride)
+  total = max((out - 1) * stride + window - size, 0)
+  return total // 2, total - total // 2
+
+
+def _window_sum(a, lead: int, groups: int, window, strides, padding: str):
+  """Σ over each window of `a`'s spatial axes (`groups` groups of them after `lead` batch
+  axes, each group pooled the same way): a pooling's sum, with its padding."""
+  nd = len(window)
+  sizes = a.shape[lead:lead + nd]
+  pads = [_window_pads(n, w, s, padding) for n, w, s in zip(sizes, window, strides)]
+  if padding == "CIRCULAR":
+    a = jnp.pad(a, [(0, 0)] * lead + pads * groups, mode="wrap")
+    pads = [(0, 0)] * nd
+  return jax.lax.reduce_window(a, 0.0, jax.lax.add, (1,) * lead + tuple(window) * groups,
+                               (1,) * lead + tuple(strides) * groups,
+                               [(0, 0)] * lead + pads * groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPool(Network):
+  """The mean of each channel over windows of positions (neural-tangents' `AvgPool`):
+  `window_shape` (k_h, k_w), `strides` (default (1, 1), as neural-tangents), `padding` "VALID",
+  "SAME" (zeros) or "CIRCULAR"; `normalize_edges` divides by the window's positions inside
+  the image instead of the window's size (only differs at SAME edges).
+
+  Pooling is linear, so its kernel averages the covariance over both windows,
+  K'(P, P') = Σ_{d, d'} K(sP + d, sP' + d') / (c(P) c(P')) with c the divisor; the positions
+  inside a window are different positions, so the layers before it need the covariances of
+  every pair of positions (as for `GlobalAvgPool`). The NTK passes the same way (no
+  parameters).
+
+  >>> import numpy as np
+  >>> from mimictheory import stax
+  >>> x = np.random.default_rng(0).normal(size=(3, 4, 4, 2))
+  >>> k = stax.serial(stax.AvgPool((2, 2), strides=(2, 2)), stax.Flatten()).kernel_fn(x)
+  >>> p = x.reshape(3, 2, 2, 2, 2, 2).mean(axis=(2, 4)).reshape(3, -1)   # the pooled images
+  >>> bool(np.allclose(k.nngp, p @ p.T / p.shape[1]))
+  True
+  """
+  window_shape: tuple
+  strides: tuple | None = None
+  padding: str = "VALID"
+  normalize_edges: bool = False
+
+  def __post_init__(self):
+    for name in ("window_shape", "strides"):
+      value = getattr(self, name)
+      if value is None and name == "strides":
+        value = (1, 1)
+      shape = tuple(value) if isinstance(value, (tuple, list)) else None
+      if shape is None or len(shape) != 2:
+        raise ValueError(f"{name} must be a pair of positive integers, got {value!r}")
+      for v in shape:
+        checks.check_int(name, v, minimum=1)
+      object.__setattr__(self, name, shape)
+    checks.check_choice("padding", self.padding, PADDINGS)
+    if self.normalize_edges not in (True, False):
+      raise TypeError(f"normalize_edges must be True or False, got {self.normalize_edges!r}")
+
+  def _out_shape(self, input_shape):
+    if len(input_shape) != 4:
+      raise ValueError(f"AvgPool needs images (N, H, W, C), got input shape "
+                       f"{tuple(input_shape)}")
+    sizes = []
+    for name, size, w, s in zip("HW", input_shape[1:3], self.window_shape, self.strides):
+      lo, hi = _window_pads(size, w, s, self.padding)
+      if size + lo + hi < w:
+        raise ValueError(f"window_shape {self.window_shape} is larger than the image "
+                         f"({name} = {size}) with padding {self.padding!r}")
+      sizes.append((size + lo + hi - w) // s + 1)
+    return (input_shape[0], *sizes, input_shape[-1])
+
+  def _divisor(self, sizes):
+    """c(P): the window's size, or (normalize_edges, SAME) its positions inside the image."""
+    if not (self.normalize_edges and self.padding == "SAME"):
+      return float(math.prod(self.window_shape))
+    return _window_sum(jnp.ones(sizes), 0, 1, self.window_shape, self.strides, "SAME")
+
+  def init(self, key, input_shape):
+    return self._out_shape(input_shape), ()
+
+  def apply(self, params, x, rng=None):
+    self._out_shape(x.shape)
+    total = _window_sum(x, 1, 1, self.window_shape + (1,), self.strides + (1,), self.padding)
+    c = self._divisor(x.shape[1:3])
+    return total / (c if isinstance(c, float) else c[None, :, :, None])
+
+  def needs_full_spatial(self, full_after: bool) -> bool:
+    return True
+
+  def kernel(self, k: Kernel) -> Kernel:
+    k = _resolve(k)
+    if k.spatial != "full":
+      raise ValueError("AvgPool needs image inputs (N, H, W, C) and no Flatten or "
+                       "GlobalAvgPool before it")
+    sizes = k.nngp.shape[2:4]
+    self._out_shape((1, *sizes, 1))  # fits the image
+    c = self._divisor(sizes)
+    pair = c * c if isinstance(c, float) else c[:, :, None, None] * c[None, None]
+    pool = lambda a, lead: _window_sum(a, lead, 2, self.window_shape, self.strides,  # noqa: E731
+                                       self.padding) / pair
+    mean = lambda m: None if m is None else _window_sum(  # noqa: E731
+        m, 1, 1, self.window_shape, self.strides, self.padding) / c
+    return Kernel(pool(k.nngp, 2), None if k.ntk is None else pool(k.ntk, 2), pool(k.cov1, 1),
+                  pool(k.cov2, 1), mean(k.mean1), mean(k.mean2), k.same, k.width, k.x1_is_x2,
+                  mean_known=k.mean_known, spatial="full")
 
 
 # ----------------------------------------------------------------------------------------------

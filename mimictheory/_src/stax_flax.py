@@ -18,6 +18,7 @@ class: theory (`stax`) imports nothing of Flax.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -146,6 +147,7 @@ _BUILDERS = (
     (stax.Conv, lambda l, s, p, r: (_Conv(l, s[-1], p, r), l._out_shape(s))),
     (stax._Flatten, lambda l, s, p, r: (_Function(lambda x: x.reshape(x.shape[0], -1)),
                                         (s[0], math.prod(s[1:])))),
+    (stax.AvgPool, lambda l, s, p, r: (_Function(partial(l.apply, ())), l._out_shape(s))),
     (stax._GlobalAvgPool, lambda l, s, p, r: (_Function(lambda x: x.mean(axis=(1, 2))),
                                               (s[0], s[-1]))),
     (stax.Elementwise, lambda l, s, p, r: (_Function(l.activation), s)),
