@@ -121,16 +121,18 @@ def test_the_flax_stacks_channel_statistics_follow_the_theory(norm):
     assert stats[-1, 0] < 0.5 * stats[-1, 1]
 
 
-def test_one_networks_kernel_approaches_the_theory_as_channels_to_the_minus_half():
-  """A weight-mean conv stack's empirical NNGP (its Flatten output's covariance over units),
-  network by network, against the convolutional theory at 16, 64 and 256 channels: the RMS
-  deviation falls as channels^(-1/2) (fluctuations over channels, a central limit), fitted
-  slope within 0.15 of −1/2; the mean deviation (the bias, O(1/channels)) is below it."""
+@pytest.mark.parametrize("norm", ["weight_mean", "batch_norm"])
+def test_one_networks_kernel_approaches_the_theory_as_channels_to_the_minus_half(norm):
+  """A weight-mean or BN conv stack's empirical NNGP (its Flatten output's covariance over
+  units), network by network, against the convolutional theory (BN exact at the batch of
+  N·HW) at 16, 64 and 256 channels: the RMS deviation falls as channels^(-1/2) (fluctuations
+  over channels, a central limit), fitted slope within 0.15 of −1/2; the mean deviation (the
+  bias, O(1/channels)) is below it."""
   x = jnp.asarray(IMAGES[:, :6, :6])
   theory = None
   rms = []
   for channels in (16, 64, 256):
-    net = stax.serial(*_stack("weight_mean", 3, channels), stax.Flatten())
+    net = stax.serial(*_stack(norm, 3, channels), stax.Flatten())
     if theory is None:
       theory = np.asarray(net.kernel_fn(x).nngp)
     init_fn, apply_fn, _ = net

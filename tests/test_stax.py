@@ -49,6 +49,12 @@ PORTED = {
                  "b_std=0.2), stax.Erf(), stax.Conv(16, (2, 2), padding='SAME', W_std=1.4), "
                  "stax.Relu(), stax.Conv(16, (3, 3), W_std=1.2), stax.Relu(), "
                  "stax.GlobalAvgPool(), stax.Dense(1, W_std=1.1, b_std=0.1))",
+    "conv_residual": textwrap.dedent("""
+        block = stax.serial(stax.FanOut(2), stax.parallel(
+            stax.serial(stax.Relu(), stax.Conv(16, (3, 3), padding='SAME', W_std=1.4,
+                                               b_std=0.1)), stax.Identity()), stax.FanInSum())
+        net = stax.serial(stax.Conv(16, (3, 3), padding='SAME', W_std=1.2), block, block,
+                          stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1, W_std=1.1))"""),
     # windowed average pooling: strided, SAME with and without normalize_edges, CIRCULAR
     "conv_avgpool": "net = stax.serial(stax.Conv(16, (3, 3), padding='SAME', W_std=1.4, "
                     "b_std=0.1), stax.Relu(), stax.AvgPool((2, 2), strides=(2, 2)), "
@@ -134,7 +140,7 @@ def _close(a, b, rtol=1e-12):
 # ~1e-8 on the Gram diagonal, where mimictheory pins ρ = 1 (crosscheck.NT_DIAGONAL_TOL)
 DIAGONAL_TOL = {"relu_mlp": 1e-7, "erf_mlp": 1e-12, "gelu_leaky": 1e-7, "residual": 1e-7,
                 "layer_norm": 1e-7, "conv_flatten": 1e-7, "conv_pool": 1e-7,
-                "conv_avgpool": 1e-7}
+                "conv_avgpool": 1e-7, "conv_residual": 1e-7}
 
 
 def _close_gram(a, b, diagonal_tol):
@@ -230,7 +236,7 @@ def _monte_carlo_nngp(net, x, width_out, networks, seed=0):
 @pytest.mark.parametrize("case", ["weight_mean_relu", "batch_norm_relu", "residual_scaled",
                                   "layer_norm_after_relu", "conv_weight_mean_flatten",
                                   "conv_weight_mean_pool", "conv_batch_norm",
-                                  "conv_last_batch_norm", "conv_numerical"])
+                                  "conv_last_batch_norm", "conv_numerical", "conv_residual"])
 def test_monte_carlo_of_the_finite_network_matches_the_kernel(case):
   """The finite network's output covariance at width 512 (convolutions: 128 channels) over 64
   networks against kernel_fn's NNGP, within 5 standard errors plus the O(1/width)
@@ -247,6 +253,13 @@ def test_monte_carlo_of_the_finite_network_matches_the_kernel(case):
             [stax.GlobalAvgPool(), stax.Dense(width, W_std=1.3, weight_mean=True)])
     net = stax.serial(conv("SAME"), stax.Relu(), conv("CIRCULAR"), stax.Relu(), conv("VALID"),
                       *head)
+    if case == "conv_residual":  # weight-mean residual blocks with the branch scalar 1/√l
+      def block(l):
+        branch = stax.serial(stax.Relu(), conv("SAME"), stax.Scale(l**-0.5))
+        return stax.serial(stax.FanOut(2), stax.parallel(branch, stax.Identity()),
+                           stax.FanInSum())
+      net = stax.serial(conv("SAME"), block(1), block(2), block(3), stax.Relu(),
+                        stax.GlobalAvgPool(), stax.Dense(width, W_std=1.3))
     if case == "conv_numerical":  # tanh and GELU by Mehler's series over (input, position)
       net = stax.serial(conv("SAME"), stax.Tanh(), conv("CIRCULAR"), stax.Gelu(),
                         stax.GlobalAvgPool(), stax.Dense(width, W_std=1.3))
@@ -693,6 +706,13 @@ def test_convolutions_refuse_what_they_do_not_compute_by_name():
                            stax.GlobalAvgPool()).kernel_fn(np.ones((3000, 32, 32, 3))),
        "3000 x 3000 inputs x 1048576 pairs of positions"),
       (lambda: stax.Conv(None, (3, 3)).init_fn(jax.random.key(0), img.shape), "infinite-width"),
+      (lambda: stax.serial(stax.AvgPool((5, 5)), stax.Flatten()).kernel_fn(img),
+       "window_shape .* is larger than the image"),
+      (lambda: stax.AvgPool((2, 0)), "window_shape"),
+      (lambda: stax.AvgPool((2, 2), strides=(1,)), "strides must be a pair"),
+      (lambda: stax.AvgPool((2, 2), padding="FULL"), "padding must be one of"),
+      (lambda: stax.serial(stax.Flatten(), stax.AvgPool((2, 2))).kernel_fn(img),
+       "AvgPool needs image inputs"),
   ]
   for call, needle in cases:
     with pytest.raises(ValueError, match=needle):

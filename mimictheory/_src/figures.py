@@ -183,7 +183,7 @@ def conv_phase(out, progress=False, data_source=None) -> list[Path]:
   Figures 2-3 (conv), the spread ratio of the channels, the correlation between inputs at the
   same position, and the correlation between positions of one input (neighbours and
   positions ≥ 4 apart): the finite network against the convolutional NNGP."""
-  fig, axes = new_figure(11.0, 3.5, cols=3)
+  fig, axes = new_figure(12.0, 3.8, cols=3)
   saved = {}
   colors = {"none": "tab:red", "batch_norm": "tab:blue", "weight_mean": "tab:green"}
   for norm in CONV_NORMS:
@@ -208,11 +208,11 @@ def conv_phase(out, progress=False, data_source=None) -> list[Path]:
       axes[2].plot(layers, data[f"measured_rho_{key}"], "o" if key == "near" else "s", color=c,
                    ms=2.5, mfc="none" if key == "far" else c)
   axes[0].set_yscale("log")
-  axes[0].set_ylim(0.03, 3.0)
+  axes[0].set_ylim(0.003, 3.0)  # room below the data for the legend
   axes[0].set_ylabel("std of channel means / channel std")
   axes[0].legend(fontsize=6.5, ncol=1)
-  axes[1].set_ylabel("correlation between inputs, same position")
-  axes[2].set_ylabel("correlation between positions of one input")
+  axes[1].set_ylabel("correlation of inputs (same position)")
+  axes[2].set_ylabel("correlation of positions (one input)")
   axes[2].plot([], [], color="0.3", ls="-", label="neighbours (distance 1)")
   axes[2].plot([], [], color="0.3", ls="--", label="distance ≥ 4")
   axes[2].legend(fontsize=7)

@@ -1461,7 +1461,10 @@ class AvgPool(Network):
   """The mean of each channel over windows of positions (neural-tangents' `AvgPool`):
   `window_shape` (k_h, k_w), `strides` (default (1, 1), as neural-tangents), `padding` "VALID",
   "SAME" (zeros) or "CIRCULAR"; `normalize_edges` divides by the window's positions inside
-  the image instead of the window's size (only differs at SAME edges).
+  the image instead of the window's size (only differs at SAME edges). With VALID, windows
+  that do not tile the image leave its last rows or columns out, (H − k_h) // s_h + 1 windows
+  down, as XLA and neural-tangents do; with SAME there are ⌈H / s_h⌉, padded evenly (one more
+  after). A window larger than the (padded) image is refused.
 
   Pooling is linear, so its kernel averages the covariance over both windows,
   K'(P, P') = Σ_{d, d'} K(sP + d, sP' + d') / (c(P) c(P')) with c the divisor; the positions
@@ -1969,7 +1972,8 @@ class _FanInSum(Network):
     widths = {k.width for k in ks}
     return Kernel(add("nngp"), add("ntk"), add("cov1"), add("cov2"), mean("mean1"),
                   mean("mean2"), first.same, widths.pop() if len(widths) == 1 else None,
-                  first.x1_is_x2, mean_known=all(k.mean_known for k in ks))
+                  first.x1_is_x2, mean_known=all(k.mean_known for k in ks),
+                  spatial=first.spatial)
 
 
 def FanInSum() -> Network:  # noqa: N802
