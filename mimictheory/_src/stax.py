@@ -15,8 +15,8 @@ cannot drift apart. Unpacked, it is neural-tangents' triple:
 
 A neural-tangents user ports a model by changing the import: `Dense`, `Relu`, `LeakyRelu`,
 `Erf`, `Gelu`, `Identity`, `ElementwiseNumerical`, `LayerNorm`, `serial`, `parallel`,
-`FanOut` and `FanInSum` keep its names, signatures and kernels (checked against
-neural-tangents 0.6.5 in `tests/test_stax.py`). Beyond it, for MimicNorm (Fei et al., AAAI 2021):
+`FanOut`, `FanInSum`, and for images `Conv`, `AvgPool`, `GlobalAvgPool` and `Flatten` keep its
+names, signatures and kernels (checked against neural-tangents 0.6.5 in `tests/test_stax.py`). Beyond it, for MimicNorm (Fei et al., AAAI 2021):
 
 - `Dense(..., weight_mean=True)`: each output unit's weights centred over its fan-in (eq 10).
   The unit sees Σᵢ Wᵢ (xᵢ − x̄), so K' = σw² f (K − m₁ m₂ᵀ) + σb² with m the mean over the
@@ -1192,21 +1192,29 @@ def _pads(size: int, width: int, padding: str) -> tuple[int, int]:
 def _patch_sum(a, lead: int, full: bool, filter_shape, padding: str):
   """Σ over the filter's offsets d of a(p + d) (diagonal: the spatial axes after `lead` batch
   axes) or of a(p + d, p' + d) ("full": both groups of spatial axes shifted together): the
-  patch sums that a convolution's kernel is made of, with the input's padding."""
+  patch sums that a convolution's kernel is made of, with the input's padding. Separable, one
+  spatial axis at a time (k_h + k_w shifted reads instead of k_h k_w)."""
   nd = len(filter_shape)
-  sizes = a.shape[lead:lead + nd]
-  pads = [_pads(n, f, padding) for n, f in zip(sizes, filter_shape)]
   groups = 2 if full else 1
-  widths = [(0, 0)] * lead + pads * groups
-  if any(p != (0, 0) for p in pads):
-    a = jnp.pad(a, widths, mode="wrap" if padding == "CIRCULAR" else "constant")
-  out = [n + lo + hi - f + 1 for n, (lo, hi), f in zip(sizes, pads, filter_shape)]
-  total = None
-  for offset in itertools.product(*(range(f) for f in filter_shape)):
-    window = tuple(slice(o, o + n) for o, n in zip(offset, out)) * groups
-    part = a[(slice(None),) * lead + window]
-    total = part if total is None else total + part
-  return total
+  for axis, f in enumerate(filter_shape):
+    size = a.shape[lead + axis]
+    lo, hi = _pads(size, f, padding)
+    axes = [lead + axis + g * nd for g in range(groups)]  # this axis in each group
+    if lo or hi:
+      widths = [(0, 0)] * a.ndim
+      for ax in axes:
+        widths[ax] = (lo, hi)
+      a = jnp.pad(a, widths, mode="wrap" if padding == "CIRCULAR" else "constant")
+    out = size + lo + hi - f + 1
+    total = None
+    for o in range(f):
+      window = [slice(None)] * a.ndim
+      for ax in axes:
+        window[ax] = slice(o, o + out)
+      part = a[tuple(window)]
+      total = part if total is None else total + part
+    a = total
+  return a
 
 
 @dataclasses.dataclass(frozen=True)
