@@ -22,9 +22,9 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from markdown_section import replace_section
 
 DEPTH, IMAGE = 5, (8, 8, 3)
 
@@ -101,7 +101,8 @@ def large(n: int) -> dict:
 
 def table(rows, big, per_entry) -> str:
   name = {"flatten": "Flatten", "pool": "GlobalAvgPool"}
-  lines = [f"Measured on {time.strftime('%Y-%m-%d')}; one layer of the ReLU recursion costs "
+  from run import machine
+  lines = [f"Measured on {machine()}; one layer of the ReLU recursion costs "
            f"{per_entry * 1e9:.2f} ns per entry here (float64, in cache). The large run is one "
            "fresh process, compilation included.", "",
            "| readout | N | mimictheory (s) | neural-tangents (s) | ours / nt | floor (s) | "
@@ -133,16 +134,7 @@ def main():
   text = table(rows, big, per_entry)
   print(text)
   if args.markdown:
-    path = Path(args.markdown)
-    doc = path.read_text()
-    start, end = "<!-- conv -->", "<!-- /conv -->"
-    if start not in doc or end not in doc:
-      raise SystemExit(f"--markdown {path}: the markers {start} and {end} are missing")
-    head, rest = doc.split(start, 1)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-    tmp.replace(path)
-
+    replace_section(args.markdown, "conv", text)
 
 if __name__ == "__main__":
   main()

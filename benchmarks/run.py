@@ -242,17 +242,8 @@ def main():
   table = "\n".join(lines)
   print(table)
   if args.markdown:
-    from pathlib import Path
-    path = Path(args.markdown)
-    text = path.read_text()
-    start, end = "<!-- bench -->", "<!-- /bench -->"
-    if start not in text or end not in text:
-      raise SystemExit(f"--markdown {path}: the markers {start} and {end} are missing")
-    head, rest = text.split(start, 1)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
-    tmp.replace(path)
-
+    from markdown_section import replace_section
+    replace_section(args.markdown, "bench", table)
 
 if __name__ == "__main__":
   main()
