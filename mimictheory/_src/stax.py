@@ -16,7 +16,8 @@ cannot drift apart. Unpacked, it is neural-tangents' triple:
 A neural-tangents user ports a model by changing the import: `Dense`, `Relu`, `LeakyRelu`,
 `Erf`, `Gelu`, `Identity`, `ElementwiseNumerical`, `LayerNorm`, `serial`, `parallel`,
 `FanOut`, `FanInSum`, and for images `Conv`, `AvgPool`, `GlobalAvgPool` and `Flatten` keep its
-names, signatures and kernels (checked against neural-tangents 0.6.5 in `tests/test_stax.py`). Beyond it, for MimicNorm (Fei et al., AAAI 2021):
+names, signatures and kernels (checked against neural-tangents 0.6.5 in `tests/test_stax.py`).
+Beyond it, for MimicNorm (Fei et al., AAAI 2021):
 
 - `Dense(..., weight_mean=True)`: each output unit's weights centred over its fan-in (eq 10).
   The unit sees Σᵢ Wᵢ (xᵢ − x̄), so K' = σw² f (K − m₁ m₂ᵀ) + σb² with m the mean over the
@@ -44,7 +45,6 @@ import collections
 import contextvars
 import dataclasses
 import functools
-import itertools
 import math
 from functools import partial
 
