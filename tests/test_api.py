@@ -10,16 +10,17 @@ import pytest
 
 import mimictheory as mt
 import mimictheory.nn as mnn
+import mimictheory.predict as mpredict
 import mimictheory.stax as mstax
 import mimictheory.train as mtrain
 
-PUBLIC = [(mod.__name__, name, getattr(mod, name)) for mod in (mt, mnn, mtrain, mstax)
+PUBLIC = [(mod.__name__, name, getattr(mod, name)) for mod in (mt, mnn, mtrain, mstax, mpredict)
           for name in mod.__all__]
 CALLABLES = [(m, n, o) for m, n, o in PUBLIC if inspect.isfunction(o) or inspect.isclass(o)]
 
 
 def test_every_exported_name_exists_and_is_unique():
-  for mod in (mt, mnn, mtrain, mstax):
+  for mod in (mt, mnn, mtrain, mstax, mpredict):
     assert len(mod.__all__) == len(set(mod.__all__)), mod.__name__
     for name in mod.__all__:
       assert hasattr(mod, name), f"{mod.__name__}.{name}"
@@ -72,5 +73,5 @@ def test_readme_table_names_real_functions_and_tests():
     for ref in re.findall(r"`([A-Za-z_.]+)`", cells[1]):
       obj = ref.split(".")[-1]
       assert any(hasattr(m, obj) or hasattr(mt.Activation, obj) or hasattr(mstax.Network, obj)
-                 or hasattr(mstax.Kernel, obj) for m in (mt, mnn, mstax)), ref
+                 or hasattr(mstax.Kernel, obj) for m in (mt, mnn, mstax, mpredict)), ref
   assert cited >= len(rows)
