@@ -36,7 +36,13 @@ def test_kernels_and_empirical_ntk_agree_with_neural_tangents(nt_python, activat
   conv = [c for c in result.comparisons if c.quantity.startswith("conv")]
   convolved = [a for a in activations if a in cc.CONV_ACTIVATIONS]
   assert len(conv) == len(convolved) * len(cc.CONV_READOUTS) * 2  # nngp and ntk per readout
-  assert len(result.comparisons) == len(activations) * len(depths) * 2 * 2 + 2 + len(conv)
+  dynamics = [c for c in result.comparisons if c.quantity.startswith("predict")]
+  assert {c.quantity for c in dynamics} == {
+      "predict train", "predict test", "predict gp_nngp_mean", "predict gp_nngp_cov",
+      "predict gp_ntk_mean", "predict gp_ntk_cov", "predict max_learning_rate"}
+  assert len(result.comparisons) == (len(activations) * len(depths) * 2 * 2 + 2 + len(conv)
+                                     + len(dynamics))
+  assert max(c.max_rel for c in dynamics) < 1e-10
   bad = [c for c in result.comparisons if not c.ok]
   assert not bad, bad
   closed_forms = [c for c in result.comparisons if c.activation not in cc.NT_NUMERICAL]
@@ -86,7 +92,9 @@ def test_cli_writes_markdown_and_json(nt_python, tmp_path, capsys):
   assert rc == 0, capsys.readouterr().err
   assert sorted(p.name for p in out.iterdir()) == ["crosscheck.json", "crosscheck.md"]
   report = json.loads((out / "crosscheck.json").read_text())
-  assert report["ok"] is True and len(report["comparisons"]) == 2 * 3 * 2 + 2 + 2 * 2  # conv
+  conv = len(cc.CONV_READOUTS) * 2  # relu's convolutions: nngp and ntk per readout
+  dynamics = 7  # predict: train, test, GP NNGP and NTK means and covariances, learning rate
+  assert report["ok"] is True and len(report["comparisons"]) == 2 * 3 * 2 + 2 + conv + dynamics
   assert "| empirical ntk | relu |" in (out / "crosscheck.md").read_text()
 
 

@@ -58,7 +58,7 @@ class ReferenceUnavailable(RuntimeError):
 class Comparison:
   """One quantity computed by both libraries: the largest absolute and relative differences."""
 
-  quantity: str  # "nngp", "ntk" or "empirical ntk"
+  quantity: str  # "nngp", "ntk", "empirical ntk", "conv ...", "predict ..."
   activation: str
   depth: int
   sw2: float
@@ -138,6 +138,40 @@ def _diff(ours, ref):
   return float(err.max()), float(err[~diagonal].max()) / scale, float(err[diagonal].max()) / scale
 
 
+def _diff_any(ours, ref):
+  """`_diff` for any shape: (max |a − b|, and max |a − b| / max |b| twice, with no diagonal)."""
+  ours, ref = np.asarray(ours, dtype=float), np.asarray(ref, dtype=float)
+  if ours.shape != ref.shape or not np.isfinite(ours).all() or not np.isfinite(ref).all():
+    return np.inf, np.inf, np.inf
+  err = float(np.max(np.abs(ours - ref)))
+  rel = err / max(float(np.max(np.abs(ref))), np.finfo(float).tiny)
+  return err, rel, rel
+
+
+def _predict_all(d):
+  """mimictheory.predict on the split kernels of `d` (the request's predict_* arrays): the
+  quantities neural-tangents' reference computes, and the seconds they took."""
+  import collections
+  import time
+
+  from mimictheory._src import predict
+  n = d["n_train"]
+  pair = collections.namedtuple("K", ["nngp", "ntk"])
+  block = lambda rows, cols: pair(d["nngp"][rows, cols], d["ntk"][rows, cols])  # noqa: E731
+  train, test = slice(0, n), slice(n, None)
+  start = time.perf_counter()
+  fn = predict.gradient_descent_mse(d["ntk"][train, train], d["y"],
+                                    learning_rate=d["learning_rate"], diag_reg=d["diag_reg"])
+  out = {}
+  out["train"], out["test"] = fn(d["times"], d["f0"], d["ft0"], d["ntk"][test, train])
+  gp = predict.gp_inference(block(train, train), d["y"])(None, block(test, train),
+                                                         block(test, test))
+  for g in ("nngp", "ntk"):
+    out[f"gp_{g}_mean"], out[f"gp_{g}_cov"] = getattr(gp, g)
+  out["max_learning_rate"] = np.array(predict.max_learning_rate(d["ntk"][train, train]))
+  return out, time.perf_counter() - start
+
+
 def check_activations(activations) -> tuple[str, ...]:
   """The activations both libraries know (neural-tangents' names differ for the others)."""
   from mimictheory._src.activations import ACTIVATIONS
@@ -169,7 +203,8 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
                nt_python=None, repeat: int = 0, empirical: bool = True,
                timeout: float = 1200.0, progress: bool = False,
                convolutions: bool = True, n_images: int = 16,
-               image_shape: tuple = CONV_IMAGE, readouts=CONV_READOUTS) -> CrossCheck:
+               image_shape: tuple = CONV_IMAGE, readouts=CONV_READOUTS,
+               dynamics: bool = True) -> CrossCheck:
   """Compute the kernels with mimictheory and neural-tangents and compare them.
 
   Args:
@@ -185,6 +220,11 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
       of `depths` 3 × 3 SAME convolutions with the first of `inits`, behind each of
       `readouts`: "flatten" (a Flatten), "pool" (a GlobalAvgPool), "avgpool" (a 2 × 2
       AvgPool of stride 2 and a Flatten).
+    dynamics: also compare `mimictheory.predict` with neural-tangents' `predict` on the first
+      case's kernels (the first 3/4 of the inputs as the training set, the rest as the test
+      set, targets sin of the first feature): outputs under gradient descent at several
+      times, GP inference with the NNGP and the NTK (means and covariances) and the
+      learning-rate limit.
 
   Raises `ReferenceUnavailable` if the reference environment is missing or fails.
   """
@@ -205,6 +245,17 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
                 for a in activations if a in CONV_ACTIVATIONS
                 for r in (checks.check_choice("readout", r, CONV_READOUTS) for r in readouts)
                 ] if convolutions else []
+  dyn = None
+  if dynamics and cases:
+    k0 = kernels(x, depth=cases[0]["depth"], activation=cases[0]["activation"],
+                 sw2=cases[0]["sw2"], sb2=cases[0]["sb2"])
+    n_train = max(2, 3 * len(x) // 4)
+    rng = np.random.default_rng(seed + 2)
+    dyn = dict(nngp=np.asarray(k0.nngp), ntk=np.asarray(k0.ntk), n_train=n_train,
+               y=np.sin(x[:n_train, :1]), f0=rng.normal(size=(n_train, 1)),
+               ft0=rng.normal(size=(len(x) - n_train, 1)), times=np.array([0.5, 5.0, 500.0]),
+               learning_rate=0.9, diag_reg=1e-4)
+    request.update({f"predict_{k}": v for k, v in dyn.items()})
   n_images = checks.check_int("n_images", n_images, minimum=2)
   images = np.random.default_rng(seed + 1).normal(size=(n_images, *image_shape))
   if conv_cases:
@@ -242,6 +293,14 @@ def crosscheck(activations=DEFAULT_ACTIVATIONS, depths=DEFAULT_DEPTHS, inits=DEF
                              *_diff(getattr(ours, quantity), reference[f"conv_{quantity}{i}"]),
                              ANALYTIC_TOL, diag_tol, seconds,
                              float(reference[f"time_conv{i}"])))
+  if dyn is not None:
+    case = cases[0]
+    ours, seconds = _predict_all(dyn)
+    for name, value in ours.items():
+      rows.append(Comparison(f"predict {name}", case["activation"], case["depth"], case["sw2"],
+                             case["sb2"], None, *_diff_any(value, reference[f"predict_{name}"]),
+                             ANALYTIC_TOL, ANALYTIC_TOL, seconds,
+                             float(reference["time_predict"])))
   for i, (net, (theta, seconds)) in enumerate(zip(nets, ours_entk)):
     nt_seconds = [float(reference[k]) for k in reference if k.startswith(f"time_entk{i}_impl")]
     rows.append(
@@ -290,6 +349,10 @@ def _markdown(result: CrossCheck) -> str:
     "whose error sets the looser tolerance; GELU compares mimictheory's quadrature with "
     "neural-tangents' closed form; ReLU, leaky ReLU and erf are closed forms on both "
     "sides.",
+    "predict: `mimictheory.predict` and neural-tangents' `predict` on the same kernels (the "
+    "first case's; 3/4 of the inputs train, the rest test): gradient descent on the MSE at "
+    "t = 0.5, 5, 500 (learning rate 0.9, diag_reg 1e-4), GP inference with the NNGP and the "
+    "NTK (means, covariances), and the learning-rate limit.",
     "conv: random images (16 of 6×6×3 by default), 3×3 SAME "
     "convolutions (`stax.Conv`), then `Flatten` (same-position covariances) or "
     "`GlobalAvgPool` (every pair of positions) or a 2 × 2 `AvgPool` of stride 2 and a "

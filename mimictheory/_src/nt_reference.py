@@ -18,7 +18,9 @@ when timing), the timings as `time_*` entries (seconds, median over repeats, com
 Optionally `images` (N, H, W, C) and `conv_cases` (a JSON list of {activation, depth, sw2, sb2,
 filter, padding, readout}: `depth` convolutions, then a "flatten", "pool" or "avgpool" readout
 and a Dense), giving
-`conv_nngp{i}`, `conv_ntk{i}` and `time_conv{i}`.
+`conv_nngp{i}`, `conv_ntk{i}` and `time_conv{i}`. Optionally `predict_*` (kernels, targets,
+times; see `reference_predict`), giving neural-tangents' `predict` outputs as `predict_*` and
+`time_predict`.
 """
 import json
 import sys
@@ -131,7 +133,36 @@ def main(request_path, result_path):
       k, seconds = timed(lambda: kernel_fn(images, None, get=("nngp", "ntk")), repeat)
       result[f"conv_nngp{i}"], result[f"conv_ntk{i}"] = np.asarray(k.nngp), np.asarray(k.ntk)
       result[f"time_conv{i}"] = np.array(seconds)
+  if "predict_ntk" in request:
+    result.update(reference_predict(nt, {k[len("predict_"):]: np.asarray(request[k])
+                                          for k in request.files if k.startswith("predict_")}))
   np.savez(result_path, **result)
+
+
+def reference_predict(nt, d):
+  """neural-tangents' `predict` on the split kernels of `d`: gradient descent on the MSE at
+  times, GP inference with the NNGP and the NTK, the learning-rate limit (and their time)."""
+  import collections
+  n = int(d["n_train"])
+  pair = collections.namedtuple("K", ["nngp", "ntk"])
+  block = lambda rows, cols: pair(d["nngp"][rows, cols], d["ntk"][rows, cols])  # noqa: E731
+  train, test = slice(0, n), slice(n, None)
+  start = time.perf_counter()
+  fn = nt.predict.gradient_descent_mse(d["ntk"][train, train], d["y"],
+                                       learning_rate=float(d["learning_rate"]),
+                                       diag_reg=float(d["diag_reg"]))
+  out = {}
+  out["predict_train"], out["predict_test"] = fn(d["times"], d["f0"], d["ft0"],
+                                                 d["ntk"][test, train])
+  gp = nt.predict.gp_inference(block(train, train), d["y"])(None, block(test, train),
+                                                            block(test, test))
+  for g in ("nngp", "ntk"):
+    out[f"predict_gp_{g}_mean"], out[f"predict_gp_{g}_cov"] = getattr(gp, g)
+  out["predict_max_learning_rate"] = nt.predict.max_learning_rate(d["ntk"][train, train])
+  seconds = time.perf_counter() - start
+  out = {k: np.asarray(v) for k, v in out.items()}
+  out["time_predict"] = np.array(seconds)
+  return out
 
 
 if __name__ == "__main__":
