@@ -102,6 +102,17 @@ def _pseudo_inverse(evals):
   return np.where(evals > cut, 1.0 / np.where(evals > cut, evals, 1.0), 0.0)
 
 
+def _back(evecs, factors, coords, shape):
+  """V diag(factors[t]) coords for every time t as one matrix product (N, T·outputs), then
+  (T, N, outputs) reshaped to `shape` (None: left as the product)."""
+  n, outputs = coords.shape
+  scaled = (factors.T[:, :, None] * coords[:, None, :]).reshape(n, -1)  # (N, T·outputs)
+  out = evecs @ scaled
+  if shape is None:
+    return out
+  return np.moveaxis(out.reshape(n, factors.shape[0], outputs), 1, 0).reshape(shape)
+
+
 def _check_learning_rate(learning_rate):
   return float(checks.check_positive("learning_rate", learning_rate))
 
@@ -184,13 +195,13 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0,
         test = ft0 - (kt @ (evecs @ (pinv[:, None] * coords))).reshape(ft0.shape)
     else:
       ts = _times(t)
-      decay, g = _gain(evals, ts, eta, n_y, discrete)
-      train = None if f0 is None else y + np.einsum("ij,...j,jk->...ik", evecs, decay,
-                                                    coords).reshape(ts.shape + y.shape)
+      decay, g = _gain(evals, ts.reshape(-1), eta, n_y, discrete)  # (T, N)
+      train = None if f0 is None else y + _back(evecs, decay, coords, ts.shape + y.shape)
       test = None
-      if kt is not None:
-        change = np.einsum("ij,...j,jk->...ik", evecs, g, coords)  # Θ⁻¹(I − decay)(f_0 − Y)
-        test = ft0 - np.einsum("ti,...ik->...tk", kt, change).reshape(ts.shape + ft0.shape)
+      if kt is not None:  # Θ*ₓ Θ⁻¹(I − decay)(f_0 − Y), every time in one product
+        change = _back(evecs, g, coords, None)  # (N, T·outputs)
+        test = ft0 - np.moveaxis((kt @ change).reshape(kt.shape[0], ts.size, -1), 1, 0
+                                 ).reshape(ts.shape + ft0.shape)
     if test is None:
       return train
     return test if train is None else (train, test)
@@ -374,16 +385,25 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
       else:
         shape = ts.shape
         gain = _gain(evals, ts.reshape(-1), eta, n_y, discrete)[1]
-      d = np.einsum("ij,tj,kj->tik", evecs, gain, evecs)  # D per time
-      a = np.einsum("ai,tij->taj", test[g], d)  # Θ*ₓ D
-      mean = np.einsum("taj,jk->tak", a, y.reshape(n, -1))
-      mean = mean.reshape(shape + (a.shape[1],) + y.shape[1:])
+      # Θ*ₓ D = P diag(g_t) Vᵀ with P = Θ*ₓ V: every time from one product with P
+      p = test[g] @ evecs  # (M, N)
+      m = p.shape[0]
+      coords = evecs.T @ y.reshape(n, -1)  # (N, outputs)
+      scaled = (gain.T[:, :, None] * coords[:, None, :]).reshape(n, -1)  # (N, T·outputs)
+      mean = np.moveaxis((p @ scaled).reshape(m, gain.shape[0], -1), 1, 0)
+      mean = mean.reshape(shape + (m,) + y.shape[1:])
       if not compute_cov:
         return mean
-      k_tx = test["nngp"]
-      cov = (k_tt[None] + np.einsum("tai,ij,tbj->tab", a, kernels["nngp"], a)
-             - np.einsum("tai,bi->tab", a, k_tx) - np.einsum("ai,tbi->tab", k_tx, a))
-      return Gaussian(mean, cov.reshape(shape + cov.shape[1:]))
+      # K** + A K Aᵀ − (A Kₓ* + K*ₓ Aᵀ), A = P diag(g) Vᵀ: with B = Vᵀ K V and Q = Vᵀ Kₓ*
+      # computed once, one time at a time (each an (M, N) × (N, M) product)
+      b = evecs.T @ kernels["nngp"] @ evecs
+      q = evecs.T @ test["nngp"].T
+      cov = np.empty((gain.shape[0], m, m))
+      for i, gi in enumerate(gain):
+        pg = p * gi
+        cross = pg @ q
+        cov[i] = k_tt + pg @ b @ pg.T - cross - cross.T
+      return Gaussian(mean, cov.reshape(shape + (m, m)))
 
     return _per_get(get, one)
 
