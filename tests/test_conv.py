@@ -121,7 +121,8 @@ def test_the_flax_stacks_channel_statistics_follow_the_theory(norm):
     assert stats[-1, 0] < 0.5 * stats[-1, 1]
 
 
-@pytest.mark.parametrize("norm", ["weight_mean", "batch_norm"])
+@pytest.mark.parametrize("norm", ["weight_mean",
+                                  pytest.param("batch_norm", marks=pytest.mark.slow)])
 def test_one_networks_kernel_approaches_the_theory_as_channels_to_the_minus_half(norm):
   """A weight-mean or BN conv stack's empirical NNGP (its Flatten output's covariance over
   units), network by network, against the convolutional theory (BN exact at the batch of

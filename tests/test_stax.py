@@ -529,7 +529,26 @@ def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_pat
       with jax.enable_x64(True):
         whole = S._compiled(net, jax.numpy.asarray(x), None, S._identical(x, None))
       err = lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max())
-      # images behind a global pooling (every pair of positions): tiles of 3 x 3 inputs
+      print(json.dumps({"devices": jax.device_count(), "sharded": err(out.ntk, ref.ntk),
+                        "cross": err(cross.ntk, ref.ntk[:70, 70:]),
+                        "whole": err(whole.ntk, ref.ntk),
+                        "symmetric": bool((ref.ntk == ref.ntk.T).all())}))
+  """)
+  result = run_on_host_devices(script, tmp_path)
+  assert result["devices"] == 4 and result["symmetric"]
+  assert result["sharded"] < 1e-13 and result["cross"] < 1e-13 and result["whole"] < 1e-12
+
+
+@pytest.mark.slow
+def test_image_tiles_sharded_over_four_host_devices_match_one_device(tmp_path):
+  """Image kernels behind a global pooling (every pair of positions), in tiles of 3 x 3
+  inputs, sharded over 4 forced CPU devices: the same Gram matrix as one device and as the
+  whole-matrix program, symmetric and cross."""
+  script = textwrap.dedent("""
+      import json, numpy as np, jax, mimictheory as mt
+      from mimictheory import stax
+      from mimictheory._src import stax as S
+      err = lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max())
       conv = stax.serial(stax.Conv(8, (3, 3), padding="SAME", W_std=1.4, b_std=0.1,
                                    weight_mean=True), stax.Relu(),
                          stax.Conv(8, (3, 3), padding="CIRCULAR", W_std=1.4), stax.Erf(),
@@ -540,10 +559,7 @@ def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_pat
       img_cross = conv.kernel_fn(img[:4], img[4:], mesh=mt.row_mesh(), block_size=2)
       with jax.enable_x64(True):
         img_whole = S._compiled(conv, jax.numpy.asarray(img), None, S._identical(img, None))
-      print(json.dumps({"devices": jax.device_count(), "sharded": err(out.ntk, ref.ntk),
-                        "cross": err(cross.ntk, ref.ntk[:70, 70:]),
-                        "whole": err(whole.ntk, ref.ntk),
-                        "symmetric": bool((ref.ntk == ref.ntk.T).all()),
+      print(json.dumps({"devices": jax.device_count(),
                         "images": [err(img_out.ntk, img_ref.ntk),
                                    err(img_cross.ntk, img_ref.ntk[:4, 4:]),
                                    err(img_whole.ntk, img_ref.ntk),
@@ -551,9 +567,28 @@ def test_a_description_sharded_over_four_host_devices_matches_one_device(tmp_pat
                         "images_symmetric": bool((img_ref.ntk == img_ref.ntk.T).all())}))
   """)
   result = run_on_host_devices(script, tmp_path)
-  assert result["devices"] == 4 and result["symmetric"] and result["images_symmetric"]
-  assert result["sharded"] < 1e-13 and result["cross"] < 1e-13 and result["whole"] < 1e-12
+  assert result["devices"] == 4 and result["images_symmetric"]
   assert max(result["images"]) < 1e-12, result["images"]
+
+
+def test_image_kernels_in_tiles_equal_the_whole_matrix():
+  """Small tiles (2 × 2 inputs, and row × column tiles of a cross kernel) behind a Flatten and
+  behind a global pooling give the whole-matrix program's Gram matrix, exactly symmetric."""
+  from mimictheory._src import stax as S
+  img = np.random.default_rng(15).normal(size=(5, 4, 4, 2))
+  body = [stax.Conv(8, (3, 3), padding="SAME", W_std=1.4, b_std=0.1, weight_mean=True),
+          stax.Relu(), stax.Conv(8, (2, 2), padding="CIRCULAR", W_std=1.3), stax.Erf()]
+  for head in (stax.Flatten(), stax.GlobalAvgPool()):
+    net = stax.serial(*body, head, stax.Dense(1, W_std=1.2))
+    tiled = net.kernel_fn(img, block_size=2)
+    cross = net.kernel_fn(img[:3], img[2:], block_size=2)
+    with jax.enable_x64(True):
+      whole = S._compiled(net, jnp.asarray(img), None, S._identical(img, None))
+      whole_cross = S._compiled(net, jnp.asarray(img[:3]), jnp.asarray(img[2:]), None)
+    _close(tiled.ntk, whole.ntk, 1e-13)
+    _close(tiled.nngp, whole.nngp, 1e-13)
+    _close(cross.ntk, whole_cross.ntk, 1e-13)  # (a cross kernel pins no identical pair)
+    assert np.array_equal(tiled.ntk, tiled.ntk.T)
 
 
 def _numpy_mlp(x, depth, activation, sw2, sb2, norm, width):
@@ -719,7 +754,8 @@ def test_convolutions_refuse_what_they_do_not_compute_by_name():
       call()
 
 
-@pytest.mark.parametrize("readout", ["flatten", pytest.param("pool", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the Monte Carlo case conv_numerical runs by default
+@pytest.mark.parametrize("readout", ["flatten", "pool"])
 def test_numerical_activations_on_images_match_2d_quadrature(readout):
   """tanh and GELU on image kernels (Mehler's series on the Gram matrix of every (input,
   position), or per position behind a Flatten) against the same description traced, where
