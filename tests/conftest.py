@@ -62,6 +62,19 @@ def relu_dual_prime_np(rho):
   return (np.pi - np.arccos(np.asarray(rho, dtype=float))) / (2 * np.pi)
 
 
+@pytest.fixture(scope="session")
+def nt_python():
+  """The neural-tangents reference environment's Python: skipped where it is missing, a
+  failure where CI requires it (MIMICTHEORY_REQUIRE_NT=1)."""
+  from mimictheory._src import crosscheck as cc
+  try:
+    return cc.reference_python()
+  except cc.ReferenceUnavailable as err:
+    if os.environ.get("MIMICTHEORY_REQUIRE_NT") == "1":
+      pytest.fail(str(err))
+    pytest.skip(str(err))
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(20210202)

@@ -4,7 +4,6 @@
 broken reference fails these tests instead of skipping them.
 """
 import json
-import os
 
 import numpy as np
 import pytest
@@ -12,16 +11,6 @@ import pytest
 import mimictheory as mt
 from mimictheory._src import crosscheck as cc
 from mimictheory.cli import main
-
-
-@pytest.fixture(scope="module")
-def nt_python():
-  try:
-    return cc.reference_python()
-  except cc.ReferenceUnavailable as err:
-    if os.environ.get("MIMICTHEORY_REQUIRE_NT") == "1":
-      pytest.fail(str(err))
-    pytest.skip(str(err))
 
 
 @pytest.mark.parametrize("activations, depths", [

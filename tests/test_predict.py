@@ -13,7 +13,6 @@ import scipy.linalg
 
 import mimictheory as mt
 from mimictheory import predict, stax
-from mimictheory._src import crosscheck as cc
 
 SOURCE = ("net = stax.serial(stax.Dense(256, W_std=1.5, b_std=0.1), stax.Relu(), "
           "stax.Dense(256, W_std=1.5, b_std=0.1), stax.Erf(), stax.Dense(1, W_std=1.5))")
@@ -138,16 +137,10 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_neural_tangents_predict_gives_the_same_dynamics(data, tmp_path):
+def test_neural_tangents_predict_gives_the_same_dynamics(data, tmp_path, nt_python):
   """neural-tangents 0.6.5's `predict` on the same kernels (and its own kernel_fn of the same
   source for the ensemble): means, covariances, regularised predictions and the learning-rate
   limit agree to 1e-10 relative."""
-  try:
-    python = cc.reference_python()
-  except cc.ReferenceUnavailable as err:
-    if os.environ.get("MIMICTHEORY_REQUIRE_NT") == "1":
-      pytest.fail(str(err))
-    pytest.skip(str(err))
   k, kt, ktt, y = data["k"], data["kt"], data["ktt"], data["y"][:, :1]
   rng = np.random.default_rng(5)
   f0, ft0, t = rng.normal(size=y.shape), rng.normal(size=(4, 1)), np.array([0.3, 2.0, 50.0])
@@ -158,7 +151,7 @@ def test_neural_tangents_predict_gives_the_same_dynamics(data, tmp_path):
   env = {a: b for a, b in os.environ.items() if not a.startswith(("XLA_", "JAX_"))}
   env["JAX_PLATFORMS"] = "cpu"
   src = os.path.join(os.path.dirname(mt.__file__), "_src")
-  subprocess.run([str(python), "-c", DRIVER, src, str(tmp_path / "request.npz"),
+  subprocess.run([str(nt_python), "-c", DRIVER, src, str(tmp_path / "request.npz"),
                   str(tmp_path / "result.npz")], check=True, env=env, timeout=600,
                  capture_output=True)
   nt = dict(np.load(tmp_path / "result.npz"))

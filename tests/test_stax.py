@@ -18,7 +18,6 @@ import pytest
 import mimictheory as mt
 from mimictheory import stax
 from conftest import run_on_host_devices
-from mimictheory._src import crosscheck as cc
 
 # Source text valid for neural-tangents and for mimictheory: `net` from `stax`.
 PORTED = {
@@ -96,14 +95,9 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, nt_python):
   """neural-tangents' kernels, outputs and parameters for every source in PORTED."""
-  try:
-    python = cc.reference_python()
-  except cc.ReferenceUnavailable as err:
-    if os.environ.get("MIMICTHEORY_REQUIRE_NT") == "1":
-      pytest.fail(str(err))
-    pytest.skip(str(err))
+  python = nt_python
   tmp = tmp_path_factory.mktemp("nt")
   rng = np.random.default_rng(0)
   x1, x2 = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
