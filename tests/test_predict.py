@@ -199,6 +199,8 @@ def test_bad_input_is_refused_by_name(data):
   fn = predict.gradient_descent_mse(k, y)
   cases = [
       (lambda: fn(-1.0, np.zeros_like(y)), "t must be"),
+      (lambda: predict.gradient_descent_mse(k, y, discrete=True)(2.5, np.zeros_like(y)),
+       "whole numbers of steps"),
       (lambda: predict.gradient_descent_mse(k, y, learning_rate=0.0), "learning_rate"),
       (lambda: predict.gradient_descent_mse(k, y, learning_rate=-1.0), "learning_rate"),
       (lambda: predict.gradient_descent_mse(k - 2 * np.eye(12) * np.abs(k).max(), y),

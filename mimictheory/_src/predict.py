@@ -124,6 +124,15 @@ def _times(t):
   return t
 
 
+def _steps(t, discrete: bool):
+  """Times checked (>= 0); for gradient descent (`discrete`) whole numbers of steps."""
+  t = _times(t)
+  if discrete and not np.all(t == np.round(t)):
+    raise ValueError(f"t must be whole numbers of steps with discrete=True, got "
+                     f"{t.ravel()[:4]}")
+  return t
+
+
 def _gain(evals, t, eta: float, n_y: int, discrete: bool):
   """(decay, g) of the eigenvalues at times t (leading axes of t): decay the factor of f_0 − Y
   on the training set, e^{−ηtλ/n_y} or (1 − ηλ/n_y)^t, and g = (1 − decay)/λ (its limit at
@@ -194,7 +203,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0,
         pinv = _pseudo_inverse(evals)
         test = ft0 - (kt @ (evecs @ (pinv[:, None] * coords))).reshape(ft0.shape)
     else:
-      ts = _times(t)
+      ts = _steps(t, discrete)
       decay, g = _gain(evals, ts.reshape(-1), eta, n_y, discrete)  # (T, N)
       train = None if f0 is None else y + _back(evecs, decay, coords, ts.shape + y.shape)
       test = None
@@ -363,7 +372,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
     return spaces[g]
 
   def predict_fn(t=None, x_test=None, get=None, compute_cov: bool = False):
-    ts = None if t is None else _times(t)
+    ts = None if t is None else _steps(t, discrete)
     if x_test is None:
       test = {"nngp": kernels["nngp"], "ntk": kernels["ntk"]}
       k_tt = kernels["nngp"]
