@@ -249,6 +249,74 @@ def _memory(args) -> int:
   return 0
 
 
+def _dynamics(args) -> int:
+  from mimictheory._src.checks import check_int, check_positive
+  from mimictheory._src.dynamics import learning_rate_limit, training_curves
+  from mimictheory._src.figure_data import dynamics_network, dynamics_task
+  from mimictheory._src.io import ensure_dir, progress_bar, write_table
+  from mimictheory._src.maps import NORMS
+  from mimictheory._src.norms import check_norm
+  norms = [check_norm(n, NORMS, "norm") for n in args.norm]
+  if not norms:
+    raise ValueError(f"--norm must name at least one of {', '.join(NORMS)}")
+  if "batch_norm_paper" in norms:
+    raise ValueError("--norm batch_norm_paper is Theorem 2's limit, which has no finite network "
+                     "to train; use batch_norm (exact at the batch)")
+  check_int("depth", args.depth)
+  check_int("width", args.width, minimum=2)
+  check_int("train", args.train, minimum=2)
+  check_int("test", args.test, minimum=1)
+  if args.lr is not None:
+    check_positive("lr", args.lr)
+  x, y, xt, yt = dynamics_task(args.train, args.test, args.seed)
+  rows, payload = [], {"depth": args.depth, "width": args.width, "activation": args.activation,
+                       "sb2": args.sb2, "train": args.train, "test": args.test, "runs": []}
+  out = ensure_dir(args.out)
+  for norm in progress_bar(norms, not args.quiet, "norms"):
+    sw2 = args.sw2 if args.sw2 is not None or norm != "weight_mean" else None
+    net = dynamics_network(args.depth, args.activation, 2.0 if sw2 is None and norm != "weight_mean"
+                           else sw2, args.sb2, norm, args.width)
+    test = (xt, yt) if norm != "batch_norm" else (None, None)
+    c = training_curves(net, x, y, *test, steps=args.steps, learning_rate=args.lr,
+                        lr_fraction=None if args.lr is not None else args.lr_fraction,
+                        seeds=args.seeds, seed=args.seed, progress=not args.quiet)
+    train, train_se = c.train
+    run = {"norm": norm, "condition_number": c.condition_number,
+           "max_learning_rate": c.max_learning_rate, "learning_rate": c.learning_rate,
+           "steps": c.steps.tolist(), "predicted_train": c.predicted_train.tolist(),
+           "train_loss": c.train_loss.tolist()}
+    test_cell = "(BN: training batch only)"
+    if c.test_loss is not None:
+      mean, se = c.test
+      run.update(predicted_test=c.predicted_test.tolist(), test_loss=c.test_loss.tolist())
+      test_cell = f"{c.predicted_test[-1]:.4g} / {mean[-1]:.4g} ± {se[-1]:.2g}"
+    limit_cell = "(--limits)"
+    if args.limits:
+      r = learning_rate_limit(net, x, y, seeds=min(args.seeds, 2), seed=args.seed,
+                              progress=not args.quiet)
+      run.update(measured_limit=[r.low * r.predicted, r.high * r.predicted],
+                 monotone_limit=[r.monotone_low * r.predicted, r.monotone_high * r.predicted])
+      limit_cell = (f"{r.low:.3g}–{r.high:.3g} (loss never rises: {r.monotone_low:.3g}–"
+                    f"{r.monotone_high:.3g})")
+    payload["runs"].append(run)
+    rows.append(f"| {norm} | {c.condition_number:.4g} | {c.max_learning_rate:.4g} | "
+                f"{c.learning_rate:.4g} | {c.predicted_train[-1]:.4g} / {train[-1]:.4g} ± "
+                f"{train_se[-1]:.2g} | {test_cell} | {limit_cell} |")
+  last = int(np.asarray(payload["runs"][0]["steps"])[-1])
+  markdown = "\n".join([
+      f"Training dynamics: {args.activation} MLP of depth {args.depth}, width {args.width}, "
+      f"{args.seeds} seeds, {args.train} training and {args.test} test digits, MSE, full-batch "
+      f"gradient descent for {last} steps (float32 networks against the float64 prediction).",
+      "",
+      "| norm | NTK κ | predicted limit η | η used | train loss: predicted / measured | "
+      "test loss: predicted / measured | measured limit / predicted |",
+      "|---|---:|---:|---:|---:|---:|---:|", *rows])
+  paths = write_table(out, "dynamics", markdown, payload)
+  print(markdown)
+  print("wrote " + " and ".join(str(p) for p in paths))
+  return 0
+
+
 def _floats(spec: str):
   try:
     return tuple(float(v) for v in spec.split(",") if v.strip())
@@ -292,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
   """The parser; its defaults and lists are the library's (TrainConfig, DATASETS, MODELS,
   EXPERIMENTS, ...), never repeated here."""
   from mimictheory._src.ablation import LEARNING_RATES
+  from mimictheory._src.activations import ACTIVATIONS
   from mimictheory._src.data import DATASETS
   from mimictheory._src.models import MODELS
   from mimictheory._src.norms import ABLATION_METHODS, MODEL_NORMS, RESIDUAL_BASELINES
@@ -407,6 +476,29 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default="runs/reproduce")
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(run=_reproduce)
+  p = sub.add_parser("dynamics", help="training curves of finite networks against the kernels' "
+                     "prediction, and learning-rate limits (dynamics.md, dynamics.json)")
+  p.add_argument("--depth", type=int, default=10)
+  p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS))
+  p.add_argument("--norm", type=_names, default=("none", "weight_mean", "batch_norm"),
+                 help="comma list of none, weight_mean, batch_norm")
+  p.add_argument("--sw2", type=_float_or_none, default=None,
+                 help="default: 2, or Theorem 3's stable value with weight_mean")
+  p.add_argument("--sb2", type=float, default=0.0)
+  p.add_argument("--width", type=int, default=512)
+  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--lr", type=float, default=None, help="learning rate (default: a fraction of "
+                 "the predicted limit)")
+  p.add_argument("--lr-fraction", type=float, default=0.25, help="of the predicted limit")
+  p.add_argument("--train", type=int, default=128, help="training digits")
+  p.add_argument("--test", type=int, default=128, help="test digits")
+  p.add_argument("--limits", action="store_true",
+                 help="also measure the learning-rate limit by bisection")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default="runs/dynamics")
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(run=_dynamics)
   return parser
 
 

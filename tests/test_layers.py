@@ -17,7 +17,7 @@ LAYERS = {
     "activations": 1, "tables": 1, "maps": 2, "batch_norm": 2, "gram": 2, "phase": 3,
     "signals": 3, "stax": 3, "kernels": 4, "residual": 4, "predict": 4,
     # 5: finite networks and Monte Carlo against the theory
-    "finite": 5, "experiments": 5,
+    "finite": 5, "experiments": 5, "dynamics": 5,
     # 6: training (Flax models, data, the loop, its memory)
     "nn": 6, "models": 6, "stax_flax": 6, "data": 6, "run_folder": 6, "train": 6, "memory": 6,
     # 7: experiments, figures, cross-checks

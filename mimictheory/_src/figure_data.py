@@ -8,6 +8,8 @@ import dataclasses
 
 import numpy as np
 
+from mimictheory._src.io import progress_bar
+
 __all__ = ["SEED", "WIDTH", "figure_inputs", "sample_rows", "unit_spread_ratio", "unit_boxes",
            "pair_correlations", "residual_theory", "ntk_condition_points", "last_bn_variance",
            "CONV_NORMS", "conv_stack", "conv_signals"]
@@ -283,3 +285,102 @@ def _conv_theory(norm, depth, sub, batch, full_batch_limit=False) -> dict:
     for key in ("rho_inputs", "rho_near", "rho_far"):
       theory[key].append(stats[key])
   return {k: np.asarray(v) for k, v in theory.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training dynamics (issue 24): Theorem 1 on training, learning-rate limits, the last BN.
+# ----------------------------------------------------------------------------------------------
+DYNAMICS_WIDTH = 512
+DYNAMICS_CLASSES = 10
+
+
+def dynamics_task(n_train: int = 128, n_test: int = 128, seed: int = SEED):
+  """`n_train` and `n_test` digits (a seeded draw from the standardised 80/20 split) with
+  centred one-hot targets (one-hot − 1/10): x (N, 64), Y (N, 10), for both."""
+  from mimictheory._src.data import digits_split
+  (x, labels), (x_test, labels_test) = digits_split()
+  rng = np.random.default_rng(seed)
+  a, b = rng.permutation(len(x))[:n_train], rng.permutation(len(x_test))[:n_test]
+  onehot = np.eye(DYNAMICS_CLASSES) - 1.0 / DYNAMICS_CLASSES
+  return (x[a].astype(np.float64), onehot[labels[a]],
+          x_test[b].astype(np.float64), onehot[labels_test[b]])
+
+
+def dynamics_network(depth: int, activation: str = "relu", sw2=2.0, sb2: float = 0.0,
+                     norm: str = "none", width: int = DYNAMICS_WIDTH):
+  """The MLP of the dynamics figures as a `stax` description, 10 outputs; sw2 None: the
+  stable σw² of Theorem 3 for weight mean (its infinite-width value)."""
+  from mimictheory._src import stax
+  from mimictheory._src.maps import stable_sw2
+  if sw2 is None:
+    sw2 = float(stable_sw2(activation, norm="weight_mean"))
+  return stax.mlp(depth, activation, sw2, sb2, norm, width=width, out_dim=DYNAMICS_CLASSES)
+
+
+def dynamics_points():
+  """(label, activation, sw2, sb2, norm) of Theorem 1's phases on training: the NTK-condition
+  figure's erf and ReLU points, BN exact at the batch (Theorem 2's limit has no network)."""
+  return [p for p in ntk_condition_points() if p[4] != "batch_norm_paper"]
+
+
+def dynamics_curves(depth: int = 10, steps: int = 300, seeds: int = 3, lr_fraction: float = 0.25,
+                    width: int = DYNAMICS_WIDTH, progress: bool = False) -> dict:
+  """Predicted and measured loss curves of every `dynamics_points` network at `depth`,
+  trained at `lr_fraction` of its predicted limit (`dynamics.training_curves`)."""
+  from mimictheory._src.dynamics import training_curves
+  x, y, xt, yt = dynamics_task()
+  out = {"depth": depth, "width": width, "lr_fraction": lr_fraction, "seed": SEED}
+  for i, (label, act, sw2, sb2, norm) in enumerate(progress_bar(dynamics_points(), progress,
+                                                                "training curves")):
+    net = dynamics_network(depth, act, sw2, sb2, norm, width)
+    test = (xt, yt) if norm != "batch_norm" else (None, None)
+    c = training_curves(net, x, y, *test, steps=steps, lr_fraction=lr_fraction, seeds=seeds,
+                        seed=SEED % 2**31 + i)
+    out.update({f"label{i}": label, f"steps{i}": c.steps, f"predicted_train{i}": c.predicted_train,
+                f"train_loss{i}": c.train_loss, f"kappa{i}": c.condition_number,
+                f"learning_rate{i}": c.learning_rate, f"max_learning_rate{i}": c.max_learning_rate})
+    if c.test_loss is not None:
+      out.update({f"predicted_test{i}": c.predicted_test, f"test_loss{i}": c.test_loss})
+  return out
+
+
+DYNAMICS_NORMS = (("none", 2.0), ("weight_mean", None), ("batch_norm", 2.0))
+
+
+def learning_rate_depths(depths=(2, 5, 10, 20), max_depth: int = 50, width: int = DYNAMICS_WIDTH,
+                         steps: int = 40, seeds: int = 2, iterations: int = 5,
+                         progress: bool = False) -> dict:
+  """The predicted largest learning rate 2 n_y / λ_max against depth 1..`max_depth` (ReLU;
+  plain at (2, 0), weight mean at Theorem 3's σw², BN exact at the batch), and the measured
+  brackets of `dynamics.learning_rate_limit` at `depths`."""
+  from mimictheory._src.dynamics import learning_rate_limit
+  x, y, _, _ = dynamics_task()
+  out = {"depths": np.arange(1, max_depth + 1), "measured_depths": np.asarray(depths),
+         "width": width, "steps": steps, "seed": SEED}
+  jobs = [(norm, sw2, d) for norm, sw2 in DYNAMICS_NORMS for d in depths]
+  bar = progress_bar(jobs, progress, "learning-rate limits")
+  for norm, sw2 in DYNAMICS_NORMS:
+    spec = dynamics_network(max_depth, "relu", sw2, 0.0, norm, width).ntk_spectrum(x)
+    lmax = np.asarray(spec.eigenvalues)[:, -1]
+    out[f"{norm}_predicted"] = 2 * y.size / lmax[1:]  # after Dense 1..max_depth: depth 1..
+  brackets = {}
+  for norm, sw2, d in bar:
+    r = learning_rate_limit(dynamics_network(d, "relu", sw2, 0.0, norm, width), x, y,
+                            steps=steps, seeds=seeds, iterations=iterations, seed=SEED % 2**31)
+    brackets.setdefault(norm, []).append([r.predicted, r.low, r.high, r.monotone_low,
+                                          r.monotone_high])
+  out.update({f"{norm}_measured": np.asarray(v) for norm, v in brackets.items()})
+  return out
+
+
+def last_bn_dynamics(depth: int = 10, multiples=(0.5, 2.0, 8.0), steps: int = 300,
+                     seeds: int = 3, width: int = DYNAMICS_WIDTH) -> dict:
+  """MimicNorm's last BN on the logits of a weight-mean ReLU MLP (`dynamics.last_bn_rate`)."""
+  from mimictheory._src.dynamics import last_bn_rate
+  x, y, _, _ = dynamics_task()
+  r = last_bn_rate(dynamics_network(depth, "relu", None, 0.0, "weight_mean", width), x, y,
+                   multiples=multiples, steps=steps, seeds=seeds, seed=SEED % 2**31)
+  return {"depth": depth, "steps": r.steps, "learning_rates": r.learning_rates,
+          "variance": r.variance, "train_loss": r.train_loss, "body_loss": r.body_loss,
+          "limit": r.limit, "exact_limit": r.exact_limit, "nu_0": r.nu_0,
+          "body_limit": r.body_limit, "multiples": np.asarray(multiples)}

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from mimictheory._src.figure_data import (
-    CONV_NORMS, SEED, WIDTH, conv_signals, figure_inputs, last_bn_variance,
-    ntk_condition_points, pair_correlations, residual_theory, sample_rows, unit_boxes)
+    CONV_NORMS, DYNAMICS_NORMS, SEED, WIDTH, conv_signals, dynamics_curves, figure_inputs,
+    last_bn_dynamics, last_bn_variance, learning_rate_depths, ntk_condition_points,
+    pair_correlations, residual_theory, sample_rows, unit_boxes)
 from mimictheory._src.io import progress_bar
 from mimictheory._src.plotting import (
     batch_chi1_curve, new_figure, plain_log_ticks, plot_correlation_maps, plot_phase_diagrams,
@@ -458,6 +459,96 @@ def supplementary3(out, progress=False, data_source=None) -> list[Path]:
   return write_figure(fig, out, "supp3", **saved)
 
 
+_DYNAMICS_COLORS = ("tab:purple", "tab:red", "tab:green", "tab:blue", "tab:orange", "k")
+_NORM_STYLE = {"none": ("tab:blue", "plain (2, 0)"), "weight_mean": ("tab:orange", "weight mean"),
+               "batch_norm": ("k", "BN (exact at the batch)")}
+
+
+def _mean_se(a):
+  a = np.where(np.isfinite(a), a, np.nan)
+  return np.nanmean(a, 0), np.nanstd(a, 0, ddof=1) / np.sqrt(a.shape[0])
+
+
+@styled
+def dynamics(out, progress=False, data_source=None) -> list[Path]:
+  """Theorem 1 on training (issue 24): finite networks trained by gradient descent against the
+  kernels' prediction in the ordered, critical and chaotic phases and with weight mean and BN;
+  the final loss against the NTK condition number; the largest learning rate against depth;
+  the last BN's effective rate η/ν over training."""
+  curves = dynamics_curves(progress=progress)
+  rates = learning_rate_depths(progress=progress)
+  last = last_bn_dynamics()
+  fig, axes = new_figure(11.0, 8.6, rows=2, cols=2)
+  (a, b), (c, d) = axes
+  n = sum(1 for k in curves if k.startswith("label"))
+  for i in range(n):
+    color = _DYNAMICS_COLORS[i % len(_DYNAMICS_COLORS)]
+    steps = curves[f"steps{i}"][1:]
+    mean, se = _mean_se(curves[f"train_loss{i}"][:, 1:])
+    label = f"{curves[f'label{i}']}, κ = {curves[f'kappa{i}']:.3g}"
+    a.loglog(steps, curves[f"predicted_train{i}"][1:], color=color, lw=1.5, label=label)
+    a.errorbar(steps, mean, yerr=se, color=color, ls="none", marker="o", ms=3, lw=0.8)
+    final, final_se = mean[-1], se[-1]
+    b.errorbar(curves[f"kappa{i}"], final, yerr=final_se, color=color, marker="o", ms=6)
+    b.plot(curves[f"kappa{i}"], curves[f"predicted_train{i}"][-1], color=color, marker="_",
+           ms=16, mew=2)
+  a.set_xlabel("gradient-descent step")
+  a.set_ylabel("training loss")
+  a.set_title(f"(a) depth {curves['depth']}, width {curves['width']}, η = "
+              f"{curves['lr_fraction']:g} × predicted limit\nlines: infinite-width prediction; "
+              "dots: networks (mean ± s.e.)", fontsize=9)
+  a.legend(fontsize=6.5, loc="lower left", frameon=False)
+  b.set_xscale("log")
+  b.set_yscale("log")
+  b.set_xlabel(r"NTK condition number $\kappa$ on the training inputs")
+  b.set_ylabel(f"training loss after {int(curves['steps0'][-1])} steps")
+  b.set_title("(b) Theorem 1: the better conditioned, the faster\n"
+              "bar: prediction; dot: networks", fontsize=9)
+  for norm, _ in DYNAMICS_NORMS:
+    color, label = _NORM_STYLE[norm]
+    c.semilogy(rates["depths"], rates[f"{norm}_predicted"], color=color, lw=1.5,
+               label=f"{label}: predicted 2n/λmax")
+    m = rates[f"{norm}_measured"]
+    depths = rates["measured_depths"]
+    trains = m[:, 0] * np.sqrt(m[:, 1] * m[:, 2])
+    c.errorbar(depths, trains, yerr=[trains - m[:, 0] * m[:, 1], m[:, 0] * m[:, 2] - trains],
+               color=color, ls="none", marker="v", ms=6, capsize=3)
+    mono = m[:, 0] * np.sqrt(m[:, 3] * m[:, 4])
+    c.plot(depths * 1.06, mono, color=color, ls="none", marker="o", mfc="none", ms=6)
+  c.plot([], [], "v", color="0.4", label="networks: still train (bisection bracket)")
+  c.plot([], [], "o", color="0.4", mfc="none", label="networks: loss never rises")
+  c.set_xscale("log")
+  c.set_xlabel("depth L")
+  c.set_ylabel("largest learning rate η")
+  c.set_title(f"(c) learning-rate limit, ReLU, width {rates['width']}, {rates['steps']} steps",
+              fontsize=9)
+  c.legend(fontsize=6.5, frameon=False, loc="lower left")
+  for r, eta in enumerate(last["learning_rates"]):
+    color = ("tab:green", "tab:orange", "tab:red", "tab:purple")[r % 4]
+    eff, se = _mean_se(last["learning_rates"][r] / last["variance"][r][:, 1:])
+    steps = last["steps"][1:]
+    body = last["body_loss"][r][:, -1]
+    verdict = "diverges" if not np.all(np.isfinite(body) & (body < 1e3)) else "trains"
+    d.loglog(steps, eff / last["limit"], color=color, lw=1.5,
+             label=f"η = {last['multiples'][r]:g} × limit (without the last BN: {verdict})")
+    d.fill_between(steps, (eff - se) / last["limit"], (eff + se) / last["limit"], color=color,
+                   alpha=0.2, lw=0)
+  d.axhline(1.0, color="0.4", lw=0.8, ls="--")
+  d.text(1, 1.05, "predicted limit of η/ν at initialisation", fontsize=7, color="0.3",
+         va="bottom")
+  d.set_xlabel("gradient-descent step")
+  d.set_ylabel(r"effective rate $(\eta/\nu)$ / limit")
+  d.set_title(f"(d) MimicNorm's last BN, weight mean depth {last['depth']}: ν (the logits' "
+              "batch variance)\ngrows and brings η/ν back towards the limit", fontsize=9)
+  d.legend(fontsize=6.5, frameon=False)
+  fig.suptitle(f"Training dynamics: {curves['label0'].split()[0]} and ReLU MLPs on 128 digits "
+               "(MSE, full-batch gradient descent)", fontsize=10)
+  data = {**{f"curves_{k}": v for k, v in curves.items()},
+          **{f"rates_{k}": v for k, v in rates.items()},
+          **{f"last_bn_{k}": v for k, v in last.items()}}
+  return write_figure(fig, out, "dynamics", **data)
+
+
 FIGURES = {
     "fig2": figure2,
     "fig3": figure3,
@@ -470,6 +561,7 @@ FIGURES = {
     "supp2": supplementary2,
     "supp3": supplementary3,
     "ntk_condition": ntk_condition,
+    "dynamics": dynamics,
     **{f"phase_{a}": (lambda a: lambda out, progress=False, data_source=None:
                       phase_figure(out, a, progress=progress))(a) for a in PHASE_ACTIVATIONS},
 }
