@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NT_VENV  := .nt-env
 NT_STAMP := $(NT_VENV)/.installed
 
-.PHONY: figures test test-slow test-all lint docs bench bench-conv bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
+.PHONY: figures test test-slow test-all lint docs bench bench-conv bench-predict bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
 
 ## The main environment, installed from the exact versions in constraints.txt (pyproject.toml
 ## keeps the ranges; `make lock` refreshes the pins).
@@ -86,6 +86,12 @@ lab: $(STAMP)
 bench: $(STAMP) $(NT_STAMP)
 	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/run.py --markdown benchmarks/README.md
 	$(MAKE) bench-conv
+	$(MAKE) bench-predict
+
+## Training dynamics: mimictheory.predict against neural-tangents' predict at N = 4000 / 1000,
+## 100 times (benchmarks/README.md's predict table).
+bench-predict: $(STAMP) $(NT_STAMP)
+	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/predict.py --markdown benchmarks/README.md
 
 ## Convolutional kernels against neural-tangents, N = 1000 in tiles with its peak memory
 ## (benchmarks/README.md's conv table).

@@ -13,6 +13,9 @@ All theory runs in float64 (thread-locally; the global JAX setting is left alone
 from mimictheory._src.activations import (
     ACTIVATIONS, Activation, Erf, GaussLegendre, Identity, LeakyReLU, Numerical, ReLU, find_kinks,
     get_activation, relu_dual, relu_dual_derivative)
+from mimictheory._src.dynamics import (
+    LastBatchNormRate, LearningRateLimit, TrainingCurves, last_bn_rate, learning_rate_limit,
+    training_curves)
 from mimictheory._src.experiments import (
     BatchNormGap, ResidualVariances, batch_norm_gap, residual_variances)
 from mimictheory._src.finite import (
@@ -119,6 +122,12 @@ __all__ = [
   "batch_norm_gap",
   "ResidualVariances",
   "residual_variances",
+  "TrainingCurves",
+  "training_curves",
+  "LearningRateLimit",
+  "learning_rate_limit",
+  "LastBatchNormRate",
+  "last_bn_rate",
   "official_residual_scalar",
   "plot_phase_diagram",
   "plot_phase_diagrams",

@@ -268,14 +268,18 @@ def _dynamics(args) -> int:
   check_int("test", args.test, minimum=1)
   if args.lr is not None:
     check_positive("lr", args.lr)
+  check_positive("lr_fraction", args.lr_fraction)
+  if args.sw2 is not None:
+    check_positive("sw2", args.sw2)
+  if not args.sb2 >= 0:
+    raise ValueError(f"sb2 must be >= 0, got {args.sb2}")
   x, y, xt, yt = dynamics_task(args.train, args.test, args.seed)
   rows, payload = [], {"depth": args.depth, "width": args.width, "activation": args.activation,
                        "sb2": args.sb2, "train": args.train, "test": args.test, "runs": []}
   out = ensure_dir(args.out)
   for norm in progress_bar(norms, not args.quiet, "norms"):
-    sw2 = args.sw2 if args.sw2 is not None or norm != "weight_mean" else None
-    net = dynamics_network(args.depth, args.activation, 2.0 if sw2 is None and norm != "weight_mean"
-                           else sw2, args.sb2, norm, args.width)
+    sw2 = args.sw2 if args.sw2 is not None else (None if norm == "weight_mean" else 2.0)
+    net = dynamics_network(args.depth, args.activation, sw2, args.sb2, norm, args.width)
     test = (xt, yt) if norm != "batch_norm" else (None, None)
     c = training_curves(net, x, y, *test, steps=args.steps, learning_rate=args.lr,
                         lr_fraction=None if args.lr is not None else args.lr_fraction,

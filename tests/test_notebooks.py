@@ -36,6 +36,10 @@ assert np.all(gap.ntk_z < 2.0) and np.all(gap.paper_ntk_z > gap.ntk_z)  # exact 
 assert rms < 0.1, rms
 assert final["mimic"] > 0.5, final  # chance is 0.1
 """,
+    "06": """
+assert curves.predicted_train[-1] < 0.5 * curves.predicted_train[0]
+assert np.all(np.isfinite(curves.train_loss)) and limit.monotone_low < limit.high
+""",
     "05": """
 import numpy as np
 assert np.isclose(state["chi1"], 1.0), state  # ReLU at (2, 0) without normalisation: critical

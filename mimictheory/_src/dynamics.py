@@ -192,7 +192,7 @@ def training_curves(network, x_train, y_train, x_test=None, y_test=None, steps=3
 
   >>> import numpy as np
   >>> from mimictheory import stax
-  >>> from mimictheory._src.dynamics import training_curves
+  >>> from mimictheory import training_curves
   >>> x = np.random.default_rng(0).normal(size=(16, 4)); y = np.sin(x[:, :1])
   >>> c = training_curves(stax.mlp(2, "relu", width=256), x, y, steps=20, seeds=2)
   >>> c.train_loss.shape, bool(c.predicted_train[-1] < c.predicted_train[0])
@@ -301,7 +301,7 @@ def learning_rate_limit(network, x_train, y_train, steps: int = 40, seeds: int =
 
   >>> import numpy as np
   >>> from mimictheory import stax
-  >>> from mimictheory._src.dynamics import learning_rate_limit
+  >>> from mimictheory import learning_rate_limit
   >>> x = np.random.default_rng(0).normal(size=(8, 4)); y = np.sin(x[:, :1])
   >>> r = learning_rate_limit(stax.mlp(1, "relu", width=64), x, y, steps=10, iterations=1)
   >>> bool(r.monotone_low < r.monotone_high <= r.high and r.low < r.high)
@@ -391,7 +391,7 @@ def last_bn_rate(network, x_train, y_train, multiples=(0.5, 2.0, 8.0), steps=300
 
   >>> import numpy as np
   >>> from mimictheory import stax
-  >>> from mimictheory._src.dynamics import last_bn_rate
+  >>> from mimictheory import last_bn_rate
   >>> x = np.random.default_rng(0).normal(size=(16, 4)); y = np.sin(x[:, :1])
   >>> r = last_bn_rate(stax.mlp(2, "relu", width=64), x, y, multiples=(0.5,), steps=4, seeds=2)
   >>> r.variance.shape, bool(abs(r.variance[0, :, 0].mean() / r.nu_0 - 1) < 0.9)

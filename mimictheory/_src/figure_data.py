@@ -317,20 +317,21 @@ def dynamics_network(depth: int, activation: str = "relu", sw2=2.0, sb2: float =
   return stax.mlp(depth, activation, sw2, sb2, norm, width=width, out_dim=DYNAMICS_CLASSES)
 
 
-def dynamics_points():
+def dynamics_points(n_inputs: int = 128):
   """(label, activation, sw2, sb2, norm) of Theorem 1's phases on training: the NTK-condition
   figure's erf and ReLU points, BN exact at the batch (Theorem 2's limit has no network)."""
-  return [p for p in ntk_condition_points() if p[4] != "batch_norm_paper"]
+  return [p for p in ntk_condition_points(n_inputs) if p[4] != "batch_norm_paper"]
 
 
-def dynamics_curves(depth: int = 10, steps: int = 300, seeds: int = 3, lr_fraction: float = 0.25,
+def dynamics_curves(depth: int = 10, steps: int = 200, seeds: int = 3, lr_fraction: float = 0.25,
                     width: int = DYNAMICS_WIDTH, progress: bool = False) -> dict:
   """Predicted and measured loss curves of every `dynamics_points` network at `depth`,
   trained at `lr_fraction` of its predicted limit (`dynamics.training_curves`)."""
   from mimictheory._src.dynamics import training_curves
   x, y, xt, yt = dynamics_task()
   out = {"depth": depth, "width": width, "lr_fraction": lr_fraction, "seed": SEED}
-  for i, (label, act, sw2, sb2, norm) in enumerate(progress_bar(dynamics_points(), progress,
+  points = dynamics_points(len(x))
+  for i, (label, act, sw2, sb2, norm) in enumerate(progress_bar(points, progress,
                                                                 "training curves")):
     net = dynamics_network(depth, act, sw2, sb2, norm, width)
     test = (xt, yt) if norm != "batch_norm" else (None, None)
@@ -347,13 +348,15 @@ def dynamics_curves(depth: int = 10, steps: int = 300, seeds: int = 3, lr_fracti
 DYNAMICS_NORMS = (("none", 2.0), ("weight_mean", None), ("batch_norm", 2.0))
 
 
-def learning_rate_depths(depths=(2, 5, 10, 20), max_depth: int = 50, width: int = DYNAMICS_WIDTH,
-                         steps: int = 40, seeds: int = 2, iterations: int = 5,
+def learning_rate_depths(depths=(2, 5, 10, 20), max_depth: int = 50, width: int = 256,
+                         steps: int = 40, seeds: int = 2, iterations: int = 4,
                          progress: bool = False) -> dict:
   """The predicted largest learning rate 2 n_y / λ_max against depth 1..`max_depth` (ReLU;
   plain at (2, 0), weight mean at Theorem 3's σw², BN exact at the batch), and the measured
-  brackets of `dynamics.learning_rate_limit` at `depths`."""
+  brackets of `dynamics.learning_rate_limit` at `depths`, beside the limit of training the
+  readout alone (2 n_y / λ_max of the logits' NNGP)."""
   from mimictheory._src.dynamics import learning_rate_limit
+  from mimictheory._src.predict import max_learning_rate
   x, y, _, _ = dynamics_task()
   out = {"depths": np.arange(1, max_depth + 1), "measured_depths": np.asarray(depths),
          "width": width, "steps": steps, "seed": SEED}
@@ -363,18 +366,23 @@ def learning_rate_depths(depths=(2, 5, 10, 20), max_depth: int = 50, width: int 
     spec = dynamics_network(max_depth, "relu", sw2, 0.0, norm, width).ntk_spectrum(x)
     lmax = np.asarray(spec.eigenvalues)[:, -1]
     out[f"{norm}_predicted"] = 2 * y.size / lmax[1:]  # after Dense 1..max_depth: depth 1..
-  brackets = {}
+  brackets, readout = {}, {}
   for norm, sw2, d in bar:
-    r = learning_rate_limit(dynamics_network(d, "relu", sw2, 0.0, norm, width), x, y,
-                            steps=steps, seeds=seeds, iterations=iterations, seed=SEED % 2**31)
+    net = dynamics_network(d, "relu", sw2, 0.0, norm, width)
+    r = learning_rate_limit(net, x, y, steps=steps, seeds=seeds, iterations=iterations,
+                            seed=SEED % 2**31)
     brackets.setdefault(norm, []).append([r.predicted, r.low, r.high, r.monotone_low,
                                           r.monotone_high])
+    # the limit of training the readout alone: 2 n_y / λ_max of the logits' NNGP
+    readout.setdefault(norm, []).append(max_learning_rate(net.kernel_fn(x, None, "nngp"),
+                                                          y.size))
   out.update({f"{norm}_measured": np.asarray(v) for norm, v in brackets.items()})
+  out.update({f"{norm}_readout": np.asarray(v) for norm, v in readout.items()})
   return out
 
 
-def last_bn_dynamics(depth: int = 10, multiples=(0.5, 2.0, 8.0), steps: int = 300,
-                     seeds: int = 3, width: int = DYNAMICS_WIDTH) -> dict:
+def last_bn_dynamics(depth: int = 10, multiples=(0.5, 2.0, 8.0, 32.0), steps: int = 200,
+                     seeds: int = 2, width: int = DYNAMICS_WIDTH) -> dict:
   """MimicNorm's last BN on the logits of a weight-mean ReLU MLP (`dynamics.last_bn_rate`)."""
   from mimictheory._src.dynamics import last_bn_rate
   x, y, _, _ = dynamics_task()

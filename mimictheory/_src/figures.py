@@ -469,45 +469,69 @@ def _mean_se(a):
   return np.nanmean(a, 0), np.nanstd(a, 0, ddof=1) / np.sqrt(a.shape[0])
 
 
+def _steps_to(steps, loss, fraction: float = 0.01) -> float:
+  """The first step at which `loss` is at most `fraction` of its initial value, interpolated in
+  log between the recorded steps; NaN if it never gets there."""
+  target = fraction * loss[0]
+  below = np.flatnonzero(loss <= target)
+  if not below.size:
+    return np.nan
+  j = below[0]
+  if j == 0:
+    return 0.0
+  a, b = np.log(loss[j - 1]), np.log(loss[j])
+  w = (a - np.log(target)) / (a - b)
+  return float(np.exp((1 - w) * np.log(max(steps[j - 1], 1)) + w * np.log(steps[j])))
+
+
 @styled
 def dynamics(out, progress=False, data_source=None) -> list[Path]:
   """Theorem 1 on training (issue 24): finite networks trained by gradient descent against the
   kernels' prediction in the ordered, critical and chaotic phases and with weight mean and BN;
-  the final loss against the NTK condition number; the largest learning rate against depth;
-  the last BN's effective rate η/ν over training."""
+  the steps to 1% of the initial loss against the NTK condition number; the largest learning
+  rate against depth; the last BN's effective rate η/ν over training."""
   curves = dynamics_curves(progress=progress)
   rates = learning_rate_depths(progress=progress)
   last = last_bn_dynamics()
-  fig, axes = new_figure(11.0, 8.6, rows=2, cols=2)
+  fig, axes = new_figure(11.0, 8.8, rows=2, cols=2)
   (a, b), (c, d) = axes
   n = sum(1 for k in curves if k.startswith("label"))
+  last_step = int(curves["steps0"][-1])
   for i in range(n):
     color = _DYNAMICS_COLORS[i % len(_DYNAMICS_COLORS)]
-    steps = curves[f"steps{i}"][1:]
-    mean, se = _mean_se(curves[f"train_loss{i}"][:, 1:])
+    steps = curves[f"steps{i}"]
+    mean, se = _mean_se(curves[f"train_loss{i}"])
+    predicted = curves[f"predicted_train{i}"]
     label = f"{curves[f'label{i}']}, κ = {curves[f'kappa{i}']:.3g}"
-    a.loglog(steps, curves[f"predicted_train{i}"][1:], color=color, lw=1.5, label=label)
-    a.errorbar(steps, mean, yerr=se, color=color, ls="none", marker="o", ms=3, lw=0.8)
-    final, final_se = mean[-1], se[-1]
-    b.errorbar(curves[f"kappa{i}"], final, yerr=final_se, color=color, marker="o", ms=6)
-    b.plot(curves[f"kappa{i}"], curves[f"predicted_train{i}"][-1], color=color, marker="_",
-           ms=16, mew=2)
+    a.loglog(steps[1:], predicted[1:], color=color, lw=1.5, label=label)
+    a.errorbar(steps[1:], mean[1:], yerr=se[1:], color=color, ls="none", marker="o", ms=3,
+               lw=0.8)
+    kappa = curves[f"kappa{i}"]
+    for loss, marker, fill in ((predicted, "_", color), (mean, "o", color)):
+      reached = _steps_to(steps, loss)
+      y = reached if np.isfinite(reached) else last_step * 1.4
+      b.plot(kappa, y, color=color, marker=marker if np.isfinite(reached) else "^", ms=14 if
+             marker == "_" else 7, mew=2, mfc=fill if marker == "o" else "none", ls="none")
+  a.set_ylim(1e-12, None)
   a.set_xlabel("gradient-descent step")
   a.set_ylabel("training loss")
   a.set_title(f"(a) depth {curves['depth']}, width {curves['width']}, η = "
               f"{curves['lr_fraction']:g} × predicted limit\nlines: infinite-width prediction; "
-              "dots: networks (mean ± s.e.)", fontsize=9)
+              "dots: networks (mean ± s.e. of 3)", fontsize=9)
   a.legend(fontsize=6.5, loc="lower left", frameon=False)
   b.set_xscale("log")
   b.set_yscale("log")
+  b.axhline(last_step, color="0.6", lw=0.8, ls=":")
+  b.text(1.5, last_step * 1.6, f"not reached in {last_step} steps", fontsize=7, color="0.4")
+  b.set_ylim(0.7, last_step * 3)
   b.set_xlabel(r"NTK condition number $\kappa$ on the training inputs")
-  b.set_ylabel(f"training loss after {int(curves['steps0'][-1])} steps")
+  b.set_ylabel("steps to 1% of the initial training loss")
   b.set_title("(b) Theorem 1: the better conditioned, the faster\n"
               "bar: prediction; dot: networks", fontsize=9)
   for norm, _ in DYNAMICS_NORMS:
     color, label = _NORM_STYLE[norm]
     c.semilogy(rates["depths"], rates[f"{norm}_predicted"], color=color, lw=1.5,
-               label=f"{label}: predicted 2n/λmax")
+               label=f"{label}: predicted 2 n_y / λmax(Θ)")
     m = rates[f"{norm}_measured"]
     depths = rates["measured_depths"]
     trains = m[:, 0] * np.sqrt(m[:, 1] * m[:, 2])
@@ -515,18 +539,20 @@ def dynamics(out, progress=False, data_source=None) -> list[Path]:
                color=color, ls="none", marker="v", ms=6, capsize=3)
     mono = m[:, 0] * np.sqrt(m[:, 3] * m[:, 4])
     c.plot(depths * 1.06, mono, color=color, ls="none", marker="o", mfc="none", ms=6)
-  c.plot([], [], "v", color="0.4", label="networks: still train (bisection bracket)")
+    c.plot(depths * 0.94, rates[f"{norm}_readout"], color=color, ls="none", marker="x", ms=6)
+  c.plot([], [], "v", color="0.4", label="networks: loss ends below its start")
   c.plot([], [], "o", color="0.4", mfc="none", label="networks: loss never rises")
+  c.plot([], [], "x", color="0.4", label="readout alone: 2 n_y / λmax(K)")
   c.set_xscale("log")
   c.set_xlabel("depth L")
   c.set_ylabel("largest learning rate η")
   c.set_title(f"(c) learning-rate limit, ReLU, width {rates['width']}, {rates['steps']} steps",
               fontsize=9)
   c.legend(fontsize=6.5, frameon=False, loc="lower left")
+  steps = last["steps"] + 1
   for r, eta in enumerate(last["learning_rates"]):
     color = ("tab:green", "tab:orange", "tab:red", "tab:purple")[r % 4]
-    eff, se = _mean_se(last["learning_rates"][r] / last["variance"][r][:, 1:])
-    steps = last["steps"][1:]
+    eff, se = _mean_se(eta / last["variance"][r])
     body = last["body_loss"][r][:, -1]
     verdict = "diverges" if not np.all(np.isfinite(body) & (body < 1e3)) else "trains"
     d.loglog(steps, eff / last["limit"], color=color, lw=1.5,
@@ -534,20 +560,20 @@ def dynamics(out, progress=False, data_source=None) -> list[Path]:
     d.fill_between(steps, (eff - se) / last["limit"], (eff + se) / last["limit"], color=color,
                    alpha=0.2, lw=0)
   d.axhline(1.0, color="0.4", lw=0.8, ls="--")
-  d.text(1, 1.05, "predicted limit of η/ν at initialisation", fontsize=7, color="0.3",
+  d.text(1, 1.08, "predicted limit of η/ν at initialisation", fontsize=7, color="0.3",
          va="bottom")
-  d.set_xlabel("gradient-descent step")
+  d.set_xlabel("gradient-descent step + 1")
   d.set_ylabel(r"effective rate $(\eta/\nu)$ / limit")
   d.set_title(f"(d) MimicNorm's last BN, weight mean depth {last['depth']}: ν (the logits' "
-              "batch variance)\ngrows and brings η/ν back towards the limit", fontsize=9)
+              "batch variance)\njumps in the first step and brings η/ν below the limit",
+              fontsize=9)
   d.legend(fontsize=6.5, frameon=False)
-  fig.suptitle(f"Training dynamics: {curves['label0'].split()[0]} and ReLU MLPs on 128 digits "
-               "(MSE, full-batch gradient descent)", fontsize=10)
+  fig.suptitle("Training dynamics: erf and ReLU MLPs on 128 digits (MSE, full-batch gradient "
+               "descent)", fontsize=10)
   data = {**{f"curves_{k}": v for k, v in curves.items()},
           **{f"rates_{k}": v for k, v in rates.items()},
           **{f"last_bn_{k}": v for k, v in last.items()}}
   return write_figure(fig, out, "dynamics", **data)
-
 
 FIGURES = {
     "fig2": figure2,
