@@ -117,10 +117,10 @@ def test_bad_input_is_refused_by_name(call, needle):
 def test_the_command_writes_curves_and_the_table(tmp_path, capsys):
   out = tmp_path / "dyn"
   assert main(["dynamics", "--depth", "2", "--width", "32", "--seeds", "2", "--steps", "8",
-               "--train", "16", "--test", "8", "--norm", "none,weight_mean", "--out", str(out),
+               "--train", "16", "--test", "8", "--norm", "weight_mean", "--out", str(out),
                "--quiet"]) == 0
   payload = json.loads((out / "dynamics.json").read_text())
-  assert [r["norm"] for r in payload["runs"]] == ["none", "weight_mean"]
+  assert [r["norm"] for r in payload["runs"]] == ["weight_mean"]
   run = payload["runs"][0]
   assert len(run["predicted_train"]) == len(run["steps"]) == len(run["train_loss"][0])
   assert run["learning_rate"] == pytest.approx(0.25 * run["max_learning_rate"])

@@ -560,8 +560,8 @@ def dynamics(out, progress=False, data_source=None) -> list[Path]:
     d.fill_between(steps, (eff - se) / last["limit"], (eff + se) / last["limit"], color=color,
                    alpha=0.2, lw=0)
   d.axhline(1.0, color="0.4", lw=0.8, ls="--")
-  d.text(1, 1.08, "predicted limit of η/ν at initialisation", fontsize=7, color="0.3",
-         va="bottom")
+  d.text(steps[-1], 1.08, "predicted limit of η/ν at initialisation", fontsize=7, color="0.3",
+         va="bottom", ha="right")
   d.set_xlabel("gradient-descent step + 1")
   d.set_ylabel(r"effective rate $(\eta/\nu)$ / limit")
   d.set_title(f"(d) MimicNorm's last BN, weight mean depth {last['depth']}: ν (the logits' "
