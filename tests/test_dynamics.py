@@ -74,6 +74,7 @@ def test_the_learning_rate_limit_of_a_linear_model_is_the_predicted_one():
   assert not r.catapult
 
 
+@pytest.mark.slow  # the exact BN kernel on the logits: ~10 s, kept out of the default tier
 def test_the_last_bn_divides_the_rate_by_the_logits_variance():
   """MimicNorm's last BN: the exact output NTK at the batch has λ_max ≈ λ_max(H Θ H) / ν₀
   (Theorem 2, within O(1/N)); ν measured at initialisation agrees with ν₀ = mean diag(H K H)
