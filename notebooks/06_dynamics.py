@@ -65,16 +65,17 @@ if curves.test is not None:
     ax.loglog(curves.steps[1:], curves.predicted_test[1:], "C1", label="test, predicted")
     ax.errorbar(curves.steps[1:], mean[1:], se[1:], fmt="o", color="C1", ms=3,
                 label="test, networks")
+ax.set_ylim(1e-12, None)  # below, the prediction is float64 rounding; the networks are float32
 ax.set_xlabel("gradient-descent step")
 ax.set_ylabel("loss")
 ax.set_title(f"{NORM}, depth {DEPTH}, width {WIDTH}: κ = {curves.condition_number:.3g}, "
              f"η = {curves.learning_rate:.3g}", fontsize=9)
 ax.legend(fontsize=8)
 plt.show()
-gap = abs(curves.train[0][-1] - curves.predicted_train[-1]) / curves.predicted_train[0]
-print(f"after {curves.steps[-1]} steps: predicted {curves.predicted_train[-1]:.4g}, "
-      f"measured {curves.train[0][-1]:.4g} ± {curves.train[1][-1]:.2g} "
-      f"(gap {gap:.1%} of the initial loss)")
+mean, se = curves.train
+for i in (len(curves.steps) // 2, -1):
+    print(f"training loss after {curves.steps[i]} steps: predicted "
+          f"{curves.predicted_train[i]:.3g}, networks {mean[i]:.3g} ± {se[i]:.2g}")
 
 # %% [markdown]
 # ## Where the linearisation stops: the learning-rate limit
