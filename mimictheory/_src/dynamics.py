@@ -145,6 +145,13 @@ def _check_rate(learning_rate, lr_fraction):
   return None, checks.check_positive("lr_fraction", 0.5 if lr_fraction is None else lr_fraction)
 
 
+def mean_and_se(a):
+  """Mean and standard error over seeds (axis 0); a diverged seed (non-finite) makes its
+  entries NaN rather than infinite."""
+  finite = np.where(np.isfinite(a), a, np.nan)
+  return np.mean(finite, 0), np.std(finite, 0, ddof=1) / math.sqrt(a.shape[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingCurves:
   """Predicted against measured loss curves of one description (`training_curves`).
@@ -172,20 +179,15 @@ class TrainingCurves:
   max_learning_rate: float
   condition_number: float
 
-  @staticmethod
-  def _mean_se(a):
-    finite = np.where(np.isfinite(a), a, np.nan)
-    return np.mean(finite, 0), np.std(finite, 0, ddof=1) / math.sqrt(a.shape[0])
-
   @property
   def train(self):
     """(mean, standard error) over seeds of the measured training loss, (T,) each."""
-    return self._mean_se(self.train_loss)
+    return mean_and_se(self.train_loss)
 
   @property
   def test(self):
     """(mean, standard error) over seeds of the measured test loss; None without test data."""
-    return None if self.test_loss is None else self._mean_se(self.test_loss)
+    return None if self.test_loss is None else mean_and_se(self.test_loss)
 
 
 def training_curves(network, x_train, y_train, x_test=None, y_test=None, steps=300,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mimictheory._src.dynamics import mean_and_se
 from mimictheory._src.figure_data import (
     CONV_NORMS, DYNAMICS_NORMS, SEED, WIDTH, conv_signals, dynamics_curves, figure_inputs,
     last_bn_dynamics, last_bn_variance, learning_rate_depths, ntk_condition_points,
@@ -464,11 +465,6 @@ _NORM_STYLE = {"none": ("tab:blue", "plain (2, 0)"), "weight_mean": ("tab:orange
                "batch_norm": ("k", "BN (exact at the batch)")}
 
 
-def _mean_se(a):
-  a = np.where(np.isfinite(a), a, np.nan)
-  return np.nanmean(a, 0), np.nanstd(a, 0, ddof=1) / np.sqrt(a.shape[0])
-
-
 def _steps_to(steps, loss, fraction: float = 0.01) -> float:
   """The first step at which `loss` is at most `fraction` of its initial value, interpolated in
   log between the recorded steps; NaN if it never gets there."""
@@ -500,7 +496,7 @@ def dynamics(out, progress=False, data_source=None) -> list[Path]:
   for i in range(n):
     color = _DYNAMICS_COLORS[i % len(_DYNAMICS_COLORS)]
     steps = curves[f"steps{i}"]
-    mean, se = _mean_se(curves[f"train_loss{i}"])
+    mean, se = mean_and_se(curves[f"train_loss{i}"])
     predicted = curves[f"predicted_train{i}"]
     label = f"{curves[f'label{i}']}, κ = {curves[f'kappa{i}']:.3g}"
     a.loglog(steps[1:], predicted[1:], color=color, lw=1.5, label=label)
@@ -552,7 +548,7 @@ def dynamics(out, progress=False, data_source=None) -> list[Path]:
   steps = last["steps"] + 1
   for r, eta in enumerate(last["learning_rates"]):
     color = ("tab:green", "tab:orange", "tab:red", "tab:purple")[r % 4]
-    eff, se = _mean_se(eta / last["variance"][r])
+    eff, se = mean_and_se(eta / last["variance"][r])
     body = last["body_loss"][r][:, -1]
     verdict = "diverges" if not np.all(np.isfinite(body) & (body < 1e3)) else "trains"
     d.loglog(steps, eff / last["limit"], color=color, lw=1.5,
