@@ -7,8 +7,8 @@
 1.0
 """
 from mimictheory._src.predict import (  # noqa: F401
-    PSD_TOLERANCE, Gaussian, gp_inference, gradient_descent_mse, gradient_descent_mse_ensemble,
-    max_learning_rate)
+    KRYLOV_MIN_INPUTS, METHODS, PSD_TOLERANCE, Gaussian, gp_inference, gradient_descent_mse,
+    gradient_descent_mse_ensemble, max_learning_rate)
 
 __all__ = ["gradient_descent_mse", "gradient_descent_mse_ensemble", "gp_inference",
-           "max_learning_rate", "Gaussian", "PSD_TOLERANCE"]
+           "max_learning_rate", "Gaussian", "PSD_TOLERANCE", "KRYLOV_MIN_INPUTS", "METHODS"]

@@ -28,7 +28,8 @@ def test_kernels_and_empirical_ntk_agree_with_neural_tangents(nt_python, activat
   dynamics = [c for c in result.comparisons if c.quantity.startswith("predict")]
   assert {c.quantity for c in dynamics} == {
       "predict train", "predict test", "predict gp_nngp_mean", "predict gp_nngp_cov",
-      "predict gp_ntk_mean", "predict gp_ntk_cov", "predict max_learning_rate"}
+      "predict gp_ntk_mean", "predict gp_ntk_cov", "predict max_learning_rate",
+      "predict train (Lanczos)", "predict test (Lanczos)"}
   assert len(result.comparisons) == (len(activations) * len(depths) * 2 * 2 + 2 + len(conv)
                                      + len(dynamics))
   assert max(c.max_rel for c in dynamics) < 1e-10

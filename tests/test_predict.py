@@ -13,6 +13,8 @@ import scipy.linalg
 
 import mimictheory as mt
 from mimictheory import predict, stax
+from mimictheory._src import krylov
+from mimictheory._src import predict as predict_src
 
 SOURCE = ("net = stax.serial(stax.Dense(256, W_std=1.5, b_std=0.1), stax.Relu(), "
           "stax.Dense(256, W_std=1.5, b_std=0.1), stax.Erf(), stax.Dense(1, W_std=1.5))")
@@ -35,29 +37,103 @@ def data():
   return dict(x_train=x_train, x_test=x_test, y=y_train, k=k, kt=kt, ktt=ktt)
 
 
-def test_gradient_flow_and_descent_match_the_matrix_exponential_and_powers(data):
+@pytest.mark.parametrize("method", predict.METHODS)
+def test_gradient_flow_and_descent_match_the_matrix_exponential_and_powers(data, method):
+  """Every route (at N = 12 Lanczos spans the whole space: exact too)."""
   k, kt, y = data["k"], data["kt"], data["y"]
   eta, n_y = 0.7, y.size
   f0 = np.random.default_rng(1).normal(size=y.shape)
   ft0 = np.random.default_rng(2).normal(size=(4, 2))
   times = np.array([[0.0, 0.5], [3.0, 40.0]])
-  train, test = predict.gradient_descent_mse(k.ntk, y, learning_rate=eta)(times, f0, ft0, kt.ntk)
+  train, test = predict.gradient_descent_mse(k.ntk, y, learning_rate=eta, method=method)(
+      times, f0, ft0, kt.ntk)
   assert train.shape == (2, 2, 12, 2) and test.shape == (2, 2, 4, 2)
   for idx in np.ndindex(times.shape):
     decay = scipy.linalg.expm(-eta * times[idx] * k.ntk / n_y)
     np.testing.assert_allclose(train[idx], y + decay @ (f0 - y), rtol=0, atol=1e-11)
     change = np.linalg.solve(k.ntk, (np.eye(12) - decay) @ (f0 - y))
     np.testing.assert_allclose(test[idx], ft0 - kt.ntk @ change, rtol=0, atol=1e-9)
-  steps = predict.gradient_descent_mse(k.ntk, y, learning_rate=eta, discrete=True)
+  steps = predict.gradient_descent_mse(k.ntk, y, learning_rate=eta, discrete=True,
+                                       method=method)
   for n in (0, 1, 7, 100):
     want = y + np.linalg.matrix_power(np.eye(12) - eta * k.ntk / n_y, n) @ (f0 - y)
     np.testing.assert_allclose(steps(n, f0), want, rtol=0, atol=1e-11)
-  inf_train, inf_test = predict.gradient_descent_mse(k.ntk, y)(None, f0, ft0, kt.ntk)
+  inf_train, inf_test = predict.gradient_descent_mse(k.ntk, y, method=method)(
+      None, f0, ft0, kt.ntk)
   np.testing.assert_allclose(inf_train, y)
   np.testing.assert_allclose(inf_test, ft0 - kt.ntk @ np.linalg.solve(k.ntk, f0 - y), atol=1e-9)
 
 
-def test_a_singular_kernel_gives_finite_predictions_with_the_limit_of_its_null_space():
+@pytest.fixture(scope="module")
+def digits_kernels():
+  """The NTK of 400 training and 100 test digits (a depth-8 ReLU network: a spread spectrum,
+  κ about 1e3), 10 one-hot targets."""
+  from sklearn.datasets import load_digits
+  x, labels = load_digits(return_X_y=True)
+  x = (x - x.mean(0)) / (x.std(0) + 1.0)
+  net = stax.serial(*[stax.Dense(64, W_std=2**0.5, b_std=0.1), stax.Relu()] * 8,
+                    stax.Dense(1, W_std=2**0.5, b_std=0.1))
+  k = np.asarray(net.kernel_fn(x[:500], None, "ntk"))
+  return k[:400, :400], k[400:, :400], np.eye(10)[labels[:400]] - 0.1
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_lanczos_converges_to_the_matrix_exponential_long_before_spanning_the_space(
+    digits_kernels, discrete):
+  """N = 400, 10 outputs, times from 0 to where the loss has fallen 1e-6: block Lanczos on
+  f_0 − Y against scipy's expm (powers for gradient descent), to 1e-10 of the outputs, in a
+  basis far smaller than the space (what makes it cheap), and against the eigendecomposition
+  route on new f_0 (the basis kept for one residual is not reused for another)."""
+  k, kt, y = digits_kernels
+  n_y = y.size
+  eta = 0.9 * predict.max_learning_rate(k, n_y)
+  rng = np.random.default_rng(5)
+  f0, ft0 = 0.3 * rng.normal(size=y.shape), 0.3 * rng.normal(size=(100, 10))
+  times = np.array([0.0, 1.0, 10.0, 300.0, 3000.0])
+  fn = predict.gradient_descent_mse(k, y, learning_rate=eta, discrete=discrete,
+                                    method="krylov")
+  train, test = fn(times, f0, ft0, kt)
+  for i, t in enumerate(times):
+    step = (np.linalg.matrix_power(np.eye(400) - eta * k / n_y, int(t)) if discrete
+            else scipy.linalg.expm(-eta * t * k / n_y))
+    np.testing.assert_allclose(train[i], y + step @ (f0 - y), rtol=0, atol=1e-10)
+    change = np.linalg.solve(k, (np.eye(400) - step) @ (f0 - y))
+    np.testing.assert_allclose(test[i], ft0 - kt @ change, rtol=0, atol=1e-10 * np.abs(
+        test[i]).max())
+  process = krylov.Lanczos(k, f0 - y)
+  values = lambda theta: predict_src._gain(np.maximum(theta, 0), times, eta, n_y,  # noqa: E731
+                                       discrete)
+  assert krylov.functions_of(process, values, predict_src.KRYLOV_TOL, 40) is not None
+  assert process.dimension <= 300
+  exact = predict.gradient_descent_mse(k, y, learning_rate=eta, discrete=discrete,
+                                       method="eigh")
+  for f in (f0, -f0, 0.0):
+    for a, b in zip(fn(times[1:] + 1, f, ft0, kt), exact(times[1:] + 1, f, ft0, kt),
+                    strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * np.abs(b).max())
+
+
+def test_auto_falls_back_to_the_eigendecomposition_where_lanczos_is_slow(
+    digits_kernels, monkeypatch):
+  """With Lanczos allowed from N = 100 on, "auto" at N = 400 has N/20 = 20 steps: enough for
+  short times, not for t = 1e7 (it would need ~√(ηtλ_max/n_y) = 3000); the answer is the
+  eigendecomposition's either way, and a kernel that is not positive semi-definite is refused
+  on the Lanczos route too (by a Cholesky factor, not a spectrum)."""
+  k, kt, y = digits_kernels
+  monkeypatch.setattr(predict_src, "KRYLOV_MIN_INPUTS", 100)
+  f0 = np.random.default_rng(8).normal(size=y.shape)
+  for t in ([0.5, 2.0], [1e7]):
+    auto = predict.gradient_descent_mse(k, y)(np.array(t), f0, 0.0, kt)
+    exact = predict.gradient_descent_mse(k, y, method="eigh")(np.array(t), f0, 0.0, kt)
+    for a, b in zip(auto, exact, strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * np.abs(b).max())
+  bad = k - 1e-6 * np.abs(k).max() * np.outer(np.ones(400), np.ones(400)) / 400
+  with pytest.raises(ValueError, match="not positive semi-definite"):
+    predict.gradient_descent_mse(bad, y)
+
+
+@pytest.mark.parametrize("method", predict.METHODS)
+def test_a_singular_kernel_gives_finite_predictions_with_the_limit_of_its_null_space(method):
   """Two identical training inputs make Θ singular: the test outputs stay finite, and equal
   those of the problem with the duplicate merged (its target the mean of the two)."""
   x = np.random.default_rng(3).normal(size=(6, 4))
@@ -66,7 +142,9 @@ def test_a_singular_kernel_gives_finite_predictions_with_the_limit_of_its_null_s
   x_test = np.random.default_rng(4).normal(size=(3, 4))
   net = _net()
   k, kt = net.kernel_fn(x, None, "ntk"), net.kernel_fn(x_test, x, "ntk")
-  out = predict.gradient_descent_mse(k, y)(None, 0.0, 0.0, kt)[1]
+  out = predict.gradient_descent_mse(k, y, method=method)(None, 0.0, 0.0, kt)[1]
+  late = predict.gradient_descent_mse(k, y, method=method)(1e8, 0.0, 0.0, kt)[1]
+  np.testing.assert_allclose(late, out, rtol=1e-7, atol=1e-9)
   merged_y = np.concatenate([y[:4], [y[4:].mean()]])
   km, ktm = net.kernel_fn(x[:5], None, "ntk"), net.kernel_fn(x_test, x[:5], "ntk")
   want = ktm @ np.linalg.solve(km, merged_y)
@@ -205,6 +283,9 @@ def test_bad_input_is_refused_by_name(data):
       (lambda: predict.gradient_descent_mse(k, y, learning_rate=-1.0), "learning_rate"),
       (lambda: predict.gradient_descent_mse(k - 2 * np.eye(12) * np.abs(k).max(), y),
        "not positive semi-definite"),
+      (lambda: predict.gradient_descent_mse(k - 2 * np.eye(12) * np.abs(k).max(), y,
+                                            method="krylov"), "not positive semi-definite"),
+      (lambda: predict.gradient_descent_mse(k, y, method="lanczos"), "method must be one of"),
       (lambda: predict.gradient_descent_mse(k[:5, :5], y), r"k_train_train must have shape"),
       (lambda: predict.gradient_descent_mse(k + np.triu(np.ones((12, 12)), 1), y),
        "symmetric"),
