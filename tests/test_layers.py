@@ -14,8 +14,8 @@ LAYERS = {
     # 0: utilities
     "checks": 0, "precision": 0, "norms": 0, "io": 0, "krylov": 0,
     # 1-4: the theory; the description (stax) below the functions of loose arguments over it
-    "activations": 1, "tables": 1, "maps": 2, "batch_norm": 2, "gram": 2, "phase": 3,
-    "signals": 3, "stax": 3, "kernels": 4, "residual": 4, "predict": 4,
+    "activations": 1, "tables": 1, "maps": 2, "batch_norm": 2, "gram": 2, "out_of_core": 2,
+    "phase": 3, "signals": 3, "stax": 3, "kernels": 4, "residual": 4, "predict": 4,
     # 5: finite networks and Monte Carlo against the theory
     "finite": 5, "experiments": 5, "dynamics": 5,
     # 6: training (Flax models, data, the loop, its memory)

@@ -106,7 +106,7 @@ def check_gram_memory(what: str, n1: int, n2: int, stored: int = 0) -> None:
 
 
 #: entries of a Gram matrix (times its spatial entries per pair of inputs) computed per call
-_ENTRIES_PER_CALL = 1 << 22
+ENTRIES_PER_CALL = 1 << 22
 
 
 def tile_edge(entries_per_pair: int = 1, largest: int = 64) -> int:
@@ -118,7 +118,7 @@ def tile_edge(entries_per_pair: int = 1, largest: int = 64) -> int:
   >>> tile_edge(), tile_edge(64), tile_edge(64 * 64)   # vectors, 8×8 flatten, 8×8 pooling
   (64, 64, 32)
   """
-  return max(1, min(largest, math.isqrt(_ENTRIES_PER_CALL // max(1, entries_per_pair))))
+  return max(1, min(largest, math.isqrt(ENTRIES_PER_CALL // max(1, entries_per_pair))))
 
 
 def blocked_gram(block_fn, x1, x2, block_size, mesh, progress, entries_per_pair: int = 1):
@@ -130,7 +130,7 @@ def blocked_gram(block_fn, x1, x2, block_size, mesh, progress, entries_per_pair:
   n1, n2 = x1.shape[0], x2.shape[0]
   cols = n2 if entries_per_pair == 1 else min(n2, tile_edge(entries_per_pair))
   if block_size is None:
-    block_size = max(1, min(n1, _ENTRIES_PER_CALL // max(cols * entries_per_pair, 1)))
+    block_size = max(1, min(n1, ENTRIES_PER_CALL // max(cols * entries_per_pair, 1)))
   shards = 1 if mesh is None else mesh.devices.size
   block_size = -(-block_size // shards) * shards  # a multiple of the number of shards
   col_blocks = -(-n2 // cols)
@@ -142,7 +142,7 @@ def blocked_gram(block_fn, x1, x2, block_size, mesh, progress, entries_per_pair:
   tiles = [(r, c) for r in range(0, n1, block_size) for c in range(col_blocks)]
   for start, c in progress_bar(tiles, progress, "kernel tiles"):
     block = _padded(x1[start:start + block_size], block_size)
-    out = block_fn(_sharded(block, mesh), x2_dev[c])
+    out = block_fn(sharded(block, mesh), x2_dev[c])
     rows, width = min(block_size, n1 - start), min(cols, n2 - c * cols)
     at = (slice(start, start + rows), slice(c * cols, c * cols + width))
     nngp[at] = np.asarray(out.nngp)[:rows, :width]
@@ -168,7 +168,7 @@ def symmetric_gram(tiles_fn, x, tile, mesh, progress, entries_per_pair: int = 1)
   blocks = -(-n // tile)
   rows, cols = np.triu_indices(blocks)
   shards = 1 if mesh is None else mesh.devices.size
-  per_call = min(len(rows), max(1, _ENTRIES_PER_CALL // (tile**2 * entries_per_pair)))
+  per_call = min(len(rows), max(1, ENTRIES_PER_CALL // (tile**2 * entries_per_pair)))
   per_call = -(-per_call // shards) * shards
   x_tiles = _padded(np.asarray(x), blocks * tile).reshape(blocks, tile, *x.shape[1:])
   out = np.empty((2, blocks, tile, blocks, tile))
@@ -177,8 +177,8 @@ def symmetric_gram(tiles_fn, x, tile, mesh, progress, entries_per_pair: int = 1)
     r, c = rows[start:start + per_call], cols[start:start + per_call]
     pad = per_call - len(r)  # pad with tile (0, 0): one compiled shape for all calls
     r_in, c_in = np.pad(r, (0, pad)), np.pad(c, (0, pad))
-    tiles = tiles_fn(_sharded(x_tiles[r_in], mesh), _sharded(x_tiles[c_in], mesh),
-                     _sharded(r_in == c_in, mesh))
+    tiles = tiles_fn(sharded(x_tiles[r_in], mesh), sharded(x_tiles[c_in], mesh),
+                     sharded(r_in == c_in, mesh))
     diag = r == c
     for m, values in enumerate((tiles.nngp, tiles.ntk)):
       if values is None:  # the NNGP alone
@@ -205,7 +205,7 @@ def _replicated(mesh):
   return NamedSharding(mesh, PartitionSpec())
 
 
-def _sharded(a, mesh):
+def sharded(a, mesh):
   """`a` as float64 (or bool) on the device(s), its leading axis split over `mesh`."""
   a = jnp.asarray(a) if a.dtype == bool else f64(a)
   if mesh is None:

@@ -46,6 +46,7 @@ import contextvars
 import dataclasses
 import functools
 import math
+import re
 from functools import partial
 
 import jax
@@ -53,12 +54,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mimictheory._src import batch_norm as bn
-from mimictheory._src import checks, tables
+from mimictheory._src import checks, out_of_core, tables
 from mimictheory._src.activations import (
     Activation, Erf as _Erf, LeakyReLU, ReLU, get_activation)
 from mimictheory._src.gram import (
-    GRAM_ARRAYS, Kernels, NTKSpectrum, blocked_gram, check_gram_memory, condition_numbers,
-    identical_rows, symmetric_gram, tile_edge)
+    ENTRIES_PER_CALL, GRAM_ARRAYS, Kernels, NTKSpectrum, blocked_gram, check_gram_memory,
+    condition_numbers, identical_rows, sharded, symmetric_gram, tile_edge)
 from mimictheory._src.io import progress_bar
 from mimictheory._src.norms import rule
 from mimictheory._src.precision import float64, is_traced
@@ -291,7 +292,7 @@ class Network:
     return self.apply(params, inputs, rng)
 
   def kernel_fn(self, x1, x2=None, get=None, *, mesh=None, block_size: int | None = None,
-                progress: bool = False):
+                progress: bool = False, out=None, dtype: str = "float64"):
     """NNGP and NTK on x1 × x2 (x2=None: x1 × x1), float64. `get`: None (the `Kernel`),
     "nngp", "ntk", or a tuple of them (a namedtuple with those fields).
 
@@ -307,8 +308,16 @@ class Network:
     (`BatchNorm`) is computed whole, compiled where it is pure JAX; the others (numerical
     activations, exact BN) eagerly, layer by layer (the progress bar counts layers). Under a
     transformation (`jit`, `grad`, `vmap` of the inputs or of a layer's W_std, b_std), the
-    description is traced as it stands, into the caller's program."""
-    return _in_float64(_kernel_fn, self, x1, x2, get, mesh, block_size, progress)
+    description is traced as it stands, into the caller's program.
+
+    `out` (a folder): the Gram matrices are written to disk instead, `out/nngp.npy` and
+    `out/ntk.npy` in `dtype` ("float64" or "float32"), tile by tile, with memory bounded by a
+    batch of tiles (`mimictheory._src.out_of_core`: resumable after a kill, bit for bit;
+    divided among the processes of `jax.distributed`); the `Kernel` returned holds them
+    opened read-only (`np.load(mmap_mode="r")`), `same` None. Descriptions without
+    `BatchNorm`, on concrete inputs; numerical activations are computed tile by tile
+    eagerly."""
+    return _in_float64(_kernel_fn, self, x1, x2, get, mesh, block_size, progress, out, dtype)
 
   def __iter__(self):
     return iter((self.init_fn, self.apply_fn, self.kernel_fn))
@@ -687,13 +696,17 @@ def _ntk_spectrum(network, x, after):
   return NTKSpectrum(jnp.arange(len(eig)), eig, condition_numbers(eig, jnp))
 
 
-def _kernel_fn(network, x1, x2, get, mesh=None, block_size=None, progress=False):
+def _kernel_fn(network, x1, x2, get, mesh=None, block_size=None, progress=False, out=None,
+               dtype="float64"):
   fields = None if get is None else (_check_get(get),) if isinstance(get, str) else tuple(
       _check_get(g) for g in get)
   with_ntk = fields is None or "ntk" in fields
-  x1, x2, same = _inputs(x1, x2)
   if block_size is not None:
     block_size = checks.check_int("block_size", block_size, minimum=1)
+  if out is not None:
+    k = _on_disk(network, x1, x2, with_ntk, out, dtype, mesh, block_size, progress)
+    return _fields(k, get, fields)
+  x1, x2, same = _inputs(x1, x2)
   traced = is_traced(x1, x2) or _has_tracers(network)
   tiled = (network.traceable() and network.entrywise() and not traced
            and (x1.ndim == 2 or _ends_in_vectors(network, x1)))
@@ -717,11 +730,101 @@ def _kernel_fn(network, x1, x2, get, mesh=None, block_size=None, progress=False)
       k = _run(network, x1, x2, same, with_ntk)  # eagerly, layer by layer
     finally:
       _PROGRESS.reset(token)
+  return _fields(k, get, fields)
+
+
+def _fields(k, get, fields):
+  """What `get` asked for: the `Kernel`, one field, or a namedtuple of fields."""
   if fields is None:
     return k
   if isinstance(get, str):
     return getattr(k, get)
   return collections.namedtuple("Kernel", fields)(*(getattr(k, g) for g in fields))
+
+
+#: out-of-core tiles of vectors: an edge of 256 (64K entries; 64 tiles, 4M entries, a batch)
+DISK_TILE = 256
+#: entries (times spatial entries per pair) computed and written per batch of tiles: the
+#: unit of resumption and of the division among processes
+DISK_BATCH_ENTRIES = ENTRIES_PER_CALL
+
+
+def _on_disk(network, x1, x2, with_ntk, out, dtype, mesh, block_size, progress) -> Kernel:
+  """`kernel_fn(..., out=folder)`: the Gram matrices written tile by tile into the folder."""
+  dtype = checks.check_choice("dtype", dtype, out_of_core.DTYPES)
+  ndim = 4 if np.ndim(x1) == 4 else 2
+  x1 = np.asarray(checks.check_data("x1", x1, ndim), np.float64)
+  if x2 is not None:
+    x2 = np.asarray(checks.check_data("x2", x2, ndim), np.float64)
+    if x2.shape[1:] != x1.shape[1:]:
+      raise ValueError(f"x2 must have the shape of x1 after the batch axis ({x1.shape[1:]}), "
+                       f"got shape {x2.shape}")
+  if not network.entrywise():
+    raise ValueError("out: a description with BatchNorm couples the batch, so its Gram matrix "
+                     "is not computed tile by tile; call kernel_fn without out")
+  if x1.ndim > 2 and not _ends_in_vectors(network, x1):
+    raise ValueError("out: image kernels are written to disk once read out to vectors (a "
+                     "Flatten or GlobalAvgPool last); this description keeps the positions")
+  per = _entries_per_pair(network, x1)
+  tile = block_size or (DISK_TILE if per == 1 else tile_edge(per))
+  shards = 1 if mesh is None else mesh.devices.size
+  per_call = max(1, DISK_BATCH_ENTRIES // (tile * tile * per))
+  per_call = -(-per_call // shards) * shards
+  names = ("nngp", "ntk") if with_ntk else ("nngp",)
+  if network.traceable():
+    def tiles_fn(x_rows, x_cols, on_diagonal):
+      k = _tiles(network, sharded(x_rows, mesh), sharded(x_cols, mesh),
+                 sharded(on_diagonal, mesh), with_ntk)
+      return (k.nngp, k.ntk)[:len(names)]
+  else:
+    if mesh is not None:
+      raise ValueError("mesh: a numerical activation is computed eagerly, tile by tile, "
+                       "not sharded; call kernel_fn without mesh")
+
+    def tiles_fn(x_rows, x_cols, on_diagonal):
+      eye = np.eye(tile, dtype=bool)
+      ks = [_run(network, jnp.asarray(a), jnp.asarray(b), jnp.asarray(d & eye), with_ntk)
+            for a, b, d in zip(x_rows, x_cols, on_diagonal, strict=True)]
+      return tuple(np.stack([np.asarray(getattr(k, f)) for k in ks]) for f in names)
+
+  # the description as it prints, less the addresses of functions (which change per run)
+  described = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(network))
+  parameters = dict(description=described, x1=_digest(x1),
+                    x2=None if x2 is None else _digest(x2))
+  paths = out_of_core.write_gram(tiles_fn, x1, x2, out, fields=names, dtype=dtype, tile=tile,
+                                 per_call=per_call, parameters=parameters, progress=progress,
+                                 process=jax.process_index(), processes=jax.process_count())
+  nngp = np.load(paths["nngp"], mmap_mode="r")
+  ntk = np.load(paths["ntk"], mmap_mode="r") if with_ntk else None
+  rows = _diagonal_moments(network, x1)
+  cols = rows if x2 is None else _diagonal_moments(network, x2)
+  if x2 is None:  # the pinned diagonal itself
+    rows = cols = (np.array(nngp.diagonal(), np.float64), rows[1], rows[2])
+  return Kernel(nngp, ntk, rows[0], cols[0], rows[1], cols[1], None, rows[2], x2 is None)
+
+
+def _digest(x) -> str:
+  import hashlib
+  x = np.ascontiguousarray(x, np.float64)
+  return f"{x.shape} sha256 {hashlib.sha256(x.view(np.uint8)).hexdigest()}"
+
+
+def _diagonal_moments(network, x):
+  """Each row's own variance and unit mean (None where 0) and the width, by blocks of rows
+  (compiled where the description is pure JAX, eagerly otherwise)."""
+  if network.traceable():
+    per = _entries_per_pair(network, x)
+    r = _rows(network, jnp.asarray(x), max(1, min(x.shape[0], (1 << 20) // per)))
+    return (np.asarray(r.cov1[:, 0]), None if r.mean1 is None else np.asarray(r.mean1[:, 0]),
+            r.width)
+  cov, mean, width = [], [], None
+  for lo in range(0, x.shape[0], 128):
+    part = jnp.asarray(x[lo:lo + 128])
+    k = _run(network, part, part, jnp.eye(part.shape[0], dtype=bool), False)
+    cov.append(np.asarray(k.cov1))
+    mean.append(None if k.mean1 is None else np.asarray(k.mean1))
+    width = k.width
+  return (np.concatenate(cov), None if mean[0] is None else np.concatenate(mean), width)
 
 
 def _entries_per_pair(network, x) -> int:

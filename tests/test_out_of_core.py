@@ -1,0 +1,180 @@
+"""Gram matrices on disk (`kernel_fn(..., out=folder)`, issue 25): equal to the in-memory ones,
+exactly symmetric, resumable after a kill bit for bit, refusing what would corrupt them (a
+folder of another computation, a second run, a full disk), recomputing what a damaged record
+no longer vouches for."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from mimictheory import stax
+from mimictheory._src import out_of_core
+from mimictheory._src import stax as stax_src
+
+# a small tiling, so that a few hundred inputs make dozens of batches
+TILE, BATCH = 32, 4 * 32 * 32
+SETUP = textwrap.dedent(f"""
+    import sys, time
+    import numpy as np
+    import mimictheory._src.stax as S
+    from mimictheory import stax
+    S.DISK_BATCH_ENTRIES = {BATCH}
+    net = stax.mlp(6, "relu", 2.0, 0.1, "none", width=16)
+    x = np.random.default_rng(0).normal(size=(int(sys.argv[2]), 7))
+""")
+
+
+def _net():
+  return stax.mlp(6, "relu", 2.0, 0.1, "none", width=16)
+
+
+def _x(n):
+  return np.random.default_rng(0).normal(size=(n, 7))
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+  monkeypatch.setattr(stax_src, "DISK_BATCH_ENTRIES", BATCH)
+
+
+def _bytes(folder):
+  return {f: (folder / f).read_bytes() for f in ("nngp.npy", "ntk.npy")}
+
+
+def test_the_files_are_the_in_memory_kernels_exactly_symmetric(tmp_path, small_batches):
+  net, x = _net(), _x(150)
+  ref = net.kernel_fn(x, None)
+  k = net.kernel_fn(x, None, out=tmp_path / "k", block_size=TILE)
+  for name in ("nngp", "ntk"):
+    on_disk = np.load(tmp_path / "k" / f"{name}.npy", mmap_mode="r")
+    assert isinstance(getattr(k, name), np.memmap) and on_disk.dtype == np.float64
+    np.testing.assert_allclose(on_disk, getattr(ref, name), rtol=1e-13, atol=0)
+    assert np.array_equal(on_disk, on_disk.T)  # to the last bit
+  np.testing.assert_array_equal(k.cov1, np.diagonal(k.nngp))
+  # float32, and a cross kernel (every tile, no symmetry)
+  c = net.kernel_fn(x[:40], x[40:], "ntk", out=tmp_path / "c", dtype="float32", block_size=TILE)
+  assert c.dtype == np.float32 and c.shape == (40, 110)
+  np.testing.assert_allclose(c, net.kernel_fn(x[:40], x[40:], "ntk"), rtol=1e-7)
+  assert out_of_core.verify(tmp_path / "c") == []
+
+
+def test_a_killed_computation_resumes_and_ends_bit_identical(tmp_path, small_batches):
+  """A run killed (SIGKILL) after some batches, then run again, leaves the same bytes as an
+  uninterrupted run; the second run computes only the batches not recorded."""
+  n = 300  # 10 blocks a side: 55 upper tiles, 14 batches
+  net, x = _net(), _x(n)
+  net.kernel_fn(x, None, out=tmp_path / "whole", block_size=TILE)
+  driver = SETUP + textwrap.dedent(f"""
+      slow = S._tiles
+      def tiles(*a, **k):
+          time.sleep(0.3)
+          return slow(*a, **k)
+      S._tiles = tiles
+      net.kernel_fn(x, None, out=sys.argv[1], block_size={TILE})
+  """)
+  folder = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, "-c", driver, str(folder), str(n)])
+  record = folder / "record-0.txt"
+  deadline = time.time() + 120
+  while time.time() < deadline and (not record.exists() or
+                                    len(record.read_text().splitlines()) < 3):
+    time.sleep(0.02)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  finished = len(out_of_core.read_records(folder))
+  assert 3 <= finished < 14, finished
+  net.kernel_fn(x, None, out=folder, block_size=TILE)
+  assert len(out_of_core.read_records(folder)) == 14
+  assert _bytes(folder) == _bytes(tmp_path / "whole")
+
+
+def test_a_folder_of_another_computation_is_refused_naming_the_difference(tmp_path,
+                                                                         small_batches):
+  net, x = _net(), _x(64)
+  net.kernel_fn(x, None, out=tmp_path, block_size=TILE)
+  cases = [(dict(dtype="float32"), "dtype 'float64' there, 'float32' asked"),
+           (dict(x1=_x(65)), "shape"),
+           (dict(x1=_x(64) + 1.0), "parameters.x1"),
+           (dict(net=stax.mlp(5, "relu", 2.0, 0.1, "none", width=16)),
+            "parameters.description"),
+           (dict(block_size=16), "tile 32 there, 16 asked")]
+  for change, needle in cases:
+    args = dict(net=net, x1=x, dtype="float64", block_size=TILE) | change
+    with pytest.raises(ValueError, match=needle):
+      args["net"].kernel_fn(args["x1"], None, out=tmp_path, dtype=args["dtype"],
+                            block_size=args["block_size"])
+
+
+def test_a_damaged_record_makes_its_batches_be_computed_again(tmp_path, small_batches):
+  net, x = _net(), _x(200)
+  net.kernel_fn(x, None, out=tmp_path / "ref", block_size=TILE)
+  folder = tmp_path / "k"
+  net.kernel_fn(x, None, out=folder, block_size=TILE)
+  record = folder / "record-0.txt"
+  lines = record.read_text().splitlines()
+  # batch 2's line damaged (one digit changed), its values lost; the last line cut short
+  lines[2] = lines[2][:-1] + ("0" if lines[2][-1] != "0" else "1")
+  lines[-1] = lines[-1][:5]
+  record.write_text("\n".join(lines) + "\n")
+  ntk = np.load(folder / "ntk.npy", mmap_mode="r+")
+  ntk[TILE:2 * TILE, 2 * TILE:3 * TILE] = 0.0  # tile (1, 2): batch 2 is tiles 8-11, (1, 2)-(1, 5)
+  ntk.flush()
+  del ntk
+  assert 2 not in out_of_core.read_records(folder)
+  net.kernel_fn(x, None, out=folder, block_size=TILE)
+  assert _bytes(folder) == _bytes(tmp_path / "ref")
+  # values damaged under an intact record are found by verify
+  nngp = np.load(folder / "nngp.npy", mmap_mode="r+")
+  nngp[5, 5] += 1.0
+  nngp.flush()
+  del nngp
+  assert out_of_core.verify(folder) == [0]
+
+
+def test_two_runs_into_one_folder_are_refused(tmp_path, small_batches):
+  net, x = _net(), _x(64)
+  tmp_path.mkdir(exist_ok=True)
+  held = out_of_core._Lock(tmp_path / "lock-0")
+  try:
+    with pytest.raises(ValueError, match="being written by another run"):
+      net.kernel_fn(x, None, out=tmp_path, block_size=TILE)
+  finally:
+    held.release()
+  net.kernel_fn(x, None, out=tmp_path, block_size=TILE)  # free again: it runs
+
+
+def test_a_full_disk_is_refused_before_any_work_leaving_nothing_half_written(
+    tmp_path, monkeypatch, small_batches):
+  net, x = _net(), _x(64)
+  usage = out_of_core.shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(out_of_core.shutil, "disk_usage",
+                      lambda p: usage._replace(free=1000))
+  with pytest.raises(ValueError, match=r"needs 0\.00 GB .* 0\.00 GB free"):
+    net.kernel_fn(x, None, out=tmp_path / "a", block_size=TILE)
+  monkeypatch.undo()
+  monkeypatch.setattr(stax_src, "DISK_BATCH_ENTRIES", BATCH)
+
+  def full(fd, offset, length):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(out_of_core.os, "posix_fallocate", full)
+  with pytest.raises(ValueError, match="No space left on device"):
+    net.kernel_fn(x, None, out=tmp_path / "b", block_size=TILE)
+  assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["lock-0"]
+
+
+def test_bad_requests_are_refused_by_name(tmp_path):
+  x = _x(16)
+  bn = stax.serial(stax.Dense(8), stax.BatchNorm(), stax.Relu(), stax.Dense(1))
+  cases = [(lambda: _net().kernel_fn(x, out=tmp_path, dtype="float16"), "dtype must be one of"),
+           (lambda: bn.kernel_fn(x, out=tmp_path), "BatchNorm couples the batch"),
+           (lambda: _net().kernel_fn(x, np.ones((3, 2)), out=tmp_path), "x2 must have")]
+  for call, needle in cases:
+    with pytest.raises(ValueError, match=needle):
+      call()
