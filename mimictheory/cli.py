@@ -503,7 +503,69 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default="runs/dynamics")
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(run=_dynamics)
+  p = sub.add_parser("kernels", help="NNGP and NTK Gram matrices of an MLP written to disk tile "
+                     "by tile (nngp.npy, ntk.npy); resumes in --out; several processes share it")
+  p.add_argument("--data", default="digits",
+                 help="'digits' (scikit-learn's, standardised) or a .npy of inputs (N, ...)")
+  p.add_argument("--n", type=int, default=None, help="the first N inputs only")
+  p.add_argument("--depth", type=int, default=10)
+  _common(p)
+  p.add_argument("--sw2", type=_float_or_none, default=2.0, help="a number or 'stable'")
+  p.add_argument("--sb2", type=float, default=0.0)
+  p.add_argument("--dtype", default="float64", help="float64 or float32 files")
+  p.add_argument("--tile", type=int, default=None, help="tile edge (default 256)")
+  p.add_argument("--out", required=True, help="folder for nngp.npy, ntk.npy")
+  p.add_argument("--distributed", action="store_true",
+                 help="one of several processes (jax.distributed; the cluster found by JAX, "
+                 "e.g. under SLURM, or given by the next three options)")
+  p.add_argument("--coordinator", default=None, help="host:port of process 0")
+  p.add_argument("--num-processes", type=int, default=None)
+  p.add_argument("--process-id", type=int, default=None)
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(run=_kernels)
   return parser
+
+
+def _kernels(args) -> int:
+  """`mimictheory kernels`: `mt.kernels(..., out=DIR)` on digits or a .npy."""
+  import time
+  from pathlib import Path
+
+  from mimictheory._src.checks import check_int
+  if args.distributed or args.coordinator is not None:
+    from mimictheory._src.distributed import initialize
+    initialize(args.coordinator, args.num_processes, args.process_id)
+  from mimictheory._src.data import digits, standardise
+  from mimictheory._src.io import out_path
+  from mimictheory._src.kernels import kernels
+  from mimictheory._src.out_of_core import DTYPES
+  if args.dtype not in DTYPES:
+    raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+  check_int("depth", args.depth)
+  if args.tile is not None:
+    check_int("tile", args.tile)
+  if args.data == "digits":
+    x = standardise(digits()[0])
+  else:
+    path = Path(args.data)
+    if path.suffix != ".npy" or not path.is_file():
+      raise ValueError(f"--data must be 'digits' or an existing .npy file, got {args.data!r}")
+    x = np.load(path, mmap_mode="r")
+    if x.ndim < 2:
+      raise ValueError(f"--data: the inputs must have shape (N, features...), got {x.shape}")
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+  if args.n is not None:
+    x = x[:check_int("n", args.n)]
+  out = out_path(args.out)
+  start = time.perf_counter()
+  k = kernels(x, None, args.depth, args.activation, args.sw2, args.sb2, args.norm, args.fan_in,
+              block_size=args.tile, progress=not args.quiet, out=out, dtype=args.dtype)
+  seconds = time.perf_counter() - start
+  import jax
+  if jax.process_index() == 0:
+    print(f"wrote {out / 'nngp.npy'} and {out / 'ntk.npy'}: {k.nngp.shape[0]} x "
+          f"{k.nngp.shape[1]} {args.dtype} each, in {seconds:.1f} s")
+  return 0
 
 
 def _reproduce(args) -> int:

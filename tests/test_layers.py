@@ -12,7 +12,7 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "mimictheory" / "_src"
 # module -> layer; a module may import its own layer or lower ones
 LAYERS = {
     # 0: utilities
-    "checks": 0, "precision": 0, "norms": 0, "io": 0, "krylov": 0,
+    "checks": 0, "precision": 0, "norms": 0, "io": 0, "krylov": 0, "distributed": 0,
     # 1-4: the theory; the description (stax) below the functions of loose arguments over it
     "activations": 1, "tables": 1, "maps": 2, "batch_norm": 2, "gram": 2, "out_of_core": 2,
     "phase": 3, "signals": 3, "stax": 3, "kernels": 4, "residual": 4, "predict": 4,

@@ -178,3 +178,69 @@ def test_bad_requests_are_refused_by_name(tmp_path):
   for call, needle in cases:
     with pytest.raises(ValueError, match=needle):
       call()
+
+
+def _port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+DISTRIBUTED = SETUP + textwrap.dedent(f"""
+    from mimictheory._src import distributed
+    rank, port, delay = int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+    distributed.initialize(f"127.0.0.1:{{port}}", 2, rank, timeout_s=10)
+    slow = S._tiles
+    def tiles(*a, **k):
+        time.sleep(delay)
+        return slow(*a, **k)
+    S._tiles = tiles
+    net.kernel_fn(x, None, out=sys.argv[1], block_size={TILE})
+    print("done", rank, flush=True)
+""")
+
+
+def _launch(folder, n, delay):
+  port = str(_port())
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return [subprocess.Popen([sys.executable, "-c", DISTRIBUTED, str(folder), str(n), str(rank),
+                            port, str(delay)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+
+
+def test_two_processes_write_the_single_process_files_and_resume_after_one_dies(
+    tmp_path, small_batches):
+  """jax.distributed on 127.0.0.1, gloo collectives: the batches are divided between the two
+  processes (each records its own), and the files equal one process's bit for bit. Process 1
+  killed mid-run: process 0 stops with JAX's message (heartbeat timeout), not a hang; both
+  run again and finish what is left, bit for bit."""
+  n = 300
+  _net().kernel_fn(_x(n), None, out=tmp_path / "one", block_size=TILE)
+  procs = _launch(tmp_path / "two", n, 0.0)
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+  records = [len((tmp_path / "two" / f"record-{r}.txt").read_text().splitlines())
+             for r in (0, 1)]
+  assert sorted(records) == [7, 7], records  # 14 batches, round-robin
+  assert _bytes(tmp_path / "two") == _bytes(tmp_path / "one")
+
+  folder = tmp_path / "killed"
+  procs = _launch(folder, n, 0.3)
+  record = folder / "record-1.txt"
+  deadline = time.time() + 120
+  while time.time() < deadline and (not record.exists() or
+                                    len(record.read_text().splitlines()) < 2):
+    time.sleep(0.02)
+  procs[1].kill()
+  start = time.time()
+  err = procs[0].communicate(timeout=60)[1]
+  procs[1].communicate()
+  assert procs[0].returncode != 0 and time.time() - start < 45
+  assert "another task died" in err or "heartbeat" in err, err[-2000:]
+  left = 14 - len(out_of_core.read_records(folder))
+  assert left > 0
+  procs = _launch(folder, n, 0.0)
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+  assert _bytes(folder) == _bytes(tmp_path / "one")

@@ -87,7 +87,8 @@ def _no_overflow(what: str):
       leaves = jax.tree_util.tree_leaves(fields)
       if checks.is_traced(leaves):
         return out
-      arrays = [np.asarray(a) for a in leaves]
+      # files on disk (kernels(out=...)) were checked batch by batch as they were written
+      arrays = [np.asarray(a) for a in leaves if not isinstance(a, np.memmap)]
       if all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
         return out
       per_depth = (out.eigenvalues if isinstance(out, NTKSpectrum)
@@ -402,7 +403,7 @@ def _refuse_traced_exact_batch_norm(what: str, layer: Layer):
 @float64
 def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, norm="none",
             fan_in=None, input_gain: float = 1.0, block_size: int | None = None,
-            mesh=None, progress: bool = False) -> Kernels:
+            mesh=None, progress: bool = False, out=None, dtype: str = "float64") -> Kernels:
   """NNGP and NTK Gram matrices of a depth-`depth` network (neural-tangents' convention).
 
   The network is `stax.mlp(depth, activation, sw2, sb2, norm, width=fan_in, input_gain)` and
@@ -423,6 +424,10 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
       sharded over it (closed-form activations without BN; others are refused, not computed
       by another method).
     progress: show a progress bar over the tiles (or, for numerical activations, the layers).
+    out: a folder: the Gram matrices are written there tile by tile instead (`nngp.npy`,
+      `ntk.npy` in `dtype`, "float64" or "float32"; norm none or weight_mean), resumably,
+      shared among the processes of `jax.distributed`; the result holds them opened
+      read-only (`np.load(mmap_mode="r")`). See `stax.Network.kernel_fn`.
 
   Returns:
     `Kernels(nngp, ntk)`, float64 arrays of shape (N1, N2).
@@ -436,7 +441,7 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
   x1, x2, depth, gain = validate_inputs(x1, x2, depth, input_gain)
   layer = kernel_layer(activation, sw2, sb2, norm, fan_in)
   layer.activation.require_derivative()  # the NTK needs E[φ'φ']
-  if not checks.is_traced(x1, x2):
+  if not checks.is_traced(x1, x2) and out is None:
     check_gram_memory("kernels", x1.shape[0], x2.shape[0])
   if layer.rule.normalised and x2 is not x1:
     raise ValueError(f"x2 must be None with norm={norm!r}: BN couples the inputs of a batch, "
@@ -458,7 +463,7 @@ def kernels(x1, x2=None, depth: int = 10, activation="relu", sw2=2.0, sb2=0.0, n
       return Kernels(out.nngp, out.ntk)
   k = description(layer, depth, gain, fan_in).kernel_fn(
       x1, None if x2 is x1 else x2, ("nngp", "ntk"), mesh=mesh, block_size=block_size,
-      progress=progress)
+      progress=progress, out=out, dtype=dtype)
   if layer.rule.exact_batch:
     _check_finite_batch_norm(k.ntk, layer, x1.shape[0], depth)
   return Kernels(k.nngp, k.ntk)

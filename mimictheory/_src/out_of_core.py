@@ -264,6 +264,10 @@ def _compute(tiles_fn, x1, x2, folder, fields, dtype, tile, per_call, rows, cols
       written = []
       for m, v in zip(maps, values, strict=True):
         v = np.asarray(v)[:len(idx)].astype(dtype)
+        if not np.isfinite(v).all():
+          raise ValueError(f"the kernel overflows {dtype} in tiles {list(zip(r, c))} "
+                           f"(blocks of {tile} inputs); use a smaller depth or sw2, or "
+                           f"float64")
         for (i, j), t in zip(zip(r, c, strict=True), v, strict=True):
           h, w = min(tile, n1 - i * tile), min(tile, n2 - j * tile)
           if symmetric and i == j:  # the upper triangle mirrored: symmetric to the last bit
