@@ -28,13 +28,20 @@ from mimictheory._src.io import atomic_path, strict_json
 
 __all__ = ["checkpointer", "fingerprint", "lock", "deferred_interrupt", "start_config",
            "record_digest", "restore", "check_space", "save_checkpoint", "read_history",
-           "write_history", "json_line", "METRICS"]
+           "write_history", "json_line", "METRICS", "primary"]
 
 
 def checkpointer(out: Path):
   import orbax.checkpoint as ocp
   return ocp.CheckpointManager(out.resolve() / "checkpoints",
                                options=ocp.CheckpointManagerOptions(max_to_keep=3))
+
+
+def primary() -> bool:
+  """This process writes the run's files: the only one, or process 0 of `jax.distributed`
+  (the others train the same steps on their devices; Orbax coordinates the checkpoints)."""
+  import jax
+  return jax.process_index() == 0
 
 
 def fingerprint(data) -> dict:
@@ -54,7 +61,9 @@ def lock(out: Path):
   except ImportError:  # not POSIX: no lock
     yield
     return
-  with open(out / ".lock", "a") as handle:
+  import jax
+  name = ".lock" if jax.process_index() == 0 else f".lock-{jax.process_index()}"
+  with open(out / name, "a") as handle:  # one per process of a multi-process run
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -91,6 +100,8 @@ def deferred_interrupt():
 def start_config(out: Path, config, fingerprint: dict) -> None:
   """Refuse another configuration (a dataclass) or other data in `out`; allow a larger
   `epochs`; write config.json (atomically)."""
+  if not primary():  # a multi-process run: process 0 checks and writes it
+    return
   path = out / "config.json"
   current = json.loads(json.dumps(dict(dataclasses.asdict(config), data_fingerprint=fingerprint)))
   if path.exists():
@@ -225,7 +236,8 @@ def save_checkpoint(out: Path, manager, epoch: int, model, opt) -> None:
   check_space(out, state, epoch - 1)
   manager.save(epoch, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
-  record_digest(out, epoch, manager.all_steps())
+  if primary():
+    record_digest(out, epoch, manager.all_steps())
 
 
 def read_history(out: Path, epochs: int) -> list:
@@ -238,6 +250,9 @@ def read_history(out: Path, epochs: int) -> list:
 
 
 def write_history(out: Path, history: list) -> None:
-  """out/metrics.jsonl: one strict-JSON line per epoch, written atomically."""
+  """out/metrics.jsonl: one strict-JSON line per epoch, written atomically (by process 0 of a
+  multi-process run)."""
+  if not primary():
+    return
   with atomic_path(out / METRICS) as tmp:
     tmp.write_text("".join(json_line(r) + "\n" for r in history))

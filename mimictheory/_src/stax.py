@@ -766,7 +766,10 @@ def _on_disk(network, x1, x2, with_ntk, out, dtype, mesh, block_size, progress) 
     raise ValueError("out: image kernels are written to disk once read out to vectors (a "
                      "Flatten or GlobalAvgPool last); this description keeps the positions")
   per = _entries_per_pair(network, x1)
-  tile = block_size or (DISK_TILE if per == 1 else tile_edge(per))
+  # closed forms: 256-edge tiles, 64 a batch, one compiled program; numerical activations are
+  # computed eagerly (their Mehler series tabulated per call): one 2048-edge tile a batch
+  tile = block_size or (DISK_TILE if per == 1 and network.traceable() else
+                        math.isqrt(DISK_BATCH_ENTRIES) if per == 1 else tile_edge(per))
   shards = 1 if mesh is None else mesh.devices.size
   per_call = max(1, DISK_BATCH_ENTRIES // (tile * tile * per))
   per_call = -(-per_call // shards) * shards

@@ -331,8 +331,11 @@ def train(config: TrainConfig, data, out, max_epochs: int | None = None,
   parameters and optimiser state replicated. XLA inserts the gradient all-reduce, and BN's
   batch statistics (the last BN's too) are over the whole batch, so a step is the
   single-device step up to float32 summation order; the weight-mean projection acts on the
-  replicated kernels. Multi-host: call `jax.distributed.initialize()` first in every process,
-  then pass `data_mesh()` (all processes' devices).
+  replicated kernels. Several processes (`mimictheory._src.distributed.initialize`, or
+  `jax.distributed.initialize()`, first in every process): each calls `train` with the same
+  configuration, data and `out` (a folder they all see) and `data_mesh()` (every process's
+  devices); process 0 writes config.json and the metrics, Orbax writes the checkpoints with
+  all of them, and a rerun of all of them resumes (tests/test_multiprocess_training.py).
 
   >>> import tempfile
   >>> from mimictheory.train import TrainConfig, synthetic_data, train
