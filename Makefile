@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NT_VENV  := .nt-env
 NT_STAMP := $(NT_VENV)/.installed
 
-.PHONY: figures test test-slow test-all lint docs bench bench-conv bench-predict bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
+.PHONY: figures test test-slow test-all lint docs bench bench-conv bench-predict bench-out-of-core bench-gpu memory phase crosscheck notebooks lab lock nt-env clean
 
 ## The main environment, installed from the exact versions in constraints.txt (pyproject.toml
 ## keeps the ranges; `make lock` refreshes the pins).
@@ -92,6 +92,11 @@ bench: $(STAMP) $(NT_STAMP)
 ## 100 times (benchmarks/README.md's predict table).
 bench-predict: $(STAMP) $(NT_STAMP)
 	MIMICTHEORY_NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python benchmarks/predict.py --markdown benchmarks/README.md
+
+## Gram matrices on disk at scale: N = 20,000 float64 and 50,000 float32 (20 GB of files in a
+## temporary folder), tanh at 20,000, against the in-memory path (benchmarks/README.md)
+bench-out-of-core: $(STAMP)
+	$(BIN)/python benchmarks/out_of_core.py --markdown benchmarks/README.md
 
 ## Convolutional kernels against neural-tangents, N = 1000 in tiles with its peak memory
 ## (benchmarks/README.md's conv table).
