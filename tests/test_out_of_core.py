@@ -64,6 +64,46 @@ def test_the_files_are_the_in_memory_kernels_exactly_symmetric(tmp_path, small_b
   assert out_of_core.verify(tmp_path / "c") == []
 
 
+def test_image_kernels_read_out_to_vectors_go_to_disk_too(tmp_path):
+  """A convolutional description behind a GlobalAvgPool (every pair of positions per pair of
+  images: smaller tiles) and a tanh MLP (eager, numerical): the files equal the in-memory
+  kernels."""
+  images = np.random.default_rng(1).normal(size=(20, 4, 4, 2))
+  conv = stax.serial(stax.Conv(8, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), stax.Relu(),
+                     stax.GlobalAvgPool(), stax.Dense(1, W_std=1.2))
+  k = conv.kernel_fn(images, None, "ntk", out=tmp_path / "conv")
+  np.testing.assert_allclose(k, conv.kernel_fn(images, None, "ntk"), rtol=1e-12)
+  assert np.array_equal(k, k.T)
+  tanh = stax.mlp(3, "tanh", 1.5, 0.1, "none", width=16)
+  x = _x(40)
+  k = tanh.kernel_fn(x, None, out=tmp_path / "tanh")
+  ref = tanh.kernel_fn(x, None)
+  np.testing.assert_allclose(k.ntk, ref.ntk, rtol=1e-10)
+  np.testing.assert_allclose(k.cov1, ref.cov1, rtol=1e-12)
+
+
+def test_the_command_line_writes_the_files_and_refuses_bad_options(tmp_path, capsys):
+  from mimictheory.cli import main
+  assert main(["kernels", "--n", "90", "--depth", "2", "--out", str(tmp_path / "d"),
+               "--dtype", "float32", "--quiet"]) == 0
+  assert np.load(tmp_path / "d" / "ntk.npy", mmap_mode="r").shape == (90, 90)
+  x = _x(30)
+  np.save(tmp_path / "x.npy", x)
+  assert main(["kernels", "--data", str(tmp_path / "x.npy"), "--depth", "3", "--out",
+               str(tmp_path / "n"), "--quiet"]) == 0
+  import mimictheory as mt
+  np.testing.assert_allclose(np.load(tmp_path / "n" / "nngp.npy"),
+                             mt.kernels(x, depth=3).nngp, rtol=1e-12)
+  capsys.readouterr()
+  for argv, needle in [(["--dtype", "float16"], "--dtype must be one of"),
+                       (["--data", "nothing.npy"], "--data must be"),
+                       (["--depth", "0"], "depth"),
+                       (["--n", "90", "--depth", "3"], "holds another computation")]:
+    assert main(["kernels", "--out", str(tmp_path / "d"), "--quiet"] + argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+
+
 def test_a_killed_computation_resumes_and_ends_bit_identical(tmp_path, small_batches):
   """A run killed (SIGKILL) after some batches, then run again, leaves the same bytes as an
   uninterrupted run; the second run computes only the batches not recorded."""

@@ -770,8 +770,11 @@ def _on_disk(network, x1, x2, with_ntk, out, dtype, mesh, block_size, progress) 
   # computed eagerly (their Mehler series tabulated per call): one 2048-edge tile a batch
   tile = block_size or (DISK_TILE if per == 1 and network.traceable() else
                         math.isqrt(DISK_BATCH_ENTRIES) if per == 1 else tile_edge(per))
+  tile = min(tile, max(x1.shape[0], 0 if x2 is None else x2.shape[0]))  # no more than needed
   shards = 1 if mesh is None else mesh.devices.size
-  per_call = max(1, DISK_BATCH_ENTRIES // (tile * tile * per))
+  blocks1, blocks2 = -(-x1.shape[0] // tile), -(-(x1 if x2 is None else x2).shape[0] // tile)
+  tiles = blocks1 * (blocks1 + 1) // 2 if x2 is None else blocks1 * blocks2
+  per_call = min(tiles, max(1, DISK_BATCH_ENTRIES // (tile * tile * per)))
   per_call = -(-per_call // shards) * shards
   names = ("nngp", "ntk") if with_ntk else ("nngp",)
   if network.traceable():
@@ -802,7 +805,7 @@ def _on_disk(network, x1, x2, with_ntk, out, dtype, mesh, block_size, progress) 
   rows = _diagonal_moments(network, x1)
   cols = rows if x2 is None else _diagonal_moments(network, x2)
   if x2 is None:  # the pinned diagonal itself
-    rows = cols = (np.array(nngp.diagonal(), np.float64), rows[1], rows[2])
+    rows = cols = (out_of_core.diagonal(paths["nngp"]), rows[1], rows[2])
   return Kernel(nngp, ntk, rows[0], cols[0], rows[1], cols[1], None, rows[2], x2 is None)
 
 
