@@ -88,7 +88,7 @@ def table(rows) -> str:
   relu = max((r for r in rows if r["label"] == "ReLU, on disk"), key=lambda r: r["n"])
   cifar = relu["ns_per_entry"] * 60000**2 / 1e9
   lines += ["", f"CIFAR-10 (N = 60,000) at this machine's per-entry cost for ReLU (N = "
-            f"{relu['n']}): {cifar / 3600:.1f} h on 2 CPU cores."]
+            f"{relu['n']}): {cifar / 60:.1f} min."]
   return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ DRIVER = textwrap.dedent("""
         distributed.initialize(f"127.0.0.1:{port}", 2, rank, timeout_s=20)
     import jax
     from mimictheory.train import TrainConfig, data_mesh, synthetic_data, train
-    config = TrainConfig(epochs=epochs, depth=3, width=32, batch_size=32, milestones=())
+    config = TrainConfig(epochs=epochs, depth=3, width=32, batch_size=32, milestones=(),
+                         norm="batch_norm")  # every layer's statistics over both processes
     result = train(config, synthetic_data(256), out, mesh=data_mesh())
     print("RESULT", jax.process_count(), len(jax.devices()), result.resumed_from,
           [h["train_loss"] for h in result.history], flush=True)
