@@ -13,6 +13,7 @@ All theory runs in float64 (thread-locally; the global JAX setting is left alone
 from mimictheory._src.activations import (
     ACTIVATIONS, Activation, Erf, GaussLegendre, Identity, LeakyReLU, Numerical, ReLU, find_kinks,
     get_activation, relu_dual, relu_dual_derivative)
+from mimictheory._src.distributed import initialize as initialize_distributed
 from mimictheory._src.dynamics import (
     LastBatchNormRate, LearningRateLimit, TrainingCurves, last_bn_rate, learning_rate_limit,
     training_curves)
@@ -86,6 +87,7 @@ __all__ = [
   "layer_kernels",
   "ntk_spectrum",
   "row_mesh",
+  "initialize_distributed",
   "NORMS",
   "DepthScales",
   "FixedPoints",

@@ -46,7 +46,11 @@ def _run(out, epochs, ranks):
 
 
 def test_two_processes_train_as_one_and_resume_together(tmp_path):
-  one = _run(tmp_path / "one", 3, [-1])[0]
+  from mimictheory.train import TrainConfig, data_mesh, synthetic_data, train
+  config = TrainConfig(epochs=3, depth=3, width=32, batch_size=32, milestones=(),
+                       norm="batch_norm")  # the drivers' configuration, in this process
+  reference = train(config, synthetic_data(256), tmp_path / "one", mesh=data_mesh())
+  one = (1, 1, 0, [h["train_loss"] for h in reference.history])
   two = _run(tmp_path / "two", 2, [0, 1])
   for count, devices, start, losses in two:
     assert (count, devices, start) == (2, 2, 0)

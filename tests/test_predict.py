@@ -127,9 +127,15 @@ def test_auto_falls_back_to_the_eigendecomposition_where_lanczos_is_slow(
     exact = predict.gradient_descent_mse(k, y, method="eigh")(np.array(t), f0, 0.0, kt)
     for a, b in zip(auto, exact, strict=True):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * np.abs(b).max())
-  bad = k - 1e-6 * np.abs(k).max() * np.outer(np.ones(400), np.ones(400)) / 400
-  with pytest.raises(ValueError, match="not positive semi-definite"):
-    predict.gradient_descent_mse(bad, y)
+  evals = np.linalg.eigvalsh(k)  # the smallest eigenvalue moved to -1e-7 and -1e-11 of the top
+  for beyond, refused in ((1e-7, True), (1e-11, False)):
+    shifted = k - (evals[0] + beyond * evals[-1]) * np.eye(400)
+    if refused:
+      with pytest.raises(ValueError, match="not positive semi-definite"):
+        predict.gradient_descent_mse(shifted, y)
+    else:  # within rounding (PSD_TOLERANCE = 1e-9): accepted, as by the eigendecomposition
+      predict.gradient_descent_mse(shifted, y)
+      predict.gradient_descent_mse(shifted, y, method="eigh")
 
 
 @pytest.mark.parametrize("method", predict.METHODS)

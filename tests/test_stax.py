@@ -350,7 +350,8 @@ def _examples(width=64):
   return {"mlp": mlp, "residual": residual, "batch_norm": bn_net}
 
 
-@pytest.mark.parametrize("name", ["mlp", "residual", "batch_norm", "layer_norm", "conv"])
+@pytest.mark.parametrize("name", ["mlp", "residual", "batch_norm", "layer_norm",
+                                  pytest.param("conv", marks=pytest.mark.slow)])
 def test_the_flax_model_is_the_description_on_the_same_parameters(name):
   """from_stax(net, params=...) in training mode computes net.apply_fn(params, ·) (float32),
   and its kernels exist; after one SGD step weight mean still holds."""
@@ -565,6 +566,7 @@ def test_image_tiles_sharded_over_four_host_devices_match_one_device(tmp_path):
   assert max(result["images"]) < 1e-12, result["images"]
 
 
+@pytest.mark.slow
 def test_image_kernels_in_tiles_equal_the_whole_matrix():
   """Small tiles (2 × 2 inputs, and row × column tiles of a cross kernel) behind a Flatten and
   behind a global pooling give the whole-matrix program's Gram matrix, exactly symmetric."""

@@ -26,8 +26,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                process_id: int | None = None, timeout_s: int = TIMEOUT_S) -> tuple[int, int]:
   """Join the computation; returns (this process's index, the number of processes).
 
-  >>> from mimictheory._src import distributed
-  >>> distributed.initialize.__name__   # (a call needs the other processes)
+  In every process, before any other JAX work (the call waits for the others):
+
+  >>> import mimictheory as mt
+  >>> mt.initialize_distributed.__name__   # e.g. mt.initialize_distributed("host0:1234", 4, rank)
   'initialize'
   """
   import jax

@@ -771,6 +771,9 @@ def _on_disk(network, x1, x2, with_ntk, out, dtype, mesh, block_size, progress) 
   tile = block_size or (DISK_TILE if per == 1 and network.traceable() else
                         math.isqrt(DISK_BATCH_ENTRIES) if per == 1 else tile_edge(per))
   tile = min(tile, max(x1.shape[0], 0 if x2 is None else x2.shape[0]))  # no more than needed
+  if mesh is not None and jax.process_count() > 1:  # each process shards over its own devices
+    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    mesh = jax.sharding.Mesh(np.asarray(mine), mesh.axis_names)
   shards = 1 if mesh is None else mesh.devices.size
   blocks1, blocks2 = -(-x1.shape[0] // tile), -(-(x1 if x2 is None else x2).shape[0] // tile)
   tiles = blocks1 * (blocks1 + 1) // 2 if x2 is None else blocks1 * blocks2
