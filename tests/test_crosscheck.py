@@ -83,7 +83,7 @@ def test_cli_writes_markdown_and_json(nt_python, tmp_path, capsys):
   assert sorted(p.name for p in out.iterdir()) == ["crosscheck.json", "crosscheck.md"]
   report = json.loads((out / "crosscheck.json").read_text())
   conv = len(cc.CONV_READOUTS) * 2  # relu's convolutions: nngp and ntk per readout
-  dynamics = 7  # predict: train, test, GP NNGP and NTK means and covariances, learning rate
+  dynamics = 9  # predict: train, test (both routes), GP NNGP and NTK means and covariances, lr
   assert report["ok"] is True and len(report["comparisons"]) == 2 * 3 * 2 + 2 + conv + dynamics
   assert "| empirical ntk | relu |" in (out / "crosscheck.md").read_text()
 
