@@ -50,6 +50,21 @@ def kernels(n, depth):
   return first, warm
 
 
+def kernels_on_disk(n, depth):
+  """Seconds to write the float32 NNGP and NTK of N inputs to disk (`kernels(out=...)`), and
+  CIFAR-10's (N = 60,000) time projected from that per-entry cost."""
+  import tempfile
+
+  import numpy as np
+  import mimictheory as mt
+  x = np.random.default_rng(0).normal(size=(n, 64))
+  with tempfile.TemporaryDirectory() as folder:
+    start = time.perf_counter()
+    mt.kernels(x, depth=depth, out=f"{folder}/k", dtype="float32")
+    seconds = time.perf_counter() - start
+  return seconds, seconds / n**2 * 60_000**2
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny models and N (smoke run)")
@@ -71,6 +86,9 @@ def main():
   first, warm = kernels(n, 10)
   print(f"\nkernels (ReLU NNGP + NTK, float64) N = {n}, depth 10: first call {first:.2f} s, "
         f"warm {warm:.2f} s")
+  seconds, cifar = kernels_on_disk(n, 10)
+  print(f"on disk (float32 files) N = {n}: {seconds:.1f} s, {seconds / n**2 * 1e9:.1f} ns per "
+        f"entry; CIFAR-10 (N = 60,000) projected: {cifar / 60:.1f} min")
 
 
 if __name__ == "__main__":
