@@ -218,6 +218,9 @@ def test_bad_requests_are_refused_by_name(tmp_path):
   for call, needle in cases:
     with pytest.raises(ValueError, match=needle):
       call()
+  import jax
+  with pytest.raises(TypeError, match="concrete values"):
+    jax.jit(lambda a: _net().kernel_fn(a, out=tmp_path, get="ntk"))(x)
 
 
 def _port():

@@ -752,6 +752,9 @@ DISK_BATCH_ENTRIES = ENTRIES_PER_CALL
 def _on_disk(network, x1, x2, with_ntk, out, dtype, mesh, block_size, progress) -> Kernel:
   """`kernel_fn(..., out=folder)`: the Gram matrices written tile by tile into the folder."""
   dtype = checks.check_choice("dtype", dtype, out_of_core.DTYPES)
+  if is_traced(x1, x2) or _has_tracers(network):
+    raise TypeError("out: files are written from concrete values; call kernel_fn(..., out=) "
+                    "outside jit/grad/vmap")
   ndim = 4 if np.ndim(x1) == 4 else 2
   x1 = np.asarray(checks.check_data("x1", x1, ndim), np.float64)
   if x2 is not None:
