@@ -645,15 +645,22 @@ def _has_tracers(network) -> bool:
       [getattr(network, f.name) for f in dataclasses.fields(network)])
 
 
-def _inputs(x1, x2):
-  """x1, x2 as float64: vectors (N, d) or images (N, H, W, C)."""
+def _checked(x1, x2, xp=jnp):
+  """x1, x2 checked, as float64 arrays of `xp` (jnp, or np for concrete values kept on the
+  host): vectors (N, d) or images (N, H, W, C)."""
   ndim = 4 if np.ndim(x1) == 4 else 2
-  x1 = jnp.asarray(checks.check_data("x1", x1, ndim), jnp.float64)
+  x1 = xp.asarray(checks.check_data("x1", x1, ndim), xp.float64)
   if x2 is not None:
-    x2 = jnp.asarray(checks.check_data("x2", x2, ndim), jnp.float64)
+    x2 = xp.asarray(checks.check_data("x2", x2, ndim), xp.float64)
     if x2.shape[1:] != x1.shape[1:]:
       raise ValueError(f"x2 must have the shape of x1 after the batch axis ({x1.shape[1:]}), "
                        f"got shape {x2.shape}")
+  return x1, x2
+
+
+def _inputs(x1, x2):
+  """x1, x2 as float64 (`_checked`) and their pairs of identical inputs."""
+  x1, x2 = _checked(x1, x2)
   return x1, x2, _identical(x1, x2)
 
 
@@ -755,13 +762,7 @@ def _on_disk(network, x1, x2, with_ntk, out, dtype, mesh, block_size, progress) 
   if is_traced(x1, x2) or _has_tracers(network):
     raise TypeError("out: files are written from concrete values; call kernel_fn(..., out=) "
                     "outside jit/grad/vmap")
-  ndim = 4 if np.ndim(x1) == 4 else 2
-  x1 = np.asarray(checks.check_data("x1", x1, ndim), np.float64)
-  if x2 is not None:
-    x2 = np.asarray(checks.check_data("x2", x2, ndim), np.float64)
-    if x2.shape[1:] != x1.shape[1:]:
-      raise ValueError(f"x2 must have the shape of x1 after the batch axis ({x1.shape[1:]}), "
-                       f"got shape {x2.shape}")
+  x1, x2 = _checked(x1, x2, np)  # no N × N pairs of identical inputs: tiles pin their own
   if not network.entrywise():
     raise ValueError("out: a description with BatchNorm couples the batch, so its Gram matrix "
                      "is not computed tile by tile; call kernel_fn without out")
